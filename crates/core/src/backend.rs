@@ -1,0 +1,137 @@
+//! The backend contract.
+//!
+//! Owns: `trait Backend` — the operations a mounted backend answers on paths relative to its
+//! mount — and the node and listing types. Must never: know about inodes, file handles or
+//! errnos (the adapter's business), or reach storage outside the `View` it was given.
+
+use crate::caller::Caller;
+use crate::error::{Error, Result};
+use crate::secret::SecretBytes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    File,
+}
+
+/// What `stat` knows of a path, without side effects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// True size for stored values; 0 for generated content.
+    pub size: u64,
+    /// Permission bits the path supports (owner triplet), before policy: 0o600, 0o400, 0o200, 0o700.
+    pub mode: u16,
+    /// Content is generated at open (credentials, status): never cached, size unknown.
+    pub dynamic: bool,
+}
+
+impl Node {
+    pub const fn dir() -> Self {
+        Self {
+            kind: NodeKind::Dir,
+            size: 0,
+            mode: 0o700,
+            dynamic: false,
+        }
+    }
+    pub const fn file(size: u64) -> Self {
+        Self {
+            kind: NodeKind::File,
+            size,
+            mode: 0o600,
+            dynamic: false,
+        }
+    }
+    /// Generated on read, e.g. `sys/health`, `creds/NAME`.
+    pub const fn generated(mode: u16) -> Self {
+        Self {
+            kind: NodeKind::File,
+            size: 0,
+            mode,
+            dynamic: true,
+        }
+    }
+    /// Control file that only accepts writes (`sys/seal`, `config/root`).
+    pub const fn write_only() -> Self {
+        Self {
+            kind: NodeKind::File,
+            size: 0,
+            mode: 0o200,
+            dynamic: true,
+        }
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind == NodeKind::Dir
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: NodeKind,
+}
+
+impl DirEntry {
+    pub fn file(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: NodeKind::File,
+        }
+    }
+    pub fn dir(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: NodeKind::Dir,
+        }
+    }
+}
+
+/// Per-request context handed to a backend.
+pub struct Ctx<'a> {
+    pub caller: &'a Caller,
+}
+
+fn unsupported(op: &str, path: &str) -> Error {
+    Error::not_permitted(format!("{op} is not supported on {path:?}"))
+}
+
+/// A mounted backend. Paths are relative to the mount: "" is the mount's root, segments are
+/// joined with '/', never empty, never "." or "..".
+pub trait Backend: Send + Sync {
+    /// The backend type ("generic", "aws", ...).
+    fn kind(&self) -> &'static str;
+    /// Help text for `MOUNT/.help`.
+    fn help(&self) -> String;
+    /// Describe a path. Must have no side effects (lookups and `ls -l` call it).
+    fn stat(&self, ctx: &Ctx<'_>, path: &str) -> Result<Node>;
+    fn list(&self, ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>>;
+    /// The content a new open sees (one snapshot per open).
+    fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes>;
+    /// Commit a whole new content (called at close).
+    fn write(&self, ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
+        let _ = (ctx, data);
+        Err(unsupported("write", path))
+    }
+    /// Check that a new file may be created at `path` (nothing is stored until `write`).
+    fn create(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+        let _ = ctx;
+        Err(unsupported("create", path))
+    }
+    fn delete(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+        let _ = ctx;
+        Err(unsupported("delete", path))
+    }
+    fn mkdir(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+        let _ = ctx;
+        Err(unsupported("mkdir", path))
+    }
+    fn rmdir(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+        let _ = ctx;
+        Err(unsupported("rmdir", path))
+    }
+    fn rename(&self, ctx: &Ctx<'_>, from: &str, to: &str) -> Result<()> {
+        let _ = (ctx, to);
+        Err(unsupported("rename", from))
+    }
+}

@@ -1,0 +1,54 @@
+//! The backend types that can be mounted, and the factory that builds one for a mount entry.
+
+pub mod generic;
+pub mod sys;
+
+use crate::backend::Backend;
+use crate::barrier::View;
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Types `sys/mounts` accepts.
+pub const KNOWN_TYPES: &[&str] = &["generic"];
+
+/// Limits shared by every backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_value_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_value_size: 1 << 20,
+        }
+    }
+}
+
+/// Build the backend of type `kind` over its storage view.
+pub fn build(kind: &str, view: View, limits: Limits) -> Result<Arc<dyn Backend>> {
+    match kind {
+        "generic" => Ok(Arc::new(generic::Generic::new(view, limits))),
+        other => Err(Error::invalid(format!(
+            "unknown backend type {other:?} (known: {})",
+            KNOWN_TYPES.join(", ")
+        ))),
+    }
+}
+
+/// A file or folder name users may create: not empty, no '/', not starting with '.', at most
+/// 255 bytes, no NUL or control characters.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::invalid(format!("name length must be 1..=255 bytes: {name:?}")));
+    }
+    if name.starts_with('.') {
+        return Err(Error::invalid(format!(
+            "names starting with '.' are reserved for control files: {name:?}"
+        )));
+    }
+    if name.contains('/') || name.chars().any(char::is_control) {
+        return Err(Error::invalid(format!("name has a forbidden character: {name:?}")));
+    }
+    Ok(())
+}

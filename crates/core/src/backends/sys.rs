@@ -1,0 +1,242 @@
+//! `sys/`: the control plane as files — health, seal/unseal, key rotation, the mount table.
+//!
+//! Owns: the paths under `sys/` and the text formats of its files. It acts through the
+//! `Engine` (which owns the state). Must never: echo a passphrase, or show anything but `health`,
+//! `unseal`, `seal` and help while sealed.
+
+use crate::backend::{DirEntry, Node};
+use crate::engine::Engine;
+use crate::error::{Error, ErrorKind, Result};
+use crate::mounts::normalize_path;
+use crate::route::Router;
+use crate::secret::SecretBytes;
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Root,
+    Help,
+    Health,
+    Seal,
+    Unseal,
+    Rotate,
+    Mounts,
+    MountsTable,
+    Mount,
+}
+
+pub(crate) struct Sys {
+    router: Router<Route>,
+}
+
+const HELP: &str = "\
+sys/: the control plane.
+
+  health          read: JSON with sealed, version, storage type, lease count
+  seal            write anything: seal (every mount disappears until unsealed)
+  unseal          write the passphrase: unseal (initialises an empty store)
+  rotate          write anything: add an encryption key term (old data stays readable)
+  mounts/         ls: mount paths; cat mounts/NAME: its type and description
+                  echo generic > mounts/NAME: mount a generic backend at NAME/
+                  printf 'type = \"generic\"\\ndescription = \"team A\"\\n' > mounts/NAME
+                  rm mounts/NAME: unmount (revokes its leases, deletes its data)
+                  mv mounts/A mounts/B: remount (data kept, leases revoked)
+  mounts.table    the mount table as `Path Type Description` columns
+";
+
+/// What may be written to `sys/mounts/NAME`: a bare type, or TOML/JSON with type and description.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountSpec {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    description: String,
+}
+
+fn parse_mount_spec(data: &SecretBytes) -> Result<MountSpec> {
+    let text = data
+        .text()
+        .ok_or_else(|| Error::invalid("mount spec is not UTF-8 text"))?;
+    if text.is_empty() {
+        return Err(Error::invalid("mount spec is empty: write a backend type"));
+    }
+    if text.starts_with('{') {
+        return serde_json::from_str(text).map_err(|e| Error::invalid(format!("mount spec: {e}")));
+    }
+    if !text.contains('=') {
+        return Ok(MountSpec {
+            kind: text.to_string(),
+            description: String::new(),
+        });
+    }
+    toml::from_str(text).map_err(|e| Error::invalid(format!("mount spec: {}", e.message())))
+}
+
+impl Sys {
+    pub(crate) fn new() -> Self {
+        Self {
+            router: Router::new(&[
+                ("", Route::Root),
+                (".help", Route::Help),
+                ("health", Route::Health),
+                ("seal", Route::Seal),
+                ("unseal", Route::Unseal),
+                ("rotate", Route::Rotate),
+                ("mounts", Route::Mounts),
+                ("mounts.table", Route::MountsTable),
+                ("mounts/{name}", Route::Mount),
+            ]),
+        }
+    }
+
+    fn route<'p>(&self, e: &Engine, path: &'p str) -> Result<(Route, Vec<&'p str>)> {
+        let (route, caps) = self
+            .router
+            .route(path)
+            .ok_or_else(|| Error::not_found(&format!("sys/{path}")))?;
+        let open_while_sealed = matches!(
+            route,
+            Route::Root | Route::Help | Route::Health | Route::Seal | Route::Unseal
+        );
+        if e.is_sealed() && !open_while_sealed {
+            return Err(Error::not_found(&format!("sys/{path}")));
+        }
+        Ok((route, caps))
+    }
+
+    pub(crate) fn stat(&self, e: &Engine, path: &str) -> Result<Node> {
+        let (route, caps) = self.route(e, path)?;
+        Ok(match route {
+            Route::Root | Route::Mounts => Node::dir(),
+            Route::Help | Route::Health | Route::MountsTable => Node::generated(0o400),
+            Route::Seal | Route::Unseal | Route::Rotate => Node::write_only(),
+            Route::Mount => {
+                e.mount_entry(caps[0])?;
+                Node::generated(0o600)
+            }
+        })
+    }
+
+    pub(crate) fn list(&self, e: &Engine, path: &str) -> Result<Vec<DirEntry>> {
+        let (route, _) = self.route(e, path)?;
+        match route {
+            Route::Root => {
+                let mut out = vec![DirEntry::file(".help"), DirEntry::file("health")];
+                out.push(DirEntry::file("seal"));
+                out.push(DirEntry::file("unseal"));
+                if !e.is_sealed() {
+                    out.push(DirEntry::file("rotate"));
+                    out.push(DirEntry::dir("mounts"));
+                    out.push(DirEntry::file("mounts.table"));
+                }
+                Ok(out)
+            }
+            Route::Mounts => Ok(e
+                .mount_entries()
+                .into_iter()
+                .map(|m| DirEntry::file(m.path))
+                .collect()),
+            _ => Err(Error::new(ErrorKind::NotADirectory, format!("sys/{path}: not a folder"))),
+        }
+    }
+
+    pub(crate) fn read(&self, e: &Engine, path: &str) -> Result<SecretBytes> {
+        let (route, caps) = self.route(e, path)?;
+        let text = match route {
+            Route::Help => HELP.to_string(),
+            Route::Health => e.health_json(),
+            Route::MountsTable => e.mounts_table_text(),
+            Route::Mount => {
+                let m = e.mount_entry(caps[0])?;
+                format!(
+                    "path = {:?}\ntype = {:?}\ndescription = {:?}\n",
+                    format!("{}/", m.path),
+                    m.kind,
+                    m.description
+                )
+            }
+            Route::Seal | Route::Unseal | Route::Rotate => {
+                return Err(Error::denied(format!("sys/{path} is write-only")))
+            }
+            Route::Root | Route::Mounts => {
+                return Err(Error::new(ErrorKind::IsADirectory, format!("sys/{path}: is a folder")))
+            }
+        };
+        Ok(SecretBytes::from(text))
+    }
+
+    pub(crate) fn create(&self, e: &Engine, path: &str) -> Result<()> {
+        match self.route(e, path) {
+            Ok((Route::Seal | Route::Unseal | Route::Rotate, _)) => Ok(()),
+            Ok((Route::Mount, caps)) => match e.mount_entry(caps[0]) {
+                Ok(_) => Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("sys/{path}: mount path in use"),
+                )),
+                Err(_) => normalize_path(caps[0]).map(|_| ()),
+            },
+            Ok(_) => Err(Error::not_permitted(format!("sys/{path} cannot be written"))),
+            Err(_) => match path.strip_prefix("mounts/") {
+                Some(name) if !e.is_sealed() => normalize_path(name).map(|_| ()),
+                _ => Err(Error::not_permitted(format!("sys/{path} cannot be created"))),
+            },
+        }
+    }
+
+    pub(crate) fn write(&self, e: &Engine, path: &str, data: SecretBytes) -> Result<()> {
+        if let Some(name) = path.strip_prefix("mounts/") {
+            if !name.contains('/') && !e.is_sealed() {
+                let spec = parse_mount_spec(&data)?;
+                return e.mount(name, spec.kind.trim(), &spec.description).map(|_| ());
+            }
+        }
+        let (route, _) = self.route(e, path)?;
+        match route {
+            Route::Seal => {
+                e.seal();
+                Ok(())
+            }
+            Route::Unseal => {
+                let pass = data.text().ok_or_else(|| Error::invalid("passphrase is not UTF-8"))?;
+                e.unseal(pass.as_bytes()).map_err(Error::from)
+            }
+            Route::Rotate => e.rotate().map(|_| ()),
+            _ => Err(Error::not_permitted(format!("sys/{path} cannot be written"))),
+        }
+    }
+
+    pub(crate) fn delete(&self, e: &Engine, path: &str) -> Result<()> {
+        match self.route(e, path)? {
+            (Route::Mount, caps) => e.unmount(caps[0]),
+            _ => Err(Error::not_permitted(format!("sys/{path} cannot be removed"))),
+        }
+    }
+
+    pub(crate) fn rename(&self, e: &Engine, from: &str, to: &str) -> Result<()> {
+        match (self.route(e, from)?, to.strip_prefix("mounts/")) {
+            ((Route::Mount, caps), Some(new)) if !new.contains('/') => e.remount(caps[0], new),
+            _ => Err(Error::not_permitted(format!("sys/{from} cannot be renamed to sys/{to}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_spec_forms() {
+        let s = parse_mount_spec(&SecretBytes::from("generic\n".to_string())).expect("bare");
+        assert_eq!(s.kind, "generic");
+        let s = parse_mount_spec(&SecretBytes::from(
+            "type = \"generic\"\ndescription = \"team A\"\n".to_string(),
+        ))
+        .expect("toml");
+        assert_eq!((s.kind.as_str(), s.description.as_str()), ("generic", "team A"));
+        let s = parse_mount_spec(&SecretBytes::from(r#"{"type":"generic"}"#.to_string())).expect("json");
+        assert_eq!(s.kind, "generic");
+        assert!(parse_mount_spec(&SecretBytes::from("type = \"x\"\nbogus = 1".to_string())).is_err());
+        assert!(parse_mount_spec(&SecretBytes::from("".to_string())).is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! The barrier: everything between the engine and storage is encrypted here.
+//!
+//! Owns: the seal state, the keyring (term keys wrapped by a passphrase-derived master key), the
+//! entry format (AES-256-GCM, random nonce, header and logical path in the AAD), deterministic
+//! encryption of path segments (names never reach storage in plaintext), and `View`s that chroot
+//! a backend to its own prefix. Byte formats: docs/FORMAT.md.
+//!
+//! Must never: write plaintext to storage, log or print key material or values, or return data
+//! that failed authentication.
+
+mod entry;
+mod kdf;
+mod keyring;
+mod names;
+pub mod view;
+
+pub use kdf::KdfParams;
+pub use view::View;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::SecretBytes;
+use crate::storage::{Storage, WriteOp};
+use keyring::Keyring;
+use std::sync::{Arc, RwLock};
+
+/// Raw storage key of the seal configuration (plaintext: KDF parameters and salt).
+const SEAL_CONFIG_KEY: &str = "core-seal-config";
+/// Raw storage key of the wrapped keyring.
+const KEYRING_KEY: &str = "core-keyring";
+/// Prefix of every barrier-encrypted storage key.
+const ENCRYPTED_PREFIX: &str = "v/";
+
+/// Why an unseal failed, so the daemon can pick its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsealError {
+    #[error("wrong passphrase (the keyring did not decrypt)")]
+    WrongPassphrase,
+    #[error("{0}")]
+    Other(Error),
+}
+
+impl From<Error> for UnsealError {
+    fn from(e: Error) -> Self {
+        UnsealError::Other(e)
+    }
+}
+
+impl From<UnsealError> for Error {
+    fn from(e: UnsealError) -> Self {
+        match e {
+            UnsealError::WrongPassphrase => Error::denied("wrong passphrase"),
+            UnsealError::Other(e) => e,
+        }
+    }
+}
+
+/// The encrypting layer over a `Storage`.
+pub struct Barrier {
+    storage: Arc<dyn Storage>,
+    keyring: RwLock<Option<Arc<Keyring>>>,
+    kdf: KdfParams,
+}
+
+impl Barrier {
+    /// `kdf` is used only when initialising an empty store.
+    pub fn new(storage: Arc<dyn Storage>, kdf: KdfParams) -> Self {
+        Self {
+            storage,
+            keyring: RwLock::new(None),
+            kdf,
+        }
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn is_initialized(&self) -> Result<bool> {
+        Ok(self.storage.get(SEAL_CONFIG_KEY)?.is_some())
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// Unseal with `passphrase`; an empty store is initialised with it first.
+    /// A wrong passphrase changes nothing.
+    pub fn unseal(&self, passphrase: &[u8]) -> Result<(), UnsealError> {
+        if passphrase.is_empty() {
+            return Err(Error::invalid("empty passphrase").into());
+        }
+        let keyring = match self.storage.get(SEAL_CONFIG_KEY)? {
+            Some(config) => {
+                let params = KdfParams::decode(&config)?;
+                let master = params.derive(passphrase)?;
+                let wrapped = self.storage.get(KEYRING_KEY)?.ok_or_else(|| {
+                    Error::new(ErrorKind::Integrity, "seal config present but keyring missing")
+                })?;
+                Keyring::unwrap(master, &config, &wrapped).map_err(|e| match e {
+                    None => UnsealError::WrongPassphrase,
+                    Some(e) => UnsealError::Other(e),
+                })?
+            }
+            None => {
+                let params = self.kdf.with_fresh_salt();
+                params.validate()?;
+                let config = params.encode();
+                let master = params.derive(passphrase)?;
+                let keyring = Keyring::generate_with(master);
+                let wrapped = keyring.wrap(&config)?;
+                // Keyring first: a crash in between leaves no seal config, i.e. an empty store.
+                self.storage.put(KEYRING_KEY, &wrapped)?;
+                if !self
+                    .storage
+                    .compare_and_swap(SEAL_CONFIG_KEY, None, Some(&config))?
+                {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        "the store was initialised concurrently; unseal again",
+                    )
+                    .into());
+                }
+                tracing::info!("initialised a new encrypted store");
+                keyring
+            }
+        };
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(keyring));
+        Ok(())
+    }
+
+    pub fn seal(&self) {
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn keyring(&self) -> Result<Arc<Keyring>> {
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(Error::sealed)
+    }
+
+    /// Add a key term; new writes use it, old entries stay readable.
+    pub fn rotate(&self) -> Result<u32> {
+        let current = self.keyring()?;
+        let rotated = current.rotated();
+        let term = rotated.active_term();
+        let config = self
+            .storage
+            .get(SEAL_CONFIG_KEY)?
+            .ok_or_else(|| Error::new(ErrorKind::Integrity, "seal config missing"))?;
+        let old_wrapped = self
+            .storage
+            .get(KEYRING_KEY)?
+            .ok_or_else(|| Error::new(ErrorKind::Integrity, "keyring missing"))?;
+        let new_wrapped = rotated.wrap(&config)?;
+        if !self
+            .storage
+            .compare_and_swap(KEYRING_KEY, Some(&old_wrapped), Some(&new_wrapped))?
+        {
+            return Err(Error::new(ErrorKind::Busy, "keyring changed concurrently; retry"));
+        }
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(rotated));
+        tracing::info!(term, "rotated the encryption key");
+        Ok(term)
+    }
+
+    pub fn active_term(&self) -> Result<u32> {
+        Ok(self.keyring()?.active_term())
+    }
+
+    /// The per-store key for audit HMACs.
+    pub fn audit_hmac(&self, data: &[u8]) -> Result<String> {
+        Ok(self.keyring()?.audit_hmac(data))
+    }
+
+    fn storage_key(&self, kr: &Keyring, logical: &str) -> Result<String> {
+        Ok(format!("{ENCRYPTED_PREFIX}{}", names::encrypt_path(kr, logical)?))
+    }
+
+    pub fn get(&self, logical: &str) -> Result<Option<SecretBytes>> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        match self.storage.get(&key)? {
+            None => Ok(None),
+            Some(raw) => entry::open(&kr, logical, &raw).map(Some).map_err(|e| {
+                tracing::error!(path = logical, "integrity failure: {}", e.message);
+                e
+            }),
+        }
+    }
+
+    /// Plaintext size of an entry without decrypting it (None: absent).
+    pub fn size(&self, logical: &str) -> Result<Option<u64>> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        Ok(self
+            .storage
+            .get(&key)?
+            .map(|raw| entry::plaintext_len(&raw) as u64))
+    }
+
+    pub fn put(&self, logical: &str, value: &[u8]) -> Result<()> {
+        self.apply(&[BarrierOp::Put(logical, value)])
+    }
+
+    pub fn delete(&self, logical: &str) -> Result<()> {
+        self.apply(&[BarrierOp::Delete(logical)])
+    }
+
+    /// Encrypt and apply a batch atomically.
+    pub fn apply(&self, ops: &[BarrierOp<'_>]) -> Result<()> {
+        let kr = self.keyring()?;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match op {
+                BarrierOp::Put(path, value) => WriteOp::Put(
+                    self.storage_key(&kr, path)?,
+                    entry::seal(&kr, path, value)?,
+                ),
+                BarrierOp::Delete(path) => WriteOp::Delete(self.storage_key(&kr, path)?),
+            });
+        }
+        self.storage.apply(&out)
+    }
+
+    /// Every logical path under `prefix` (which ends with '/' or is empty), in storage order.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let kr = self.keyring()?;
+        let enc_prefix = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_prefix(&kr, prefix)?);
+        let keys = self.storage.list(&enc_prefix)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let rest = &k[ENCRYPTED_PREFIX.len()..];
+            out.push(names::decrypt_path(&kr, rest)?);
+        }
+        Ok(out)
+    }
+
+    pub fn has_prefix(&self, prefix: &str) -> Result<bool> {
+        let kr = self.keyring()?;
+        let enc_prefix = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_prefix(&kr, prefix)?);
+        self.storage.has_prefix(&enc_prefix)
+    }
+}
+
+/// One write in an atomic barrier batch (logical paths, plaintext values).
+pub enum BarrierOp<'a> {
+    Put(&'a str, &'a [u8]),
+    Delete(&'a str),
+}
+
+#[cfg(test)]
+mod tests;

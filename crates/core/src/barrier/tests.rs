@@ -1,0 +1,128 @@
+use super::*;
+use crate::storage::memory::MemoryStorage;
+
+fn barrier() -> (Arc<MemoryStorage>, Barrier) {
+    let s = Arc::new(MemoryStorage::new());
+    let b = Barrier::new(s.clone(), KdfParams::minimum());
+    b.unseal(b"correct horse").expect("init");
+    (s, b)
+}
+
+#[test]
+fn roundtrip_and_names_are_encrypted() {
+    let (s, b) = barrier();
+    b.put("logical/m1/f/app/db-pass", b"CANARY-VALUE-123").expect("put");
+    let got = b.get("logical/m1/f/app/db-pass").expect("get").expect("some");
+    assert_eq!(got.expose(), b"CANARY-VALUE-123");
+    for (k, v) in s.dump() {
+        assert!(!k.contains("db-pass") && !k.contains("app"), "name leaked in {k}");
+        let hay = String::from_utf8_lossy(&v);
+        assert!(!hay.contains("CANARY"), "value leaked");
+    }
+    assert_eq!(b.list("logical/m1/f/").expect("list"), vec!["logical/m1/f/app/db-pass"]);
+    assert_eq!(b.size("logical/m1/f/app/db-pass").expect("size"), Some(16));
+}
+
+#[test]
+fn every_bit_flip_fails_authentication() {
+    let (s, b) = barrier();
+    b.put("p/x", b"value").expect("put");
+    let (key, raw) = s
+        .dump()
+        .into_iter()
+        .find(|(k, _)| k.starts_with(ENCRYPTED_PREFIX))
+        .expect("entry");
+    for i in 0..raw.len() * 8 {
+        let mut bad = raw.clone();
+        bad[i / 8] ^= 1 << (i % 8);
+        s.put(&key, &bad).expect("tamper");
+        let r = b.get("p/x");
+        assert!(
+            matches!(&r, Err(e) if e.kind == ErrorKind::Integrity),
+            "bit {i} was not detected"
+        );
+    }
+    // truncated and extended
+    s.put(&key, &raw[..raw.len() - 1]).expect("truncate");
+    assert!(b.get("p/x").is_err());
+    let mut longer = raw.clone();
+    longer.push(0);
+    s.put(&key, &longer).expect("extend");
+    assert!(b.get("p/x").is_err());
+}
+
+#[test]
+fn ciphertext_moved_to_another_path_fails() {
+    let (s, b) = barrier();
+    b.put("p/a", b"A").expect("put");
+    b.put("p/b", b"B").expect("put");
+    let kr = b.keyring().expect("kr");
+    let ka = b.storage_key(&kr, "p/a").expect("key");
+    let kb = b.storage_key(&kr, "p/b").expect("key");
+    let raw_a = s.get(&ka).expect("get").expect("a");
+    s.put(&kb, &raw_a).expect("swap");
+    assert_eq!(b.get("p/b").err().map(|e| e.kind), Some(ErrorKind::Integrity));
+}
+
+#[test]
+fn rotate_keeps_old_entries_readable_and_survives_restart() {
+    let (s, b) = barrier();
+    b.put("p/old", b"old").expect("put");
+    assert_eq!(b.rotate().expect("rotate"), 2);
+    b.put("p/new", b"new").expect("put");
+    assert_eq!(b.get("p/old").expect("get").expect("old").expose(), b"old");
+    let again = Barrier::new(s, KdfParams::minimum());
+    again.unseal(b"correct horse").expect("unseal");
+    assert_eq!(again.active_term().expect("term"), 2);
+    assert_eq!(again.get("p/old").expect("get").expect("old").expose(), b"old");
+    assert_eq!(again.get("p/new").expect("get").expect("new").expose(), b"new");
+}
+
+#[test]
+fn wrong_passphrase_is_refused_and_changes_nothing() {
+    let (s, b) = barrier();
+    b.put("p/x", b"1").expect("put");
+    let before = s.dump();
+    let other = Barrier::new(s.clone(), KdfParams::minimum());
+    assert!(matches!(other.unseal(b"wrong"), Err(UnsealError::WrongPassphrase)));
+    assert!(other.is_sealed());
+    assert_eq!(s.dump(), before);
+}
+
+#[test]
+fn sealed_barrier_refuses_everything() {
+    let (_s, b) = barrier();
+    b.seal();
+    assert_eq!(b.get("p/x").err().map(|e| e.kind), Some(ErrorKind::Sealed));
+    assert_eq!(b.put("p/x", b"v").err().map(|e| e.kind), Some(ErrorKind::Sealed));
+}
+
+#[test]
+fn weak_kdf_parameters_are_refused() {
+    let mut p = KdfParams::minimum();
+    p.memory_kib = 1024;
+    assert!(p.validate().is_err());
+    // A tampered seal config that weakens the KDF is refused at unseal.
+    let (s, _b) = barrier();
+    let mut cfg = s.get(SEAL_CONFIG_KEY).expect("get").expect("cfg");
+    cfg[4..8].copy_from_slice(&1024u32.to_be_bytes());
+    s.put(SEAL_CONFIG_KEY, &cfg).expect("tamper");
+    let b2 = Barrier::new(s, KdfParams::minimum());
+    assert!(b2.unseal(b"correct horse").is_err());
+}
+
+#[test]
+fn same_name_in_two_folders_encrypts_differently() {
+    let (s, b) = barrier();
+    b.put("a/x", b"1").expect("put");
+    b.put("b/x", b"2").expect("put");
+    let keys: Vec<String> = s
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(ENCRYPTED_PREFIX))
+        .collect();
+    let leaves: Vec<&str> = keys.iter().filter_map(|k| k.rsplit('/').next()).collect();
+    assert_eq!(leaves.len(), 2);
+    assert_ne!(leaves[0], leaves[1]);
+}

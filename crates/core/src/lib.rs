@@ -1,0 +1,20 @@
+//! nomadfs-core: the engine of nomadfs. It knows nothing of FUSE or the kernel: backends are
+//! routed by path patterns and answer stat/read/write/list/delete/mkdir/rmdir/rename for a
+//! `Caller`; the adapter turns kernel requests into these calls and `ErrorKind`s into errnos.
+
+pub mod backend;
+pub mod backends;
+pub mod barrier;
+pub mod caller;
+pub mod engine;
+pub mod error;
+pub mod mounts;
+pub mod route;
+pub mod secret;
+pub mod storage;
+
+pub use backend::{Backend, DirEntry, Node, NodeKind};
+pub use caller::Caller;
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, ErrorKind, Result};
+pub use secret::SecretBytes;

@@ -1,0 +1,126 @@
+//! The mount table: which backend type serves which top-level path, and where its data lives.
+//!
+//! Owns: `MountEntry` (path, type, description, uuid), the table's persistence in the barrier at
+//! `core/mounts`, and the rules for mount paths (one segment, not `sys`, no overlap). Each mount's
+//! data lives in the view `logical/<uuid>/`, so a remount (new path, same uuid) keeps its data and
+//! two mounts of one type never share data. Must never: delete a mount's data before its leases
+//! are revoked.
+
+use crate::backends::{self, validate_name, Limits};
+use crate::barrier::{Barrier, View};
+use crate::error::{Error, ErrorKind, Result};
+use crate::Backend;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const TABLE_PATH: &str = "core/mounts";
+/// Paths that can never be mounted over.
+pub const RESERVED: &[&str] = &["sys"];
+
+/// One row of the mount table, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MountEntry {
+    /// Without trailing slash ("secret").
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+    pub uuid: String,
+}
+
+/// A mount path as users write it: "secret/" or "secret" → "secret".
+pub fn normalize_path(path: &str) -> Result<String> {
+    let p = path.trim().trim_end_matches('/');
+    if p.contains('/') {
+        return Err(Error::invalid(format!(
+            "mount path {path:?} must be a single folder name"
+        )));
+    }
+    validate_name(p).map_err(|e| e.context("mount path"))?;
+    if RESERVED.contains(&p) {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("mount path {p:?} is reserved"),
+        ));
+    }
+    Ok(p.to_string())
+}
+
+/// A live mount: its entry and its backend.
+pub struct Mounted {
+    pub entry: MountEntry,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// The in-memory mount table, rebuilt on every change (readers hold an `Arc` snapshot).
+#[derive(Default)]
+pub struct MountTable {
+    pub mounts: BTreeMap<String, Arc<Mounted>>,
+}
+
+pub(crate) fn view_for(barrier: &Arc<Barrier>, uuid: &str) -> View {
+    View::new(barrier.clone(), format!("logical/{uuid}/"))
+}
+
+impl MountTable {
+    pub fn build(barrier: &Arc<Barrier>, entries: Vec<MountEntry>, limits: Limits) -> Result<Self> {
+        let mut mounts = BTreeMap::new();
+        for entry in entries {
+            let backend = backends::build(&entry.kind, view_for(barrier, &entry.uuid), limits)?;
+            mounts.insert(entry.path.clone(), Arc::new(Mounted { entry, backend }));
+        }
+        Ok(Self { mounts })
+    }
+
+    pub fn entries(&self) -> Vec<MountEntry> {
+        self.mounts.values().map(|m| m.entry.clone()).collect()
+    }
+}
+
+pub(crate) fn load(barrier: &Barrier) -> Result<Option<Vec<MountEntry>>> {
+    match barrier.get(TABLE_PATH)? {
+        None => Ok(None),
+        Some(raw) => serde_json::from_slice(raw.expose())
+            .map(Some)
+            .map_err(|e| Error::new(ErrorKind::Integrity, format!("mount table: {e}"))),
+    }
+}
+
+pub(crate) fn save(barrier: &Barrier, entries: &[MountEntry]) -> Result<()> {
+    let raw = serde_json::to_vec(entries).map_err(|e| Error::io(format!("mount table: {e}")))?;
+    barrier.put(TABLE_PATH, &raw)
+}
+
+pub(crate) fn new_entry(path: &str, kind: &str, description: &str) -> Result<MountEntry> {
+    if !backends::KNOWN_TYPES.contains(&kind) {
+        return Err(Error::invalid(format!(
+            "unknown backend type {kind:?} (known: {})",
+            backends::KNOWN_TYPES.join(", ")
+        )));
+    }
+    Ok(MountEntry {
+        path: normalize_path(path)?,
+        kind: kind.to_string(),
+        description: description.to_string(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+    })
+}
+
+/// How the mount table talks to the lease manager: revoke every lease under a prefix before a
+/// mount's data is deleted or its path changes.
+pub trait LeaseRevoker: Send + Sync {
+    /// Revoke every lease whose id starts with `prefix`; Err if any revocation failed.
+    fn revoke_prefix(&self, prefix: &str) -> Result<usize>;
+}
+
+/// Until a backend hands out leases there is nothing to revoke.
+pub struct NoLeases;
+
+impl LeaseRevoker for NoLeases {
+    fn revoke_prefix(&self, _prefix: &str) -> Result<usize> {
+        Ok(0)
+    }
+}

@@ -1,0 +1,55 @@
+//! Physical storage: opaque keys to opaque bytes.
+//!
+//! Owns: the `Storage` trait (get/put/delete/list-prefix, compare-and-swap, atomic batches) and
+//! its implementations: `memory` (dev mode and tests) and `file` (the embedded default, an ACID
+//! redb database). `conformance` is the one test suite every implementation passes.
+//!
+//! Must never: see plaintext. Everything above the barrier reaches storage encrypted, names
+//! included; storage only moves bytes and makes them durable.
+
+pub mod file;
+pub mod memory;
+
+#[doc(hidden)]
+pub mod conformance;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// One write in an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// A key-value store with prefix listing and atomic multi-key writes.
+///
+/// Every method that returns `Ok` for a write has made it durable (for durable stores).
+pub trait Storage: Send + Sync {
+    /// The kind, for `sys/health` ("memory", "file", "etcd").
+    fn kind(&self) -> &'static str;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.apply(&[WriteOp::Put(key.to_string(), value.to_vec())])
+    }
+    /// Delete a key; deleting an absent key is not an error.
+    fn delete(&self, key: &str) -> Result<()> {
+        self.apply(&[WriteOp::Delete(key.to_string())])
+    }
+    /// Every key that starts with `prefix`, in byte order.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Whether any key starts with `prefix`.
+    fn has_prefix(&self, prefix: &str) -> Result<bool> {
+        Ok(!self.list(prefix)?.is_empty())
+    }
+    /// Apply all writes or none.
+    fn apply(&self, ops: &[WriteOp]) -> Result<()>;
+    /// Replace the value of `key` only if it currently is `expected` (`None`: absent).
+    /// `new = None` deletes. Returns whether the swap happened.
+    fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>)
+        -> Result<bool>;
+}
+
+pub(crate) fn storage_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Io, format!("storage {what}: {e}"))
+}

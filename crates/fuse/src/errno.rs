@@ -1,0 +1,54 @@
+//! The one place core errors become errnos. Exhaustive: a new `ErrorKind` does not compile
+//! until it has an errno here. Never ENOSYS for a refusal.
+
+use fuser::Errno;
+use nomadfs_core::ErrorKind;
+
+pub fn errno(kind: ErrorKind) -> Errno {
+    match kind {
+        ErrorKind::NotFound => Errno::ENOENT,
+        ErrorKind::PermissionDenied => Errno::EACCES,
+        ErrorKind::NotPermitted => Errno::EPERM,
+        ErrorKind::InvalidInput => Errno::EINVAL,
+        ErrorKind::AlreadyExists => Errno::EEXIST,
+        ErrorKind::TooLarge => Errno::EFBIG,
+        ErrorKind::NotEmpty => Errno::ENOTEMPTY,
+        ErrorKind::NotADirectory => Errno::ENOTDIR,
+        ErrorKind::IsADirectory => Errno::EISDIR,
+        ErrorKind::CrossMount => Errno::EXDEV,
+        ErrorKind::Sealed => Errno::EACCES,
+        ErrorKind::Busy => Errno::EBUSY,
+        ErrorKind::Io => Errno::EIO,
+        ErrorKind::Integrity => Errno::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_total_and_never_enosys() {
+        let all = [
+            ErrorKind::NotFound,
+            ErrorKind::PermissionDenied,
+            ErrorKind::NotPermitted,
+            ErrorKind::InvalidInput,
+            ErrorKind::AlreadyExists,
+            ErrorKind::TooLarge,
+            ErrorKind::NotEmpty,
+            ErrorKind::NotADirectory,
+            ErrorKind::IsADirectory,
+            ErrorKind::CrossMount,
+            ErrorKind::Sealed,
+            ErrorKind::Busy,
+            ErrorKind::Io,
+            ErrorKind::Integrity,
+        ];
+        for k in all {
+            assert_ne!(errno(k).code(), libc::ENOSYS, "{k:?}");
+        }
+        assert_eq!(errno(ErrorKind::TooLarge).code(), libc::EFBIG);
+        assert_eq!(errno(ErrorKind::CrossMount).code(), libc::EXDEV);
+    }
+}

@@ -1,0 +1,633 @@
+//! The `fuser::Filesystem` implementation: each method resolves inode → path, calls the
+//! engine, and replies — or maps the error through `errno` in one place (`fail`).
+//!
+//! Every node is served with zero entry/attr TTL and every file with direct I/O: no secret byte
+//! enters the page cache, and revocation or policy changes take effect on the next syscall.
+//! Lookups and getattr only `stat`, which has no side effects.
+
+use crate::errno::errno;
+use crate::handles::{Handle, Handles, WriteBuf};
+use crate::inodes::{join, Inodes, ROOT};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
+};
+use nomadfs_core::{Caller, Engine, Error, ErrorKind, Node, NodeKind, SecretBytes};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+const TTL: Duration = Duration::ZERO;
+
+pub struct NomadFs {
+    engine: Arc<Engine>,
+    inodes: Inodes,
+    handles: Handles,
+    dirs: Mutex<HashMap<u64, Vec<(u64, FileType, String)>>>,
+    next_dir: std::sync::atomic::AtomicU64,
+    start: SystemTime,
+}
+
+fn caller(req: &Request) -> Caller {
+    crate::caller::from_request(req.uid(), req.gid(), req.pid())
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Error> {
+    name.to_str()
+        .ok_or_else(|| Error::invalid("names must be UTF-8"))
+}
+
+/// Log a refused or failed request (paths and reasons only, never values) and its errno.
+fn fail(op: &str, path: &str, e: &Error) -> Errno {
+    match e.kind {
+        ErrorKind::NotFound => tracing::debug!(op, path, "{}", e.message),
+        ErrorKind::Io | ErrorKind::Integrity => tracing::error!(op, path, "{}", e.message),
+        _ => tracing::info!(op, path, "refused: {}", e.message),
+    }
+    errno(e.kind)
+}
+
+fn is_write(flags: i32) -> bool {
+    matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+}
+fn is_read(flags: i32) -> bool {
+    matches!(flags & libc::O_ACCMODE, libc::O_RDONLY | libc::O_RDWR)
+}
+
+impl NomadFs {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            inodes: Inodes::default(),
+            handles: Handles::default(),
+            dirs: Mutex::new(HashMap::new()),
+            next_dir: std::sync::atomic::AtomicU64::new(1),
+            start: SystemTime::now(),
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<String, Error> {
+        self.inodes
+            .path(ino.0)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("stale inode {}", ino.0)))
+    }
+
+    fn attr(&self, ino: u64, node: &Node, c: &Caller) -> FileAttr {
+        let (kind, nlink) = match node.kind {
+            NodeKind::Dir => (FileType::Directory, 2),
+            NodeKind::File => (FileType::RegularFile, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: node.size,
+            blocks: node.size.div_ceil(512),
+            atime: self.start,
+            mtime: self.start,
+            ctime: self.start,
+            crtime: self.start,
+            kind,
+            perm: node.mode,
+            nlink,
+            // The caller owns what it sees: the owner bits say what *this caller* may do.
+            uid: c.uid,
+            gid: c.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Stat a path; a file created but not yet committed is answered from its open handle.
+    fn stat_ino(&self, ino: u64, path: &str, c: &Caller) -> Result<Node, Error> {
+        match self.engine.stat(c, path) {
+            Err(e) if e.kind == ErrorKind::NotFound => match self.handles.pending_size(ino) {
+                Some(size) => Ok(Node::file(size)),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// Store the handle's buffer if it was written (or, at release, created/truncated).
+    fn commit(&self, h: &mut Handle, c: &Caller, releasing: bool) -> Result<(), Error> {
+        if let Some(w) = h.write.as_mut() {
+            if w.dirty || (releasing && w.pending_empty) {
+                let res = self.engine.write(c, &h.path, w.data.duplicate());
+                w.dirty = false;
+                w.pending_empty = false;
+                res?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Filesystem for NomadFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let c = caller(req);
+        let res = self.path(parent).and_then(|p| {
+            let path = join(&p, name_str(name)?);
+            let node = self.engine.stat(&c, &path)?;
+            Ok((path, node))
+        });
+        match res {
+            Ok((path, node)) => {
+                let ino = self.inodes.lookup(&path);
+                reply.entry(&TTL, &self.attr(ino, &node, &c), Generation(0));
+            }
+            Err(e) => reply.error(fail("lookup", &name.to_string_lossy(), &e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let c = caller(req);
+        match self
+            .path(ino)
+            .and_then(|p| self.stat_ino(ino.0, &p, &c))
+        {
+            Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node, &c)),
+            Err(e) => reply.error(fail("getattr", &ino.0.to_string(), &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let c = caller(req);
+        let res = (|| -> Result<Node, Error> {
+            let path = self.path(ino)?;
+            // Modes are decided by policy: chmod is accepted and ignored (so `cp -p`/`mv` work),
+            // chown is refused.
+            let _ = mode;
+            if uid.is_some() || gid.is_some() {
+                return Err(Error::not_permitted(format!(
+                    "{path}: owners are decided by policy, not chown"
+                )));
+            }
+            if let Some(size) = size {
+                let limit = self.engine.limits().max_value_size as u64;
+                if size > limit {
+                    return Err(Error::new(ErrorKind::TooLarge, format!("{path}: size over the limit")));
+                }
+                match fh.and_then(|fh| self.handles.get(fh.0)) {
+                    Some(h) => {
+                        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+                        match h.write.as_mut() {
+                            Some(w) => w.truncate(size as usize),
+                            None => return Err(Error::denied(format!("{path}: not open for writing"))),
+                        }
+                    }
+                    None => {
+                        // truncate(2) by path: read, resize, commit at once.
+                        let current = match self.engine.read(&c, &path) {
+                            Ok(v) => v,
+                            Err(e) if e.kind == ErrorKind::NotFound => SecretBytes::default(),
+                            Err(e) => return Err(e),
+                        };
+                        let mut w = WriteBuf::new(current, false);
+                        w.truncate(size as usize);
+                        self.engine.write(&c, &path, w.data.duplicate())?;
+                    }
+                }
+            }
+            self.stat_ino(ino.0, &path, &c)
+        })();
+        match res {
+            Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node, &c)),
+            Err(e) => reply.error(fail("setattr", &ino.0.to_string(), &e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let c = caller(req);
+        let res = self.path(parent).and_then(|p| {
+            let path = join(&p, name_str(name)?);
+            self.engine.mkdir(&c, &path)?;
+            let node = self.engine.stat(&c, &path)?;
+            Ok((path, node))
+        });
+        match res {
+            Ok((path, node)) => {
+                let ino = self.inodes.lookup(&path);
+                reply.entry(&TTL, &self.attr(ino, &node, &c), Generation(0));
+            }
+            Err(e) => reply.error(fail("mkdir", &name.to_string_lossy(), &e)),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = caller(req);
+        let res = self.path(parent).and_then(|p| {
+            let path = join(&p, name_str(name)?);
+            self.engine.delete(&c, &path)?;
+            Ok(path)
+        });
+        match res {
+            Ok(path) => {
+                self.inodes.unlink(&path);
+                reply.ok()
+            }
+            Err(e) => reply.error(fail("unlink", &name.to_string_lossy(), &e)),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = caller(req);
+        let res = self.path(parent).and_then(|p| {
+            let path = join(&p, name_str(name)?);
+            self.engine.rmdir(&c, &path)?;
+            Ok(path)
+        });
+        match res {
+            Ok(path) => {
+                self.inodes.unlink(&path);
+                reply.ok()
+            }
+            Err(e) => reply.error(fail("rmdir", &name.to_string_lossy(), &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let c = caller(req);
+        let res = (|| -> Result<(String, String), Error> {
+            let from = join(&self.path(parent)?, name_str(name)?);
+            let to = join(&self.path(newparent)?, name_str(newname)?);
+            if flags.bits() & !(libc::RENAME_NOREPLACE) != 0 {
+                return Err(Error::invalid("RENAME_EXCHANGE/WHITEOUT are not supported"));
+            }
+            if flags.bits() & libc::RENAME_NOREPLACE != 0 && self.engine.stat(&c, &to).is_ok() {
+                return Err(Error::new(ErrorKind::AlreadyExists, format!("{to}: exists")));
+            }
+            self.engine.rename(&c, &from, &to)?;
+            Ok((from, to))
+        })();
+        match res {
+            Ok((from, to)) => {
+                self.inodes.rename(&from, &to);
+                reply.ok()
+            }
+            Err(e) => reply.error(fail("rename", &name.to_string_lossy(), &e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let c = caller(req);
+        let flags = flags.0;
+        let res = (|| -> Result<u64, Error> {
+            let path = self.path(ino)?;
+            let node = self.engine.stat(&c, &path)?;
+            if node.is_dir() {
+                return Err(Error::new(ErrorKind::IsADirectory, format!("{path}: is a folder")));
+            }
+            if is_read(flags) && node.mode & 0o400 == 0 {
+                return Err(Error::denied(format!("{path} is write-only")));
+            }
+            if is_write(flags) && node.mode & 0o200 == 0 {
+                return Err(Error::denied(format!("{path} is read-only")));
+            }
+            let trunc = flags & libc::O_TRUNC != 0;
+            let snapshot = if is_read(flags) {
+                Some(self.engine.read(&c, &path)?)
+            } else {
+                None
+            };
+            let write = if is_write(flags) {
+                let initial = match (&snapshot, trunc || node.dynamic) {
+                    (_, true) => SecretBytes::default(),
+                    (Some(s), false) => s.duplicate(),
+                    (None, false) => self.engine.read(&c, &path)?,
+                };
+                Some(WriteBuf::new(initial, trunc))
+            } else {
+                None
+            };
+            Ok(self.handles.insert(Handle {
+                ino: ino.0,
+                path,
+                snapshot,
+                write,
+            }))
+        })();
+        match res {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(fail("open", &ino.0.to_string(), &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let c = caller(req);
+        let res = (|| -> Result<(u64, u64), Error> {
+            let path = join(&self.path(parent)?, name_str(name)?);
+            match self.engine.stat(&c, &path) {
+                // O_CREAT on an existing file (no O_EXCL): the kernel normally opens instead.
+                Ok(_) if flags & libc::O_EXCL != 0 => {
+                    return Err(Error::new(ErrorKind::AlreadyExists, format!("{path}: exists")))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => self.engine.create(&c, &path)?,
+                Err(e) => return Err(e),
+            }
+            let ino = self.inodes.lookup(&path);
+            let fh = self.handles.insert(Handle {
+                ino,
+                path,
+                snapshot: None,
+                // Closing a created file stores it, even empty (at release).
+                write: Some(WriteBuf::new(SecretBytes::default(), true)),
+            });
+            Ok((ino, fh))
+        })();
+        match res {
+            Ok((ino, fh)) => {
+                let attr = self.attr(ino, &Node::file(0), &c);
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
+            Err(e) => reply.error(fail("create", &name.to_string_lossy(), &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let data = match (&h.write, &h.snapshot) {
+            (Some(w), _) if w.dirty || h.snapshot.is_none() => w.data.expose(),
+            (_, Some(s)) => s.expose(),
+            (Some(w), None) => w.data.expose(),
+            (None, None) => return reply.error(Errno::EBADF),
+        };
+        let start = (offset as usize).min(data.len());
+        let end = start.saturating_add(size as usize).min(data.len());
+        reply.data(&data[start..end]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = self.engine.limits().max_value_size as u64;
+        let path = h.path.clone();
+        let Some(w) = h.write.as_mut() else {
+            return reply.error(Errno::EBADF);
+        };
+        if offset.saturating_add(data.len() as u64) > limit {
+            let e = Error::new(
+                ErrorKind::TooLarge,
+                format!("{path}: value exceeds the limit of {limit} bytes"),
+            );
+            // Nothing of this open will be stored.
+            w.discard();
+            return reply.error(fail("write", &path, &e));
+        }
+        w.write_at(offset as usize, data);
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let c = caller(req);
+        match self.commit(&mut h, &c, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("close", &h.path, &e)),
+        }
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.handles.remove(fh.0) else {
+            return reply.ok();
+        };
+        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let c = caller(req);
+        let res = self.commit(&mut h, &c, true);
+        // Snapshot and buffer are zeroized as the handle drops.
+        h.snapshot = None;
+        h.write = None;
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("release", &h.path, &e)),
+        }
+    }
+
+    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.flush(req, ino, fh, LockOwner(0), reply)
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let c = caller(req);
+        let res = self.path(ino).and_then(|path| {
+            let entries = self.engine.list(&c, &path)?;
+            let parent_ino = if ino.0 == ROOT {
+                ROOT
+            } else {
+                let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+                self.inodes.peek(parent).unwrap_or(ROOT)
+            };
+            let mut out = vec![
+                (ino.0, FileType::Directory, ".".to_string()),
+                (parent_ino, FileType::Directory, "..".to_string()),
+            ];
+            for e in entries {
+                let child = join(&path, &e.name);
+                let child_ino = self.inodes.peek(&child).unwrap_or_else(|| synthetic_ino(&child));
+                let kind = match e.kind {
+                    NodeKind::Dir => FileType::Directory,
+                    NodeKind::File => FileType::RegularFile,
+                };
+                out.push((child_ino, kind, e.name));
+            }
+            Ok(out)
+        });
+        match res {
+            Ok(entries) => {
+                let fh = self
+                    .next_dir
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, entries);
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(fail("opendir", &ino.0.to_string(), &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entries) = dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok()
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let c = caller(req);
+        let res = self.path(ino).and_then(|p| self.stat_ino(ino.0, &p, &c));
+        match res {
+            Ok(node) => {
+                let want = mask.bits();
+                let mut ok = true;
+                if want & libc::R_OK != 0 && node.mode & 0o400 == 0 {
+                    ok = false;
+                }
+                if want & libc::W_OK != 0 && node.mode & 0o200 == 0 {
+                    ok = false;
+                }
+                if want & libc::X_OK != 0 && node.mode & 0o100 == 0 {
+                    ok = false;
+                }
+                if ok {
+                    reply.ok()
+                } else {
+                    reply.error(Errno::EACCES)
+                }
+            }
+            Err(e) => reply.error(fail("access", &ino.0.to_string(), &e)),
+        }
+    }
+}
+
+/// A stable inode number for a `readdir` entry the kernel has not looked up (high bit set, so
+/// it never collides with the table's counter).
+fn synthetic_ino(path: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h | (1 << 63)
+}

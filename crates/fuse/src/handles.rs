@@ -1,0 +1,131 @@
+//! Open file handles: a snapshot per open for reads, a zeroized buffer for writes.
+
+use nomadfs_core::SecretBytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A write buffer that never leaves copies of its bytes behind when it grows.
+#[derive(Debug, Default)]
+pub struct WriteBuf {
+    pub data: SecretBytes,
+    /// Written since the last commit: the next flush commits.
+    pub dirty: bool,
+    /// Created or truncated at open but not yet written: committed (empty) at release only,
+    /// so the flush that a shell's `dup2`+`close` sends never stores an empty value early.
+    pub pending_empty: bool,
+}
+
+impl WriteBuf {
+    pub fn new(data: SecretBytes, pending_empty: bool) -> Self {
+        Self {
+            data,
+            dirty: false,
+            pending_empty,
+        }
+    }
+
+    /// Forget everything: nothing of this open will be stored.
+    pub fn discard(&mut self) {
+        self.data = SecretBytes::default();
+        self.dirty = false;
+        self.pending_empty = false;
+    }
+
+    /// Write `bytes` at `offset`, growing into a fresh zeroizing allocation when needed.
+    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset + bytes.len();
+        if end > self.data.capacity() {
+            let cap = end.max(self.data.capacity() * 2).max(64);
+            let mut grown = Vec::with_capacity(cap);
+            grown.extend_from_slice(self.data.expose());
+            // The old allocation is zeroized when `self.data` is replaced and dropped.
+            self.data = SecretBytes::new(grown);
+        }
+        let v = self.data.expose_mut();
+        if v.len() < end {
+            v.resize(end, 0);
+        }
+        v[offset..end].copy_from_slice(bytes);
+        self.dirty = true;
+    }
+
+    pub fn truncate(&mut self, size: usize) {
+        let v = self.data.expose_mut();
+        if size <= v.len() {
+            // Zero the cut-off tail before shortening.
+            v[size..].iter_mut().for_each(|b| *b = 0);
+            v.truncate(size);
+        } else {
+            let cur = v.len();
+            self.write_at(cur, &vec![0; size - cur]);
+        }
+        self.dirty = true;
+    }
+}
+
+pub struct Handle {
+    pub ino: u64,
+    pub path: String,
+    /// What reads see: the snapshot taken at open (None for write-only opens).
+    pub snapshot: Option<SecretBytes>,
+    /// Pending content, committed at flush/release (None for read-only opens).
+    pub write: Option<WriteBuf>,
+}
+
+pub type Shared = Arc<Mutex<Handle>>;
+
+#[derive(Default)]
+pub struct Handles {
+    map: Mutex<HashMap<u64, Shared>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    pub fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().insert(fh, Arc::new(Mutex::new(h)));
+        fh
+    }
+    pub fn get(&self, fh: u64) -> Option<Shared> {
+        self.lock().get(&fh).cloned()
+    }
+    pub fn remove(&self, fh: u64) -> Option<Shared> {
+        self.lock().remove(&fh)
+    }
+    /// Size of a file created but not yet committed (no stored entry exists yet).
+    pub fn pending_size(&self, ino: u64) -> Option<u64> {
+        self.lock().values().find_map(|h| {
+            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+            if h.ino == ino {
+                h.write.as_ref().map(|w| w.data.len() as u64)
+            } else {
+                None
+            }
+        })
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Shared>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_buffer_grows_and_truncates() {
+        let mut w = WriteBuf::default();
+        w.write_at(0, b"hello");
+        w.write_at(5, b" world");
+        assert_eq!(w.data.expose(), b"hello world");
+        w.write_at(2, b"LL");
+        assert_eq!(w.data.expose(), b"heLLo world");
+        w.truncate(2);
+        assert_eq!(w.data.expose(), b"he");
+        w.truncate(4);
+        assert_eq!(w.data.expose(), b"he\0\0");
+        w.write_at(200, b"x");
+        assert_eq!(w.data.len(), 201);
+    }
+}

@@ -1,0 +1,267 @@
+//! The command line: `server` runs the daemon; every other command is file operations on a
+//! running mount (nothing more), printed like the getting-started guide.
+
+mod output;
+
+use crate::config::Config;
+use crate::daemon::{self, ServerArgs};
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "nomadfs", version, about = "Secrets as files: a FUSE secrets store")]
+struct Cli {
+    /// The nomadfs mountpoint (default: $NOMADFS_MOUNT, then `mountpoint` in the config).
+    #[arg(long, global = true)]
+    mount: Option<PathBuf>,
+    /// Config file used to find the mountpoint (default: ./mounts.toml, /etc/nomadfs/mounts.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground (SIGINT/SIGTERM unmount cleanly).
+    Server {
+        /// Throwaway mode: memory store, unsealed, secret/ mounted; everything gone at exit.
+        #[arg(long)]
+        dev: bool,
+        /// Read the passphrase from this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Mountpoint (overrides the config; with --dev, default is a new temp dir).
+        mountpoint: Option<PathBuf>,
+    },
+    /// List the mounts.
+    Mounts,
+    /// Mount a backend of TYPE at PATH (default: the type's name).
+    Mount {
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        path: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Unmount PATH: revokes its leases and deletes its data.
+    Unmount { path: String },
+    /// Move the mount at FROM to TO (data kept, leases revoked).
+    Remount { from: String, to: String },
+    /// Read a path and print it as a Key/Value table.
+    Read {
+        path: String,
+        /// Print the raw bytes instead of a table.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Write key=value pairs (stored as a JSON object), or @FILE / - for raw bytes.
+    Write {
+        path: String,
+        #[arg(required = true)]
+        data: Vec<String>,
+    },
+    /// Seal state, version, storage.
+    Status,
+}
+
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    if let Cmd::Server {
+        dev,
+        passphrase_file,
+        mountpoint,
+    } = cli.cmd
+    {
+        init_logging();
+        return daemon::serve(ServerArgs {
+            config: cli.config,
+            dev,
+            mountpoint,
+            passphrase_file,
+        });
+    }
+    match client(&cli) {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("Error: {msg}");
+            daemon::EXIT_ERROR
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NOMADFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn find_mount(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(m) = &cli.mount {
+        return Ok(m.clone());
+    }
+    if let Some(m) = std::env::var_os("NOMADFS_MOUNT") {
+        return Ok(PathBuf::from(m));
+    }
+    let candidates: Vec<PathBuf> = match &cli.config {
+        Some(c) => vec![c.clone()],
+        None => vec![PathBuf::from("mounts.toml"), PathBuf::from("/etc/nomadfs/mounts.toml")],
+    };
+    for c in candidates {
+        if c.exists() {
+            return Ok(Config::load(&c)?.mountpoint);
+        }
+    }
+    Err("cannot find the nomadfs mount: pass --mount, set NOMADFS_MOUNT, or --config".into())
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+fn client(cli: &Cli) -> Result<(), String> {
+    let mnt = find_mount(cli)?;
+    let at = |p: &str| mnt.join(p.trim_start_matches('/'));
+    match &cli.cmd {
+        Cmd::Server { .. } => Ok(()),
+        Cmd::Mounts => {
+            let p = at("sys/mounts.table");
+            let t = std::fs::read_to_string(&p).map_err(|e| io_err("reading", &p, e))?;
+            output::raw(&t);
+            Ok(())
+        }
+        Cmd::Mount {
+            kind,
+            path,
+            description,
+        } => {
+            let name = path.as_deref().unwrap_or(kind).trim_end_matches('/').to_string();
+            let p = at(&format!("sys/mounts/{name}"));
+            let body = match description {
+                Some(d) => format!("type = {kind:?}\ndescription = {d:?}\n"),
+                None => format!("{kind}\n"),
+            };
+            std::fs::write(&p, body).map_err(|e| io_err("mounting", &p, e))?;
+            output::line(&format!("Success! Enabled the {kind} secrets engine at: {name}/"));
+            Ok(())
+        }
+        Cmd::Unmount { path } => {
+            let name = path.trim_end_matches('/');
+            let p = at(&format!("sys/mounts/{name}"));
+            std::fs::remove_file(&p).map_err(|e| io_err("unmounting", &p, e))?;
+            output::line(&format!("Success! Disabled the secrets engine at: {name}/"));
+            Ok(())
+        }
+        Cmd::Remount { from, to } => {
+            let (f, t) = (from.trim_end_matches('/'), to.trim_end_matches('/'));
+            let (pf, pt) = (at(&format!("sys/mounts/{f}")), at(&format!("sys/mounts/{t}")));
+            std::fs::rename(&pf, &pt).map_err(|e| io_err("remounting", &pf, e))?;
+            output::line(&format!("Success! Moved the secrets engine at {f}/ to {t}/"));
+            Ok(())
+        }
+        Cmd::Read { path, raw } => {
+            let p = at(path);
+            let data = std::fs::read(&p).map_err(|e| io_err("reading", &p, e))?;
+            if *raw {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(&data)
+                    .map_err(|e| format!("writing stdout: {e}"))?;
+                return Ok(());
+            }
+            output::kv_table(&rows_of(&data));
+            Ok(())
+        }
+        Cmd::Write { path, data } => {
+            let body = parse_write_args(data)?;
+            let p = at(path);
+            std::fs::write(&p, body).map_err(|e| io_err("writing", &p, e))?;
+            output::line(&format!("Success! Data written to: {path}"));
+            Ok(())
+        }
+        Cmd::Status => {
+            let p = at("sys/health");
+            let data = std::fs::read(&p).map_err(|e| io_err("reading", &p, e))?;
+            output::kv_table(&rows_of(&data));
+            Ok(())
+        }
+    }
+}
+
+/// Turn file content into Key/Value rows: a JSON object gives one row per key (also `k=v`
+/// lines); anything else is one `value` row.
+pub fn rows_of(data: &[u8]) -> Vec<(String, String)> {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(data) {
+        return map
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => "n/a".into(),
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect();
+    }
+    let text = String::from_utf8_lossy(data);
+    vec![("value".to_string(), text.trim_end_matches('\n').to_string())]
+}
+
+/// `key=value…` → a JSON object; `@FILE` → the file's bytes; `-` → stdin.
+pub fn parse_write_args(args: &[String]) -> Result<Vec<u8>, String> {
+    if let [one] = args {
+        if one == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("reading stdin: {e}"))?;
+            return Ok(buf);
+        }
+        if let Some(file) = one.strip_prefix('@') {
+            return std::fs::read(file).map_err(|e| format!("reading {file}: {e}"));
+        }
+    }
+    let mut map = serde_json::Map::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, @FILE or -, got {a:?}"))?;
+        if k.is_empty() {
+            return Err(format!("empty key in {a:?}"));
+        }
+        let v = match v.strip_prefix('@') {
+            Some(file) => std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?,
+            None => v.to_string(),
+        };
+        map.insert(k.to_string(), serde_json::Value::String(v));
+    }
+    serde_json::to_vec(&serde_json::Value::Object(map)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_args_make_json() {
+        let v = parse_write_args(&["value=world".into(), "a=b=c".into()]).expect("ok");
+        let j: serde_json::Value = serde_json::from_slice(&v).expect("json");
+        assert_eq!(j["value"], "world");
+        assert_eq!(j["a"], "b=c");
+        assert!(parse_write_args(&["novalue".into()]).is_err());
+        assert!(parse_write_args(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn rows_from_json_and_text() {
+        let r = rows_of(br#"{"value":"world","n":3}"#);
+        assert!(r.contains(&("value".into(), "world".into())));
+        assert!(r.contains(&("n".into(), "3".into())));
+        assert_eq!(rows_of(b"s3cr3t\n"), vec![("value".into(), "s3cr3t".into())]);
+    }
+}

@@ -1,0 +1,181 @@
+//! `mounts.toml`: typed, unknown keys rejected with the line they are on.
+//!
+//! Owns: parsing and validating the daemon's configuration file. Must never: hold a passphrase
+//! (those come from a file, the environment or a prompt).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mountpoint: PathBuf,
+    #[serde(default)]
+    pub allow_other: bool,
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+    /// Largest value a backend stores, in bytes (default 1 MiB).
+    #[serde(default)]
+    pub max_value_size: Option<usize>,
+    /// Request-handling threads (default 4).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// argon2id memory cost in KiB for a new store (default 65536, minimum 19456).
+    #[serde(default)]
+    pub kdf_memory_kib: Option<u32>,
+    /// argon2id iterations for a new store (default 3, minimum 2).
+    #[serde(default)]
+    pub kdf_iterations: Option<u32>,
+    #[serde(default, rename = "mount")]
+    pub mounts: Vec<MountConfig>,
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+    #[serde(default)]
+    pub admins: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub path: String,
+    pub capabilities: Vec<String>,
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self.storage.kind.as_str() {
+            "file" => {
+                if self.storage.path.is_none() {
+                    return Err("[storage] type = \"file\" needs `path`".into());
+                }
+            }
+            "memory" => {}
+            "etcd" => {
+                if self.storage.endpoints.is_empty() {
+                    return Err("[storage] type = \"etcd\" needs `endpoints`".into());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "[storage] type {other:?} is unknown (use \"file\", \"memory\" or \"etcd\")"
+                ))
+            }
+        }
+        if let Some(n) = self.max_value_size {
+            if n == 0 || n > 64 << 20 {
+                return Err("max_value_size must be between 1 byte and 64 MiB".into());
+            }
+        }
+        if !self.mountpoint.is_absolute() {
+            return Err(format!(
+                "mountpoint {} must be an absolute path",
+                self.mountpoint.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+mountpoint  = "/run/nomadfs"
+allow_other = false
+[storage]
+type = "file"
+path = "/var/lib/nomadfs"
+[audit]
+path = "/var/log/nomadfs/audit.log"
+[[mount]]
+path = "secret/"
+type = "generic"
+description = "generic secret storage"
+[[policy]]
+name  = "deploy"
+uids  = [1001]
+rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
+          { path = "secret/app/*",     capabilities = ["read", "list"] } ]
+"#;
+
+    #[test]
+    fn spec_example_parses() {
+        let c = Config::parse(GOOD).expect("spec example");
+        assert_eq!(c.mounts.len(), 1);
+        assert_eq!(c.policies[0].rules.len(), 2);
+        assert_eq!(c.storage.kind, "file");
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let bad = GOOD.replace("allow_other = false", "allow_other = false\nbogus = 1");
+        let e = Config::parse(&bad).expect_err("unknown key");
+        assert!(e.contains("line 4"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_storage_type_is_refused() {
+        let bad = GOOD.replace("type = \"file\"", "type = \"floppy\"");
+        assert!(Config::parse(&bad).expect_err("bad type").contains("floppy"));
+    }
+}

@@ -1,0 +1,195 @@
+//! The daemon's lifecycle: storage, engine, passphrase, unseal, FUSE mount, signals, unmount.
+//!
+//! Owns: the order of start-up and shut-down and the exit codes (2: wrong passphrase).
+//! Must never: log a passphrase, or touch storage when the passphrase is wrong.
+
+use crate::config::Config;
+use nomadfs_core::backends::Limits;
+use nomadfs_core::barrier::{KdfParams, UnsealError};
+use nomadfs_core::engine::MountSpec;
+use nomadfs_core::storage::{file::FileStorage, memory::MemoryStorage, Storage};
+use nomadfs_core::{Engine, EngineConfig, SecretBytes};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ServerArgs {
+    pub config: Option<PathBuf>,
+    pub dev: bool,
+    pub mountpoint: Option<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Exit codes.
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_WRONG_PASSPHRASE: i32 = 2;
+
+fn read_passphrase(args: &ServerArgs) -> Result<Option<SecretBytes>, String> {
+    if let Some(p) = &args.passphrase_file {
+        let raw = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let mut s = SecretBytes::new(raw);
+        while s.expose().last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            s.expose_mut().pop();
+        }
+        return Ok(Some(s));
+    }
+    if let Some(v) = std::env::var_os("NOMADFS_PASSPHRASE") {
+        // Keep it out of /proc/self/environ of anything we spawn later.
+        std::env::remove_var("NOMADFS_PASSPHRASE");
+        use std::os::unix::ffi::OsStringExt;
+        return Ok(Some(SecretBytes::new(v.into_vec())));
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("nomadfs passphrase: ")
+            .map_err(|e| format!("cannot read the passphrase: {e}"))?;
+        return Ok(Some(SecretBytes::from(p)));
+    }
+    Ok(None)
+}
+
+fn dev_mountpoint() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("nomadfs-dev-{}", uuid_suffix()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn uuid_suffix() -> String {
+    format!("{:08x}", std::process::id() ^ (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)))
+}
+
+pub fn serve(args: ServerArgs) -> i32 {
+    for problem in crate::sys::harden() {
+        tracing::warn!("hardening: {problem}");
+    }
+    match serve_inner(args) {
+        Ok(code) => code,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            eprintln!("nomadfs: {msg}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn serve_inner(args: ServerArgs) -> Result<i32, String> {
+    let (storage, engine_cfg, mountpoint, allow_other, threads, passphrase): (
+        Arc<dyn Storage>,
+        EngineConfig,
+        PathBuf,
+        bool,
+        usize,
+        Option<SecretBytes>,
+    ) = if args.dev {
+        let mut pass = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut pass);
+        let mountpoint = match &args.mountpoint {
+            Some(m) => m.clone(),
+            None => dev_mountpoint()?,
+        };
+        let cfg = EngineConfig {
+            kdf: KdfParams::minimum(),
+            ..EngineConfig::default()
+        };
+        (Arc::new(MemoryStorage::new()), cfg, mountpoint, false, 4, Some(SecretBytes::new(pass)))
+    } else {
+        let path = args
+            .config
+            .clone()
+            .ok_or("server needs --config mounts.toml (or --dev)")?;
+        let cfg = Config::load(&path)?;
+        let storage: Arc<dyn Storage> = match cfg.storage.kind.as_str() {
+            "file" => {
+                let dir = cfg.storage.path.as_deref().unwrap_or(Path::new("/var/lib/nomadfs"));
+                Arc::new(FileStorage::open(dir).map_err(|e| e.message)?)
+            }
+            "memory" => Arc::new(MemoryStorage::new()),
+            other => return Err(format!("storage type {other:?} is not built into this binary")),
+        };
+        let mut kdf = KdfParams::default();
+        if let Some(m) = cfg.kdf_memory_kib {
+            kdf.memory_kib = m;
+        }
+        if let Some(t) = cfg.kdf_iterations {
+            kdf.iterations = t;
+        }
+        kdf.validate().map_err(|e| e.message)?;
+        let mut engine_cfg = EngineConfig {
+            kdf,
+            limits: Limits {
+                max_value_size: cfg.max_value_size.unwrap_or(Limits::default().max_value_size),
+            },
+            ..EngineConfig::default()
+        };
+        if !cfg.mounts.is_empty() {
+            engine_cfg.initial_mounts = cfg
+                .mounts
+                .iter()
+                .map(|m| MountSpec {
+                    path: m.path.clone(),
+                    kind: m.kind.clone(),
+                    description: m.description.clone(),
+                })
+                .collect();
+        }
+        let mountpoint = args.mountpoint.clone().unwrap_or(cfg.mountpoint.clone());
+        let pass = read_passphrase(&args)?;
+        (storage, engine_cfg, mountpoint, cfg.allow_other, cfg.threads.unwrap_or(4), pass)
+    };
+
+    let engine = Arc::new(Engine::new(storage, engine_cfg));
+    match passphrase {
+        Some(p) => match engine.unseal(p.expose()) {
+            Ok(()) => {}
+            Err(UnsealError::WrongPassphrase) => {
+                let msg = "wrong passphrase: the keyring did not decrypt; nothing was changed";
+                tracing::error!("{msg}");
+                eprintln!("nomadfs: {msg}");
+                return Ok(EXIT_WRONG_PASSPHRASE);
+            }
+            Err(UnsealError::Other(e)) => return Err(format!("unseal failed: {}", e.message)),
+        },
+        None => tracing::warn!("no passphrase given: mounting sealed; write it to sys/unseal"),
+    }
+
+    if !mountpoint.exists() {
+        std::fs::create_dir_all(&mountpoint)
+            .map_err(|e| format!("cannot create mountpoint {}: {e}", mountpoint.display()))?;
+    }
+    let opts = nomadfs_fuse::MountOptions {
+        allow_other,
+        threads,
+        auto_unmount: true,
+    };
+    let session = nomadfs_fuse::mount(engine.clone(), &mountpoint, &opts)
+        .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), sealed = engine.is_sealed(), "mounted");
+    if args.dev {
+        println!("{}", mountpoint.display());
+    }
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    loop {
+        if signals.pending().next().is_some() {
+            tracing::info!("signal received: unmounting");
+            break;
+        }
+        if session.guard.is_finished() {
+            tracing::info!("the filesystem was unmounted");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Err(e) = session.umount_and_join() {
+        tracing::warn!("unmount: {e}");
+    }
+    engine.seal();
+    Ok(0)
+}

@@ -1,0 +1,10 @@
+//! nomadfs: the daemon and its CLI. Everything happens in `cli`.
+
+mod cli;
+mod config;
+mod daemon;
+mod sys;
+
+fn main() {
+    std::process::exit(cli::run());
+}
