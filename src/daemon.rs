@@ -29,7 +29,11 @@ fn read_passphrase(args: &ServerArgs) -> Result<Option<SecretBytes>, String> {
     if let Some(p) = &args.passphrase_file {
         let raw = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         let mut s = SecretBytes::new(raw);
-        while s.expose().last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        while s
+            .expose()
+            .last()
+            .is_some_and(|b| *b == b'\n' || *b == b'\r')
+        {
             s.expose_mut().pop();
         }
         return Ok(Some(s));
@@ -55,10 +59,14 @@ fn dev_mountpoint() -> Result<PathBuf, String> {
 }
 
 fn uuid_suffix() -> String {
-    format!("{:08x}", std::process::id() ^ (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)))
+    format!(
+        "{:08x}",
+        std::process::id()
+            ^ (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0))
+    )
 }
 
 pub fn serve(args: ServerArgs) -> i32 {
@@ -94,7 +102,14 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
             kdf: KdfParams::minimum(),
             ..EngineConfig::default()
         };
-        (Arc::new(MemoryStorage::new()), cfg, mountpoint, false, 4, Some(SecretBytes::new(pass)))
+        (
+            Arc::new(MemoryStorage::new()),
+            cfg,
+            mountpoint,
+            false,
+            4,
+            Some(SecretBytes::new(pass)),
+        )
     } else {
         let path = args
             .config
@@ -103,11 +118,19 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         let cfg = Config::load(&path)?;
         let storage: Arc<dyn Storage> = match cfg.storage.kind.as_str() {
             "file" => {
-                let dir = cfg.storage.path.as_deref().unwrap_or(Path::new("/var/lib/nomadfs"));
+                let dir = cfg
+                    .storage
+                    .path
+                    .as_deref()
+                    .unwrap_or(Path::new("/var/lib/nomadfs"));
                 Arc::new(FileStorage::open(dir).map_err(|e| e.message)?)
             }
             "memory" => Arc::new(MemoryStorage::new()),
-            other => return Err(format!("storage type {other:?} is not built into this binary")),
+            other => {
+                return Err(format!(
+                    "storage type {other:?} is not built into this binary"
+                ))
+            }
         };
         let mut kdf = KdfParams::default();
         if let Some(m) = cfg.kdf_memory_kib {
@@ -120,7 +143,9 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         let mut engine_cfg = EngineConfig {
             kdf,
             limits: Limits {
-                max_value_size: cfg.max_value_size.unwrap_or(Limits::default().max_value_size),
+                max_value_size: cfg
+                    .max_value_size
+                    .unwrap_or(Limits::default().max_value_size),
             },
             ..EngineConfig::default()
         };
@@ -137,7 +162,14 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         }
         let mountpoint = args.mountpoint.clone().unwrap_or(cfg.mountpoint.clone());
         let pass = read_passphrase(&args)?;
-        (storage, engine_cfg, mountpoint, cfg.allow_other, cfg.threads.unwrap_or(4), pass)
+        (
+            storage,
+            engine_cfg,
+            mountpoint,
+            cfg.allow_other,
+            cfg.threads.unwrap_or(4),
+            pass,
+        )
     };
 
     let engine = Arc::new(Engine::new(storage, engine_cfg));
@@ -187,9 +219,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    if let Err(e) = session.umount_and_join() {
-        tracing::warn!("unmount: {e}");
-    }
+    nomadfs_fuse::unmount(session, &mountpoint, Duration::from_secs(5));
     engine.seal();
     Ok(0)
 }

@@ -10,7 +10,10 @@ pub fn harden() -> Vec<String> {
     // ours; it makes /proc/self/mem and core dumps unavailable to non-root users.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if rc != 0 {
-        failed.push(format!("prctl(PR_SET_DUMPABLE): {}", std::io::Error::last_os_error()));
+        failed.push(format!(
+            "prctl(PR_SET_DUMPABLE): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let zero = libc::rlimit {
         rlim_cur: 0,
@@ -19,7 +22,10 @@ pub fn harden() -> Vec<String> {
     // SAFETY: `zero` is a valid, initialised rlimit that outlives the call; setrlimit only reads it.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
     if rc != 0 {
-        failed.push(format!("setrlimit(RLIMIT_CORE): {}", std::io::Error::last_os_error()));
+        failed.push(format!(
+            "setrlimit(RLIMIT_CORE): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     failed
 }

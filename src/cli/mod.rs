@@ -10,7 +10,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "nomadfs", version, about = "Secrets as files: a FUSE secrets store")]
+#[command(
+    name = "nomadfs",
+    version,
+    about = "Secrets as files: a FUSE secrets store"
+)]
 struct Cli {
     /// The nomadfs mountpoint (default: $NOMADFS_MOUNT, then `mountpoint` in the config).
     #[arg(long, global = true)]
@@ -109,7 +113,10 @@ fn find_mount(cli: &Cli) -> Result<PathBuf, String> {
     }
     let candidates: Vec<PathBuf> = match &cli.config {
         Some(c) => vec![c.clone()],
-        None => vec![PathBuf::from("mounts.toml"), PathBuf::from("/etc/nomadfs/mounts.toml")],
+        None => vec![
+            PathBuf::from("mounts.toml"),
+            PathBuf::from("/etc/nomadfs/mounts.toml"),
+        ],
     };
     for c in candidates {
         if c.exists() {
@@ -139,14 +146,20 @@ fn client(cli: &Cli) -> Result<(), String> {
             path,
             description,
         } => {
-            let name = path.as_deref().unwrap_or(kind).trim_end_matches('/').to_string();
+            let name = path
+                .as_deref()
+                .unwrap_or(kind)
+                .trim_end_matches('/')
+                .to_string();
             let p = at(&format!("sys/mounts/{name}"));
             let body = match description {
                 Some(d) => format!("type = {kind:?}\ndescription = {d:?}\n"),
                 None => format!("{kind}\n"),
             };
             std::fs::write(&p, body).map_err(|e| io_err("mounting", &p, e))?;
-            output::line(&format!("Success! Enabled the {kind} secrets engine at: {name}/"));
+            output::line(&format!(
+                "Success! Enabled the {kind} secrets engine at: {name}/"
+            ));
             Ok(())
         }
         Cmd::Unmount { path } => {
@@ -158,9 +171,14 @@ fn client(cli: &Cli) -> Result<(), String> {
         }
         Cmd::Remount { from, to } => {
             let (f, t) = (from.trim_end_matches('/'), to.trim_end_matches('/'));
-            let (pf, pt) = (at(&format!("sys/mounts/{f}")), at(&format!("sys/mounts/{t}")));
+            let (pf, pt) = (
+                at(&format!("sys/mounts/{f}")),
+                at(&format!("sys/mounts/{t}")),
+            );
             std::fs::rename(&pf, &pt).map_err(|e| io_err("remounting", &pf, e))?;
-            output::line(&format!("Success! Moved the secrets engine at {f}/ to {t}/"));
+            output::line(&format!(
+                "Success! Moved the secrets engine at {f}/ to {t}/"
+            ));
             Ok(())
         }
         Cmd::Read { path, raw } => {
@@ -235,7 +253,9 @@ pub fn parse_write_args(args: &[String]) -> Result<Vec<u8>, String> {
             return Err(format!("empty key in {a:?}"));
         }
         let v = match v.strip_prefix('@') {
-            Some(file) => std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?,
+            Some(file) => {
+                std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?
+            }
             None => v.to_string(),
         };
         map.insert(k.to_string(), serde_json::Value::String(v));
@@ -262,6 +282,9 @@ mod tests {
         let r = rows_of(br#"{"value":"world","n":3}"#);
         assert!(r.contains(&("value".into(), "world".into())));
         assert!(r.contains(&("n".into(), "3".into())));
-        assert_eq!(rows_of(b"s3cr3t\n"), vec![("value".into(), "s3cr3t".into())]);
+        assert_eq!(
+            rows_of(b"s3cr3t\n"),
+            vec![("value".into(), "s3cr3t".into())]
+        );
     }
 }

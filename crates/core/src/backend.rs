@@ -113,7 +113,8 @@ pub trait Backend: Send + Sync {
         let _ = (ctx, data);
         Err(unsupported("write", path))
     }
-    /// Check that a new file may be created at `path` (nothing is stored until `write`).
+    /// Check that `path` may be written: called when a file is created and when one is opened
+    /// for writing, so refusals come at open rather than at close. Nothing is stored here.
     fn create(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
         let _ = ctx;
         Err(unsupported("create", path))

@@ -246,7 +246,10 @@ impl Engine {
             return Err(Error::not_found(&format!("{from}/")));
         }
         if table.mounts.contains_key(&to) {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("{to}/ is already mounted")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{to}/ is already mounted"),
+            ));
         }
         self.leases
             .revoke_prefix(&format!("{from}/"))
@@ -283,7 +286,11 @@ impl Engine {
     }
 
     pub(crate) fn mounts_table_text(&self) -> String {
-        let mut rows = vec![("Path".to_string(), "Type".to_string(), "Description".to_string())];
+        let mut rows = vec![(
+            "Path".to_string(),
+            "Type".to_string(),
+            "Description".to_string(),
+        )];
         for m in self.mount_entries() {
             rows.push((format!("{}/", m.path), m.kind, m.description));
         }
@@ -342,10 +349,16 @@ impl Engine {
                 Op::Stat => Ok(Reply::Node(Node::dir())),
                 Op::List => {
                     let mut out = vec![DirEntry::file(".help"), DirEntry::dir("sys")];
-                    out.extend(self.mount_entries().into_iter().map(|m| DirEntry::dir(m.path)));
+                    out.extend(
+                        self.mount_entries()
+                            .into_iter()
+                            .map(|m| DirEntry::dir(m.path)),
+                    );
                     Ok(Reply::Entries(out))
                 }
-                _ => Err(Error::not_permitted("the root holds mounts; use sys/mounts to add one")),
+                _ => Err(Error::not_permitted(
+                    "the root holds mounts; use sys/mounts to add one",
+                )),
             },
             Target::RootHelp | Target::MountHelp(_) => {
                 let text = match &target {
@@ -362,7 +375,11 @@ impl Engine {
                 Op::Stat => self.sys.stat(self, rest).map(Reply::Node),
                 Op::List => self.sys.list(self, rest).map(Reply::Entries),
                 Op::Read => self.sys.read(self, rest).map(Reply::Data),
-                Op::Create => self.sys.create(self, rest).map(|_| Reply::Done),
+                // Files under sys/ are control files: each write acts at once.
+                Op::Create => self
+                    .sys
+                    .create(self, rest)
+                    .map(|_| Reply::Node(Node::write_only())),
                 Op::Write(data) => self.sys.write(self, rest, data).map(|_| Reply::Done),
                 Op::Delete => self.sys.delete(self, rest).map(|_| Reply::Done),
                 Op::Rename(to) => match to.strip_prefix("sys/") {
@@ -422,8 +439,13 @@ impl Engine {
             _ => Err(Error::io("internal: read answered without data")),
         }
     }
-    pub fn create(&self, caller: &Caller, path: &str) -> Result<()> {
-        self.dispatch(caller, path, Op::Create).map(|_| ())
+    /// Check that `path` may be (re)written, before any byte is buffered: called when a file is
+    /// created and when one is opened for writing. Answers the node the file will be.
+    pub fn create(&self, caller: &Caller, path: &str) -> Result<Node> {
+        match self.dispatch(caller, path, Op::Create)? {
+            Reply::Node(n) => Ok(n),
+            _ => Ok(Node::file(0)),
+        }
     }
     pub fn write(&self, caller: &Caller, path: &str, data: SecretBytes) -> Result<()> {
         self.dispatch(caller, path, Op::Write(data)).map(|_| ())

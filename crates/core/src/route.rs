@@ -80,7 +80,11 @@ impl Pattern {
 
     /// If `dir` is a literal folder on the way to this pattern, the next literal segment.
     fn child_of(&self, dir: &str) -> Option<DirEntry> {
-        let depth = if dir.is_empty() { 0 } else { dir.split('/').count() };
+        let depth = if dir.is_empty() {
+            0
+        } else {
+            dir.split('/').count()
+        };
         if self.segs.len() <= depth {
             return None;
         }
@@ -146,7 +150,11 @@ mod tests {
 
     #[test]
     fn matches_literals_params_and_rest() {
-        let r = Router::new(&[("", R::Root), ("config/root", R::Cfg), ("roles/{name}", R::Role)]);
+        let r = Router::new(&[
+            ("", R::Root),
+            ("config/root", R::Cfg),
+            ("roles/{name}", R::Role),
+        ]);
         assert_eq!(r.route(""), Some((R::Root, vec![])));
         assert_eq!(r.route("config/root"), Some((R::Cfg, vec![])));
         assert_eq!(r.route("roles/deploy"), Some((R::Role, vec!["deploy"])));
@@ -162,7 +170,11 @@ mod tests {
 
     #[test]
     fn literal_children_imply_folders() {
-        let r = Router::new(&[("config/root", R::Cfg), ("config/lease", R::Cfg), ("roles/{name}", R::Role)]);
+        let r = Router::new(&[
+            ("config/root", R::Cfg),
+            ("config/lease", R::Cfg),
+            ("roles/{name}", R::Role),
+        ]);
         let names: Vec<_> = r.literal_children("").into_iter().map(|e| e.name).collect();
         assert_eq!(names, vec!["config", "roles"]);
         let cfg = r.literal_children("config");

@@ -10,9 +10,8 @@ use crate::handles::{Handle, Handles, WriteBuf};
 use crate::inodes::{join, Inodes, ROOT};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use nomadfs_core::{Caller, Engine, Error, ErrorKind, Node, NodeKind, SecretBytes};
 use std::collections::HashMap;
@@ -22,11 +21,14 @@ use std::time::{Duration, SystemTime};
 
 const TTL: Duration = Duration::ZERO;
 
+/// A directory listing snapshot taken at opendir: (ino, kind, name).
+type Listing = Vec<(u64, FileType, String)>;
+
 pub struct NomadFs {
     engine: Arc<Engine>,
     inodes: Inodes,
     handles: Handles,
-    dirs: Mutex<HashMap<u64, Vec<(u64, FileType, String)>>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
     next_dir: std::sync::atomic::AtomicU64,
     start: SystemTime,
 }
@@ -128,6 +130,11 @@ impl NomadFs {
 impl Filesystem for NomadFs {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
+        // O_TRUNC arrives with open (not as a separate truncating setattr), so an overwrite
+        // replaces the value at close, atomically, and a failed overwrite leaves the old value.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::warn!("kernel lacks {missing:?}: O_TRUNC is not atomic");
+        }
         Ok(())
     }
 
@@ -153,10 +160,7 @@ impl Filesystem for NomadFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let c = caller(req);
-        match self
-            .path(ino)
-            .and_then(|p| self.stat_ino(ino.0, &p, &c))
-        {
+        match self.path(ino).and_then(|p| self.stat_ino(ino.0, &p, &c)) {
             Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node, &c)),
             Err(e) => reply.error(fail("getattr", &ino.0.to_string(), &e)),
         }
@@ -194,14 +198,19 @@ impl Filesystem for NomadFs {
             if let Some(size) = size {
                 let limit = self.engine.limits().max_value_size as u64;
                 if size > limit {
-                    return Err(Error::new(ErrorKind::TooLarge, format!("{path}: size over the limit")));
+                    return Err(Error::new(
+                        ErrorKind::TooLarge,
+                        format!("{path}: size over the limit"),
+                    ));
                 }
                 match fh.and_then(|fh| self.handles.get(fh.0)) {
                     Some(h) => {
                         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
                         match h.write.as_mut() {
                             Some(w) => w.truncate(size as usize),
-                            None => return Err(Error::denied(format!("{path}: not open for writing"))),
+                            None => {
+                                return Err(Error::denied(format!("{path}: not open for writing")))
+                            }
                         }
                     }
                     None => {
@@ -300,7 +309,10 @@ impl Filesystem for NomadFs {
                 return Err(Error::invalid("RENAME_EXCHANGE/WHITEOUT are not supported"));
             }
             if flags.bits() & libc::RENAME_NOREPLACE != 0 && self.engine.stat(&c, &to).is_ok() {
-                return Err(Error::new(ErrorKind::AlreadyExists, format!("{to}: exists")));
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{to}: exists"),
+                ));
             }
             self.engine.rename(&c, &from, &to)?;
             Ok((from, to))
@@ -321,13 +333,20 @@ impl Filesystem for NomadFs {
             let path = self.path(ino)?;
             let node = self.engine.stat(&c, &path)?;
             if node.is_dir() {
-                return Err(Error::new(ErrorKind::IsADirectory, format!("{path}: is a folder")));
+                return Err(Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("{path}: is a folder"),
+                ));
             }
             if is_read(flags) && node.mode & 0o400 == 0 {
                 return Err(Error::denied(format!("{path} is write-only")));
             }
             if is_write(flags) && node.mode & 0o200 == 0 {
                 return Err(Error::denied(format!("{path} is read-only")));
+            }
+            if is_write(flags) {
+                // Refusals (name, mount in use, ...) come at open, not at close.
+                self.engine.create(&c, &path)?;
             }
             let trunc = flags & libc::O_TRUNC != 0;
             let snapshot = if is_read(flags) {
@@ -341,7 +360,7 @@ impl Filesystem for NomadFs {
                     (Some(s), false) => s.duplicate(),
                     (None, false) => self.engine.read(&c, &path)?,
                 };
-                Some(WriteBuf::new(initial, trunc))
+                Some(WriteBuf::new(initial, trunc && !node.dynamic))
             } else {
                 None
             };
@@ -350,6 +369,7 @@ impl Filesystem for NomadFs {
                 path,
                 snapshot,
                 write,
+                immediate: node.dynamic,
             }))
         })();
         match res {
@@ -371,29 +391,34 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = (|| -> Result<(u64, u64), Error> {
             let path = join(&self.path(parent)?, name_str(name)?);
-            match self.engine.stat(&c, &path) {
-                // O_CREAT on an existing file (no O_EXCL): the kernel normally opens instead.
-                Ok(_) if flags & libc::O_EXCL != 0 => {
-                    return Err(Error::new(ErrorKind::AlreadyExists, format!("{path}: exists")))
-                }
-                Ok(_) => {}
-                Err(e) if e.kind == ErrorKind::NotFound => self.engine.create(&c, &path)?,
-                Err(e) => return Err(e),
+            if flags & libc::O_EXCL != 0 && self.engine.stat(&c, &path).is_ok() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{path}: exists"),
+                ));
             }
+            let node = self.engine.create(&c, &path)?;
             let ino = self.inodes.lookup(&path);
             let fh = self.handles.insert(Handle {
                 ino,
                 path,
                 snapshot: None,
                 // Closing a created file stores it, even empty (at release).
-                write: Some(WriteBuf::new(SecretBytes::default(), true)),
+                write: Some(WriteBuf::new(SecretBytes::default(), !node.dynamic)),
+                immediate: node.dynamic,
             });
             Ok((ino, fh))
         })();
         match res {
             Ok((ino, fh)) => {
                 let attr = self.attr(ino, &Node::file(0), &c);
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_DIRECT_IO,
+                )
             }
             Err(e) => reply.error(fail("create", &name.to_string_lossy(), &e)),
         }
@@ -427,7 +452,7 @@ impl Filesystem for NomadFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -443,6 +468,7 @@ impl Filesystem for NomadFs {
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.engine.limits().max_value_size as u64;
         let path = h.path.clone();
+        let immediate = h.immediate;
         let Some(w) = h.write.as_mut() else {
             return reply.error(Errno::EBADF);
         };
@@ -454,6 +480,15 @@ impl Filesystem for NomadFs {
             // Nothing of this open will be stored.
             w.discard();
             return reply.error(fail("write", &path, &e));
+        }
+        if immediate {
+            let res = self
+                .engine
+                .write(&caller(req), &path, SecretBytes::from_slice(data));
+            return match res {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(fail("write", &path, &e)),
+            };
         }
         w.write_at(offset as usize, data);
         reply.written(data.len() as u32);
@@ -503,7 +538,14 @@ impl Filesystem for NomadFs {
         }
     }
 
-    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.flush(req, ino, fh, LockOwner(0), reply)
     }
 
@@ -523,7 +565,10 @@ impl Filesystem for NomadFs {
             ];
             for e in entries {
                 let child = join(&path, &e.name);
-                let child_ino = self.inodes.peek(&child).unwrap_or_else(|| synthetic_ino(&child));
+                let child_ino = self
+                    .inodes
+                    .peek(&child)
+                    .unwrap_or_else(|| synthetic_ino(&child));
                 let kind = match e.kind {
                     NodeKind::Dir => FileType::Directory,
                     NodeKind::File => FileType::RegularFile,
@@ -582,7 +627,51 @@ impl Filesystem for NomadFs {
         reply.ok()
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    // Only regular files and folders exist: device nodes, symlinks and hard links are refused
+    // (EPERM, not fuser's default ENOSYS, and without logging the name).
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         reply.error(Errno::NO_XATTR);
     }
 

@@ -71,6 +71,9 @@ pub struct Handle {
     pub snapshot: Option<SecretBytes>,
     /// Pending content, committed at flush/release (None for read-only opens).
     pub write: Option<WriteBuf>,
+    /// A control file: every write(2) is one command, acted on at once (its error is the
+    /// write's error, which shells report — they ignore errors from close).
+    pub immediate: bool,
 }
 
 pub type Shared = Arc<Mutex<Handle>>;

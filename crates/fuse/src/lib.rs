@@ -15,7 +15,9 @@ pub use fs::NomadFs;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use nomadfs_core::Engine;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -40,7 +42,11 @@ impl Default for MountOptions {
 
 /// Mount `engine` at `mountpoint`; requests are served on background threads until the
 /// returned session is dropped or unmounted.
-pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<BackgroundSession> {
+pub fn mount(
+    engine: Arc<Engine>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> std::io::Result<BackgroundSession> {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("nomadfs".into()),
@@ -62,4 +68,47 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> std
     cfg.n_threads = Some(opts.threads.max(1));
     cfg.clone_fd = opts.threads > 1;
     fuser::spawn_mount(NomadFs::new(engine), mountpoint, &cfg)
+}
+
+/// Unmount and wait (bounded) for the request threads to finish.
+///
+/// fuser's own unmount with `AutoUnmount` only closes the socket to `fusermount3` and can
+/// leave the mount in place while the threads wait for requests, so we ask for the unmount
+/// ourselves: `fusermount3 -u` (refused while files are open), then a lazy one. Once the
+/// kernel drops the connection the session's threads end. If they have not ended after
+/// `grace`, we return anyway: the process exit closes /dev/fuse, which aborts the connection.
+pub fn unmount(session: BackgroundSession, mountpoint: &Path, grace: Duration) {
+    let quiet = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !session.guard.is_finished()
+        && !quiet(Command::new("fusermount3").arg("-u").arg(mountpoint))
+        && !quiet(
+            Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mountpoint),
+        )
+        && !quiet(Command::new("umount").arg("-l").arg(mountpoint))
+    {
+        tracing::warn!(mountpoint = %mountpoint.display(), "could not unmount");
+    }
+    let deadline = Instant::now() + grace;
+    while !session.guard.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if session.guard.is_finished() {
+        if let Err(e) = session.join() {
+            tracing::warn!("filesystem thread: {e}");
+        }
+    } else {
+        tracing::warn!("filesystem threads still busy at exit");
+        // Dropping would block on the fuser thread; leak it, the process is exiting.
+        std::mem::forget(session);
+    }
 }

@@ -154,7 +154,10 @@ impl Backend for Generic {
         Self::validate_path(path)?;
         self.check_ancestors(path)?;
         if self.is_dir(path)? {
-            return Err(Error::new(ErrorKind::IsADirectory, format!("{path}: is a folder")));
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path}: is a folder"),
+            ));
         }
         Ok(())
     }
@@ -189,7 +192,10 @@ impl Backend for Generic {
         Self::validate_path(path)?;
         self.check_ancestors(path)?;
         if self.is_file(path)? || self.is_dir(path)? {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("{path}: exists")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{path}: exists"),
+            ));
         }
         self.view.put(&dir_key(path), b"")
     }
@@ -199,11 +205,17 @@ impl Backend for Generic {
             return Err(Error::not_permitted("the mount root cannot be removed"));
         }
         if self.is_file(path)? {
-            return Err(Error::new(ErrorKind::NotADirectory, format!("{path}: is a secret")));
+            return Err(Error::new(
+                ErrorKind::NotADirectory,
+                format!("{path}: is a secret"),
+            ));
         }
         let (f, d) = prefixes(path);
         if self.view.has_prefix(&f)? || self.view.has_prefix(&d)? {
-            return Err(Error::new(ErrorKind::NotEmpty, format!("{path}: folder is not empty")));
+            return Err(Error::new(
+                ErrorKind::NotEmpty,
+                format!("{path}: folder is not empty"),
+            ));
         }
         if self.view.size(&dir_key(path))?.is_none() {
             return Err(Error::not_found(path));
@@ -222,7 +234,10 @@ impl Backend for Generic {
         self.check_ancestors(to)?;
         if let Some(value) = self.view.get(&file_key(from))? {
             if self.is_dir(to)? {
-                return Err(Error::new(ErrorKind::IsADirectory, format!("{to}: is a folder")));
+                return Err(Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("{to}: is a folder"),
+                ));
             }
             // The AAD binds a value to its path: re-encrypt under the new path, one batch.
             let (fk, tk) = (file_key(from), file_key(to));
@@ -234,10 +249,16 @@ impl Backend for Generic {
             return Err(Error::not_found(from));
         }
         if self.is_file(to)? {
-            return Err(Error::new(ErrorKind::NotADirectory, format!("{to}: is a secret")));
+            return Err(Error::new(
+                ErrorKind::NotADirectory,
+                format!("{to}: is a secret"),
+            ));
         }
         if !self.children(to)?.is_empty() {
-            return Err(Error::new(ErrorKind::NotEmpty, format!("{to}: folder is not empty")));
+            return Err(Error::new(
+                ErrorKind::NotEmpty,
+                format!("{to}: folder is not empty"),
+            ));
         }
         let _ = ctx;
         // Move the folder: every value and marker under it, in one atomic batch.
@@ -259,7 +280,10 @@ impl Backend for Generic {
         let has_marker = self.view.size(&fd)?.is_some();
         let mut ops: Vec<ViewOp<'_>> = Vec::with_capacity(moved.len() * 2 + 2);
         for (src, value, dst) in &moved {
-            ops.push(ViewOp::Put(dst, value.as_ref().map_or(&b""[..], |v| v.expose())));
+            ops.push(ViewOp::Put(
+                dst,
+                value.as_ref().map_or(&b""[..], |v| v.expose()),
+            ));
             ops.push(ViewOp::Delete(src));
         }
         if has_marker {

@@ -40,7 +40,9 @@ pub fn build(kind: &str, view: View, limits: Limits) -> Result<Arc<dyn Backend>>
 /// 255 bytes, no NUL or control characters.
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 255 {
-        return Err(Error::invalid(format!("name length must be 1..=255 bytes: {name:?}")));
+        return Err(Error::invalid(format!(
+            "name length must be 1..=255 bytes: {name:?}"
+        )));
     }
     if name.starts_with('.') {
         return Err(Error::invalid(format!(
@@ -48,7 +50,9 @@ pub fn validate_name(name: &str) -> Result<()> {
         )));
     }
     if name.contains('/') || name.chars().any(char::is_control) {
-        return Err(Error::invalid(format!("name has a forbidden character: {name:?}")));
+        return Err(Error::invalid(format!(
+            "name has a forbidden character: {name:?}"
+        )));
     }
     Ok(())
 }

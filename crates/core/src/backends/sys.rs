@@ -137,7 +137,10 @@ impl Sys {
                 .into_iter()
                 .map(|m| DirEntry::file(m.path))
                 .collect()),
-            _ => Err(Error::new(ErrorKind::NotADirectory, format!("sys/{path}: not a folder"))),
+            _ => Err(Error::new(
+                ErrorKind::NotADirectory,
+                format!("sys/{path}: not a folder"),
+            )),
         }
     }
 
@@ -160,7 +163,10 @@ impl Sys {
                 return Err(Error::denied(format!("sys/{path} is write-only")))
             }
             Route::Root | Route::Mounts => {
-                return Err(Error::new(ErrorKind::IsADirectory, format!("sys/{path}: is a folder")))
+                return Err(Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("sys/{path}: is a folder"),
+                ))
             }
         };
         Ok(SecretBytes::from(text))
@@ -176,10 +182,14 @@ impl Sys {
                 )),
                 Err(_) => normalize_path(caps[0]).map(|_| ()),
             },
-            Ok(_) => Err(Error::not_permitted(format!("sys/{path} cannot be written"))),
+            Ok(_) => Err(Error::not_permitted(format!(
+                "sys/{path} cannot be written"
+            ))),
             Err(_) => match path.strip_prefix("mounts/") {
                 Some(name) if !e.is_sealed() => normalize_path(name).map(|_| ()),
-                _ => Err(Error::not_permitted(format!("sys/{path} cannot be created"))),
+                _ => Err(Error::not_permitted(format!(
+                    "sys/{path} cannot be created"
+                ))),
             },
         }
     }
@@ -188,7 +198,9 @@ impl Sys {
         if let Some(name) = path.strip_prefix("mounts/") {
             if !name.contains('/') && !e.is_sealed() {
                 let spec = parse_mount_spec(&data)?;
-                return e.mount(name, spec.kind.trim(), &spec.description).map(|_| ());
+                return e
+                    .mount(name, spec.kind.trim(), &spec.description)
+                    .map(|_| ());
             }
         }
         let (route, _) = self.route(e, path)?;
@@ -198,25 +210,33 @@ impl Sys {
                 Ok(())
             }
             Route::Unseal => {
-                let pass = data.text().ok_or_else(|| Error::invalid("passphrase is not UTF-8"))?;
+                let pass = data
+                    .text()
+                    .ok_or_else(|| Error::invalid("passphrase is not UTF-8"))?;
                 e.unseal(pass.as_bytes()).map_err(Error::from)
             }
             Route::Rotate => e.rotate().map(|_| ()),
-            _ => Err(Error::not_permitted(format!("sys/{path} cannot be written"))),
+            _ => Err(Error::not_permitted(format!(
+                "sys/{path} cannot be written"
+            ))),
         }
     }
 
     pub(crate) fn delete(&self, e: &Engine, path: &str) -> Result<()> {
         match self.route(e, path)? {
             (Route::Mount, caps) => e.unmount(caps[0]),
-            _ => Err(Error::not_permitted(format!("sys/{path} cannot be removed"))),
+            _ => Err(Error::not_permitted(format!(
+                "sys/{path} cannot be removed"
+            ))),
         }
     }
 
     pub(crate) fn rename(&self, e: &Engine, from: &str, to: &str) -> Result<()> {
         match (self.route(e, from)?, to.strip_prefix("mounts/")) {
             ((Route::Mount, caps), Some(new)) if !new.contains('/') => e.remount(caps[0], new),
-            _ => Err(Error::not_permitted(format!("sys/{from} cannot be renamed to sys/{to}"))),
+            _ => Err(Error::not_permitted(format!(
+                "sys/{from} cannot be renamed to sys/{to}"
+            ))),
         }
     }
 }
@@ -233,10 +253,16 @@ mod tests {
             "type = \"generic\"\ndescription = \"team A\"\n".to_string(),
         ))
         .expect("toml");
-        assert_eq!((s.kind.as_str(), s.description.as_str()), ("generic", "team A"));
-        let s = parse_mount_spec(&SecretBytes::from(r#"{"type":"generic"}"#.to_string())).expect("json");
+        assert_eq!(
+            (s.kind.as_str(), s.description.as_str()),
+            ("generic", "team A")
+        );
+        let s = parse_mount_spec(&SecretBytes::from(r#"{"type":"generic"}"#.to_string()))
+            .expect("json");
         assert_eq!(s.kind, "generic");
-        assert!(parse_mount_spec(&SecretBytes::from("type = \"x\"\nbogus = 1".to_string())).is_err());
+        assert!(
+            parse_mount_spec(&SecretBytes::from("type = \"x\"\nbogus = 1".to_string())).is_err()
+        );
         assert!(parse_mount_spec(&SecretBytes::from("".to_string())).is_err());
     }
 }

@@ -22,7 +22,13 @@ pub(crate) fn seal(kr: &Keyring, path: &str, value: &[u8]) -> Result<Vec<u8>> {
     aad.extend_from_slice(&header);
     aad.extend_from_slice(path.as_bytes());
     let ct = cipher
-        .encrypt(Nonce::from_slice(&header[5..]), Payload { msg: value, aad: &aad })
+        .encrypt(
+            Nonce::from_slice(&header[5..]),
+            Payload {
+                msg: value,
+                aad: &aad,
+            },
+        )
         .map_err(|_| Error::io("encryption failed"))?;
     let mut out = Vec::with_capacity(HEADER + ct.len());
     out.extend_from_slice(&header);
@@ -44,7 +50,13 @@ pub(crate) fn open(kr: &Keyring, path: &str, raw: &[u8]) -> Result<SecretBytes> 
     aad.extend_from_slice(&raw[..HEADER]);
     aad.extend_from_slice(path.as_bytes());
     cipher
-        .decrypt(Nonce::from_slice(&raw[5..HEADER]), Payload { msg: &raw[HEADER..], aad: &aad })
+        .decrypt(
+            Nonce::from_slice(&raw[5..HEADER]),
+            Payload {
+                msg: &raw[HEADER..],
+                aad: &aad,
+            },
+        )
         .map(SecretBytes::new)
         .map_err(|_| fail("entry failed authentication"))
 }

@@ -45,12 +45,25 @@ pub(crate) struct Keyring {
 }
 
 impl Keyring {
-    fn build(master: Key, active: u32, terms: Vec<(u32, u64, Key)>, name_key: Key, audit_key: Key) -> Self {
+    fn build(
+        master: Key,
+        active: u32,
+        terms: Vec<(u32, u64, Key)>,
+        name_key: Key,
+        audit_key: Key,
+    ) -> Self {
         let terms = terms
             .into_iter()
             .map(|(t, created, key)| {
                 let cipher = Aes256Gcm::new(key.as_ref().into());
-                (t, Term { created, key, cipher })
+                (
+                    t,
+                    Term {
+                        created,
+                        key,
+                        cipher,
+                    },
+                )
             })
             .collect();
         let name_mac = derive(&name_key, b"nomadfs name siv mac");
@@ -68,7 +81,13 @@ impl Keyring {
     }
 
     pub(crate) fn generate_with(master: Key) -> Self {
-        Self::build(master, 1, vec![(1, now(), random_key())], random_key(), random_key())
+        Self::build(
+            master,
+            1,
+            vec![(1, now(), random_key())],
+            random_key(),
+            random_key(),
+        )
     }
 
     pub(crate) fn active_term(&self) -> u32 {
@@ -87,8 +106,8 @@ impl Keyring {
     }
 
     pub(crate) fn audit_hmac(&self, data: &[u8]) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(self.audit_key.as_ref()).unwrap_or_else(|_| unreachable!());
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.audit_key.as_ref())
+            .unwrap_or_else(|_| unreachable!());
         mac.update(data);
         let bytes = mac.finalize().into_bytes();
         let mut s = String::with_capacity(12 + 64);
@@ -166,7 +185,13 @@ impl Keyring {
         let aad = [WRAP_AAD, seal_config].concat();
         let plain = self.encode();
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plain, aad: &aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| Error::io("keyring encryption failed"))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
@@ -174,9 +199,16 @@ impl Keyring {
     }
 
     /// `Err(None)` means authentication failed: a wrong passphrase (or a tampered keyring).
-    pub(crate) fn unwrap(master: Key, seal_config: &[u8], wrapped: &[u8]) -> Result<Self, Option<Error>> {
+    pub(crate) fn unwrap(
+        master: Key,
+        seal_config: &[u8],
+        wrapped: &[u8],
+    ) -> Result<Self, Option<Error>> {
         if wrapped.len() < 12 + 16 {
-            return Err(Some(Error::new(ErrorKind::Integrity, "keyring is truncated")));
+            return Err(Some(Error::new(
+                ErrorKind::Integrity,
+                "keyring is truncated",
+            )));
         }
         let cipher = Aes256Gcm::new(master.as_ref().into());
         let aad = [WRAP_AAD, seal_config].concat();
@@ -184,7 +216,10 @@ impl Keyring {
             cipher
                 .decrypt(
                     Nonce::from_slice(&wrapped[..12]),
-                    Payload { msg: &wrapped[12..], aad: &aad },
+                    Payload {
+                        msg: &wrapped[12..],
+                        aad: &aad,
+                    },
                 )
                 .map_err(|_| None)?,
         );

@@ -97,7 +97,10 @@ impl Barrier {
                 let params = KdfParams::decode(&config)?;
                 let master = params.derive(passphrase)?;
                 let wrapped = self.storage.get(KEYRING_KEY)?.ok_or_else(|| {
-                    Error::new(ErrorKind::Integrity, "seal config present but keyring missing")
+                    Error::new(
+                        ErrorKind::Integrity,
+                        "seal config present but keyring missing",
+                    )
                 })?;
                 Keyring::unwrap(master, &config, &wrapped).map_err(|e| match e {
                     None => UnsealError::WrongPassphrase,
@@ -161,7 +164,10 @@ impl Barrier {
             .storage
             .compare_and_swap(KEYRING_KEY, Some(&old_wrapped), Some(&new_wrapped))?
         {
-            return Err(Error::new(ErrorKind::Busy, "keyring changed concurrently; retry"));
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "keyring changed concurrently; retry",
+            ));
         }
         *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(rotated));
         tracing::info!(term, "rotated the encryption key");
@@ -178,7 +184,10 @@ impl Barrier {
     }
 
     fn storage_key(&self, kr: &Keyring, logical: &str) -> Result<String> {
-        Ok(format!("{ENCRYPTED_PREFIX}{}", names::encrypt_path(kr, logical)?))
+        Ok(format!(
+            "{ENCRYPTED_PREFIX}{}",
+            names::encrypt_path(kr, logical)?
+        ))
     }
 
     pub fn get(&self, logical: &str) -> Result<Option<SecretBytes>> {
@@ -186,9 +195,8 @@ impl Barrier {
         let key = self.storage_key(&kr, logical)?;
         match self.storage.get(&key)? {
             None => Ok(None),
-            Some(raw) => entry::open(&kr, logical, &raw).map(Some).map_err(|e| {
+            Some(raw) => entry::open(&kr, logical, &raw).map(Some).inspect_err(|e| {
                 tracing::error!(path = logical, "integrity failure: {}", e.message);
-                e
             }),
         }
     }
@@ -217,10 +225,9 @@ impl Barrier {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             out.push(match op {
-                BarrierOp::Put(path, value) => WriteOp::Put(
-                    self.storage_key(&kr, path)?,
-                    entry::seal(&kr, path, value)?,
-                ),
+                BarrierOp::Put(path, value) => {
+                    WriteOp::Put(self.storage_key(&kr, path)?, entry::seal(&kr, path, value)?)
+                }
                 BarrierOp::Delete(path) => WriteOp::Delete(self.storage_key(&kr, path)?),
             });
         }

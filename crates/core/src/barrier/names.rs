@@ -19,8 +19,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 fn siv(kr: &Keyring, parent: &str, seg: &str) -> [u8; 12] {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(kr.name_mac.as_ref()).unwrap_or_else(|_| unreachable!());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(kr.name_mac.as_ref())
+        .unwrap_or_else(|_| unreachable!());
     mac.update(&(parent.len() as u64).to_be_bytes());
     mac.update(parent.as_bytes());
     mac.update(seg.as_bytes());
@@ -34,7 +34,13 @@ fn encrypt_segment(kr: &Keyring, parent: &str, seg: &str) -> Result<String> {
     let iv = siv(kr, parent, seg);
     let ct = kr
         .name_cipher
-        .encrypt(Nonce::from_slice(&iv), Payload { msg: seg.as_bytes(), aad: parent.as_bytes() })
+        .encrypt(
+            Nonce::from_slice(&iv),
+            Payload {
+                msg: seg.as_bytes(),
+                aad: parent.as_bytes(),
+            },
+        )
         .map_err(|_| Error::io("name encryption failed"))?;
     let mut raw = iv.to_vec();
     raw.extend_from_slice(&ct);
@@ -49,7 +55,13 @@ fn decrypt_segment(kr: &Keyring, parent: &str, enc: &str) -> Result<String> {
     }
     let plain = kr
         .name_cipher
-        .decrypt(Nonce::from_slice(&raw[..12]), Payload { msg: &raw[12..], aad: parent.as_bytes() })
+        .decrypt(
+            Nonce::from_slice(&raw[..12]),
+            Payload {
+                msg: &raw[12..],
+                aad: parent.as_bytes(),
+            },
+        )
         .map_err(|_| bad())?;
     let seg = String::from_utf8(plain).map_err(|_| bad())?;
     if siv(kr, parent, &seg) != raw[..12] {
@@ -76,7 +88,11 @@ pub(crate) fn encrypt_path(kr: &Keyring, path: &str) -> Result<String> {
             out.push('/');
         }
         out.push_str(&encrypt_segment(kr, parent, seg)?);
-        end = if i == 0 { seg.len() } else { end + 1 + seg.len() };
+        end = if i == 0 {
+            seg.len()
+        } else {
+            end + 1 + seg.len()
+        };
     }
     Ok(out)
 }

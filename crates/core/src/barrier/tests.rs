@@ -11,15 +11,25 @@ fn barrier() -> (Arc<MemoryStorage>, Barrier) {
 #[test]
 fn roundtrip_and_names_are_encrypted() {
     let (s, b) = barrier();
-    b.put("logical/m1/f/app/db-pass", b"CANARY-VALUE-123").expect("put");
-    let got = b.get("logical/m1/f/app/db-pass").expect("get").expect("some");
+    b.put("logical/m1/f/app/db-pass", b"CANARY-VALUE-123")
+        .expect("put");
+    let got = b
+        .get("logical/m1/f/app/db-pass")
+        .expect("get")
+        .expect("some");
     assert_eq!(got.expose(), b"CANARY-VALUE-123");
     for (k, v) in s.dump() {
-        assert!(!k.contains("db-pass") && !k.contains("app"), "name leaked in {k}");
+        assert!(
+            !k.contains("db-pass") && !k.contains("app"),
+            "name leaked in {k}"
+        );
         let hay = String::from_utf8_lossy(&v);
         assert!(!hay.contains("CANARY"), "value leaked");
     }
-    assert_eq!(b.list("logical/m1/f/").expect("list"), vec!["logical/m1/f/app/db-pass"]);
+    assert_eq!(
+        b.list("logical/m1/f/").expect("list"),
+        vec!["logical/m1/f/app/db-pass"]
+    );
     assert_eq!(b.size("logical/m1/f/app/db-pass").expect("size"), Some(16));
 }
 
@@ -61,7 +71,10 @@ fn ciphertext_moved_to_another_path_fails() {
     let kb = b.storage_key(&kr, "p/b").expect("key");
     let raw_a = s.get(&ka).expect("get").expect("a");
     s.put(&kb, &raw_a).expect("swap");
-    assert_eq!(b.get("p/b").err().map(|e| e.kind), Some(ErrorKind::Integrity));
+    assert_eq!(
+        b.get("p/b").err().map(|e| e.kind),
+        Some(ErrorKind::Integrity)
+    );
 }
 
 #[test]
@@ -74,8 +87,14 @@ fn rotate_keeps_old_entries_readable_and_survives_restart() {
     let again = Barrier::new(s, KdfParams::minimum());
     again.unseal(b"correct horse").expect("unseal");
     assert_eq!(again.active_term().expect("term"), 2);
-    assert_eq!(again.get("p/old").expect("get").expect("old").expose(), b"old");
-    assert_eq!(again.get("p/new").expect("get").expect("new").expose(), b"new");
+    assert_eq!(
+        again.get("p/old").expect("get").expect("old").expose(),
+        b"old"
+    );
+    assert_eq!(
+        again.get("p/new").expect("get").expect("new").expose(),
+        b"new"
+    );
 }
 
 #[test]
@@ -84,7 +103,10 @@ fn wrong_passphrase_is_refused_and_changes_nothing() {
     b.put("p/x", b"1").expect("put");
     let before = s.dump();
     let other = Barrier::new(s.clone(), KdfParams::minimum());
-    assert!(matches!(other.unseal(b"wrong"), Err(UnsealError::WrongPassphrase)));
+    assert!(matches!(
+        other.unseal(b"wrong"),
+        Err(UnsealError::WrongPassphrase)
+    ));
     assert!(other.is_sealed());
     assert_eq!(s.dump(), before);
 }
@@ -94,7 +116,10 @@ fn sealed_barrier_refuses_everything() {
     let (_s, b) = barrier();
     b.seal();
     assert_eq!(b.get("p/x").err().map(|e| e.kind), Some(ErrorKind::Sealed));
-    assert_eq!(b.put("p/x", b"v").err().map(|e| e.kind), Some(ErrorKind::Sealed));
+    assert_eq!(
+        b.put("p/x", b"v").err().map(|e| e.kind),
+        Some(ErrorKind::Sealed)
+    );
 }
 
 #[test]

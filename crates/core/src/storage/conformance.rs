@@ -37,12 +37,22 @@ pub fn run(s: &dyn Storage) {
     assert_eq!(s.get("a/1").expect("get"), None);
     assert_eq!(s.list("m/").expect("list"), vec!["m/x", "m/y"]);
     // compare and swap
-    assert!(s.compare_and_swap("c", None, Some(b"1")).expect("cas create"));
-    assert!(!s.compare_and_swap("c", None, Some(b"2")).expect("cas stale"));
-    assert!(!s.compare_and_swap("c", Some(b"0"), Some(b"2")).expect("cas wrong"));
-    assert!(s.compare_and_swap("c", Some(b"1"), Some(b"2")).expect("cas ok"));
+    assert!(s
+        .compare_and_swap("c", None, Some(b"1"))
+        .expect("cas create"));
+    assert!(!s
+        .compare_and_swap("c", None, Some(b"2"))
+        .expect("cas stale"));
+    assert!(!s
+        .compare_and_swap("c", Some(b"0"), Some(b"2"))
+        .expect("cas wrong"));
+    assert!(s
+        .compare_and_swap("c", Some(b"1"), Some(b"2"))
+        .expect("cas ok"));
     assert_eq!(s.get("c").expect("get"), Some(b"2".to_vec()));
-    assert!(s.compare_and_swap("c", Some(b"2"), None).expect("cas delete"));
+    assert!(s
+        .compare_and_swap("c", Some(b"2"), None)
+        .expect("cas delete"));
     assert_eq!(s.get("c").expect("get"), None);
     // large value
     let big = vec![0xA5u8; 1 << 20];

@@ -55,10 +55,22 @@ impl FileStorage {
             })?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| storage_error("chmod database", e))?;
-        let tx = db.begin_write().map_err(|e| storage_error("begin", e))?;
-        tx.open_table(TABLE)
-            .map_err(|e| storage_error("open table", e))?;
-        tx.commit().map_err(|e| storage_error("commit", e))?;
+        // Create the table only on a new store: opening must not write (a refused passphrase
+        // leaves the store byte-for-byte unchanged).
+        let exists = {
+            let tx = db.begin_read().map_err(|e| storage_error("read", e))?;
+            match tx.open_table(TABLE) {
+                Ok(_) => true,
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(storage_error("open table", e)),
+            }
+        };
+        if !exists {
+            let tx = db.begin_write().map_err(|e| storage_error("begin", e))?;
+            tx.open_table(TABLE)
+                .map_err(|e| storage_error("open table", e))?;
+            tx.commit().map_err(|e| storage_error("commit", e))?;
+        }
         Ok(Self { db, path })
     }
 
@@ -81,7 +93,10 @@ impl Storage for FileStorage {
         let tx = self.db.begin_read().map_err(|e| storage_error("read", e))?;
         let table = tx.open_table(TABLE).map_err(|e| storage_error("read", e))?;
         let mut out = Vec::new();
-        for item in table.range(prefix..).map_err(|e| storage_error("list", e))? {
+        for item in table
+            .range(prefix..)
+            .map_err(|e| storage_error("list", e))?
+        {
             let (k, _) = item.map_err(|e| storage_error("list", e))?;
             let k = k.value();
             if !k.starts_with(prefix) {
@@ -94,7 +109,9 @@ impl Storage for FileStorage {
     fn has_prefix(&self, prefix: &str) -> Result<bool> {
         let tx = self.db.begin_read().map_err(|e| storage_error("read", e))?;
         let table = tx.open_table(TABLE).map_err(|e| storage_error("read", e))?;
-        let mut range = table.range(prefix..).map_err(|e| storage_error("list", e))?;
+        let mut range = table
+            .range(prefix..)
+            .map_err(|e| storage_error("list", e))?;
         match range.next() {
             Some(item) => {
                 let (k, _) = item.map_err(|e| storage_error("list", e))?;
@@ -104,7 +121,10 @@ impl Storage for FileStorage {
         }
     }
     fn apply(&self, ops: &[WriteOp]) -> Result<()> {
-        let tx = self.db.begin_write().map_err(|e| storage_error("begin", e))?;
+        let tx = self
+            .db
+            .begin_write()
+            .map_err(|e| storage_error("begin", e))?;
         {
             let mut table = tx.open_table(TABLE).map_err(|e| storage_error("open", e))?;
             for op in ops {
@@ -130,7 +150,10 @@ impl Storage for FileStorage {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool> {
-        let tx = self.db.begin_write().map_err(|e| storage_error("begin", e))?;
+        let tx = self
+            .db
+            .begin_write()
+            .map_err(|e| storage_error("begin", e))?;
         {
             let mut table = tx.open_table(TABLE).map_err(|e| storage_error("open", e))?;
             let current = table

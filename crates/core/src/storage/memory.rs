@@ -16,7 +16,10 @@ impl MemoryStorage {
     }
     /// Test helper: raw access to every stored entry.
     pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
-        self.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<u8>>> {
         self.map.read().unwrap_or_else(|p| p.into_inner())

@@ -46,8 +46,12 @@ pub trait Storage: Send + Sync {
     fn apply(&self, ops: &[WriteOp]) -> Result<()>;
     /// Replace the value of `key` only if it currently is `expected` (`None`: absent).
     /// `new = None` deletes. Returns whether the swap happened.
-    fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>)
-        -> Result<bool>;
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool>;
 }
 
 pub(crate) fn storage_error(what: &str, e: impl std::fmt::Display) -> Error {
