@@ -14,6 +14,9 @@ pub struct Caller {
     pub groups: Vec<u32>,
     /// Executable path, for policy and audit context (None when unknown).
     pub exe: Option<String>,
+    /// cgroup path (`/system.slice/x.service`, a container's cgroup), for policy and audit
+    /// (None when unknown).
+    pub cgroup: Option<String>,
 }
 
 impl Caller {
@@ -24,6 +27,7 @@ impl Caller {
             pid,
             groups: Vec::new(),
             exe: None,
+            cgroup: None,
         }
     }
     /// The daemon itself (start-up work, the scheduler).
