@@ -173,6 +173,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     };
 
     let engine = Arc::new(Engine::new(storage, engine_cfg));
+    engine.start();
     match passphrase {
         Some(p) => match engine.unseal(p.expose()) {
             Ok(()) => {}

@@ -6,6 +6,7 @@
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};
+use crate::lease::LeaseRecord;
 use crate::secret::SecretBytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,8 @@ impl DirEntry {
 /// Per-request context handed to a backend.
 pub struct Ctx<'a> {
     pub caller: &'a Caller,
+    /// The mount path the request came through ("aws"), for lease ids.
+    pub mount: &'a str,
 }
 
 fn unsupported(op: &str, path: &str) -> Error {
@@ -134,5 +137,15 @@ pub trait Backend: Send + Sync {
     fn rename(&self, ctx: &Ctx<'_>, from: &str, to: &str) -> Result<()> {
         let _ = (ctx, to);
         Err(unsupported("rename", from))
+    }
+    /// Revoke a secret this backend issued under `lease` (expiry, `rm` of the lease file,
+    /// unmount). Must be idempotent: a retry after a partial failure or a crash succeeds.
+    fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
+        Err(unsupported("revoke", &lease.path))
+    }
+    /// Roll back upstream side effects whose intent was logged but never completed (called at
+    /// unseal, after the leases are restored).
+    fn recover(&self) -> Result<()> {
+        Ok(())
     }
 }

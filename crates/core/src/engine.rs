@@ -11,7 +11,9 @@ use crate::backends::Limits;
 use crate::barrier::{Barrier, KdfParams, UnsealError};
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
-use crate::mounts::{self, LeaseRevoker, MountEntry, MountTable, Mounted, NoLeases};
+use crate::backends::Services;
+use crate::lease::{LeaseConfig, LeaseManager, SystemClock};
+use crate::mounts::{self, MountEntry, MountTable, Mounted};
 use crate::secret::SecretBytes;
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,6 +35,8 @@ pub struct EngineConfig {
     pub initial_mounts: Vec<MountSpec>,
     /// argon2id parameters for initialising an empty store.
     pub kdf: KdfParams,
+    /// Revocation tuning.
+    pub lease: LeaseConfig,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +49,7 @@ impl Default for EngineConfig {
                 description: "generic secret storage".into(),
             }],
             kdf: KdfParams::default(),
+            lease: LeaseConfig::default(),
         }
     }
 }
@@ -60,6 +65,8 @@ pub enum Op<'a> {
     Mkdir,
     Rmdir,
     Rename(&'a str),
+    /// `touch` (times set to now): renews a lease file; nothing elsewhere.
+    Touch,
 }
 
 /// What an operation answers.
@@ -78,13 +85,15 @@ enum Target<'p> {
     Mount(Arc<Mounted>, &'p str),
 }
 
+type SharedTable = Arc<RwLock<Arc<MountTable>>>;
+
 pub struct Engine {
     barrier: Arc<Barrier>,
-    table: RwLock<Arc<MountTable>>,
+    table: SharedTable,
     /// Serialises changes of the mount table and seal state.
     control: Mutex<()>,
     config: EngineConfig,
-    leases: Arc<dyn LeaseRevoker>,
+    leases: Arc<LeaseManager>,
     sys: Sys,
 }
 
@@ -96,13 +105,43 @@ nomadfs: secrets as files. Each folder here is a mounted backend; `cat MOUNT/.he
 
 impl Engine {
     pub fn new(storage: Arc<dyn Storage>, config: EngineConfig) -> Self {
+        let barrier = Arc::new(Barrier::new(storage, config.kdf.clone()));
+        let table: SharedTable = Arc::new(RwLock::new(Arc::new(MountTable::default())));
+        let leases = Arc::new(LeaseManager::new(
+            barrier.clone(),
+            Arc::new(SystemClock),
+            config.lease,
+        ));
+        // The lease manager finds the backend that issued a lease through the live table.
+        let weak = Arc::downgrade(&table);
+        leases.set_lookup(Box::new(move |mount| {
+            let table = weak.upgrade()?;
+            let t = table.read().unwrap_or_else(|p| p.into_inner()).clone();
+            t.mounts.get(mount).map(|m| m.backend.clone())
+        }));
         Self {
-            barrier: Arc::new(Barrier::new(storage, config.kdf.clone())),
-            table: RwLock::new(Arc::new(MountTable::default())),
+            barrier,
+            table,
             control: Mutex::new(()),
             config,
-            leases: Arc::new(NoLeases),
+            leases,
             sys: Sys::new(),
+        }
+    }
+
+    /// Start background work (the lease expiry scheduler). Call once, after `new`.
+    pub fn start(&self) {
+        self.leases.start();
+    }
+
+    pub fn leases(&self) -> &Arc<LeaseManager> {
+        &self.leases
+    }
+
+    fn services(&self) -> Services {
+        Services {
+            leases: self.leases.clone(),
+            limits: self.config.limits,
         }
     }
 
@@ -149,11 +188,21 @@ impl Engine {
                     entries
                 }
             };
-            MountTable::build(&self.barrier, entries, self.config.limits)
+            MountTable::build(&self.barrier, entries, &self.services())
         })();
         match loaded {
             Ok(t) => {
                 self.set_table(t);
+                if let Err(e) = self.leases.restore() {
+                    self.set_table(MountTable::default());
+                    self.barrier.seal();
+                    return Err(e.into());
+                }
+                for m in self.table().mounts.values() {
+                    if let Err(e) = m.backend.recover() {
+                        tracing::error!(mount = %m.entry.path, "recovery of unfinished work failed: {}", e.message);
+                    }
+                }
                 tracing::info!("unsealed");
                 Ok(())
             }
@@ -166,6 +215,7 @@ impl Engine {
 
     pub fn seal(&self) {
         let _g = self.lock_control();
+        self.leases.clear();
         self.set_table(MountTable::default());
         self.barrier.seal();
         tracing::info!("sealed");
@@ -201,7 +251,7 @@ impl Engine {
         }
         let mut entries = table.entries();
         entries.push(entry.clone());
-        let new = MountTable::build(&self.barrier, entries.clone(), self.config.limits)?;
+        let new = MountTable::build(&self.barrier, entries.clone(), &self.services())?;
         mounts::save(&self.barrier, &entries)?;
         self.set_table(new);
         tracing::info!(path = %entry.path, kind = %entry.kind, "mounted");
@@ -226,7 +276,7 @@ impl Engine {
             .into_iter()
             .filter(|e| e.path != name)
             .collect();
-        let new = MountTable::build(&self.barrier, entries.clone(), self.config.limits)?;
+        let new = MountTable::build(&self.barrier, entries.clone(), &self.services())?;
         mounts::save(&self.barrier, &entries)?;
         self.set_table(new);
         if let Err(e) = mounts::view_for(&self.barrier, &mounted.entry.uuid).clear() {
@@ -264,7 +314,7 @@ impl Engine {
                 e
             })
             .collect();
-        let new = MountTable::build(&self.barrier, entries.clone(), self.config.limits)?;
+        let new = MountTable::build(&self.barrier, entries.clone(), &self.services())?;
         mounts::save(&self.barrier, &entries)?;
         self.set_table(new);
         tracing::info!(from, to = %to, "remounted");
@@ -277,7 +327,7 @@ impl Engine {
             "initialized": self.barrier.is_initialized().unwrap_or(false),
             "version": VERSION,
             "storage": self.barrier.storage().kind(),
-            "leases": 0,
+            "leases": self.leases.count(),
             "key_term": self.barrier.active_term().ok(),
         });
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
@@ -342,7 +392,6 @@ impl Engine {
 
     /// The single entry point for every file operation.
     pub fn dispatch(&self, caller: &Caller, path: &str, op: Op<'_>) -> Result<Reply> {
-        let ctx = Ctx { caller };
         let target = self.resolve(path)?;
         match target {
             Target::Root => match op {
@@ -386,11 +435,17 @@ impl Engine {
                     Some(to) => self.sys.rename(self, rest, to).map(|_| Reply::Done),
                     None => Err(cross_mount(path, to)),
                 },
-                Op::Mkdir | Op::Rmdir => Err(Error::not_permitted(format!(
+                Op::Rmdir => self.sys.rmdir(self, rest).map(|_| Reply::Done),
+                Op::Touch => self.sys.touch(self, rest).map(|_| Reply::Done),
+                Op::Mkdir => Err(Error::not_permitted(format!(
                     "{path}: folders under sys/ are fixed"
                 ))),
             },
             Target::Mount(m, rest) => {
+                let ctx = Ctx {
+                    caller,
+                    mount: &m.entry.path,
+                };
                 let b = &m.backend;
                 match op {
                     Op::Stat => b.stat(&ctx, rest).map(Reply::Node),
@@ -407,6 +462,7 @@ impl Engine {
                     Op::Delete => b.delete(&ctx, rest).map(|_| Reply::Done),
                     Op::Mkdir => b.mkdir(&ctx, rest).map(|_| Reply::Done),
                     Op::Rmdir => b.rmdir(&ctx, rest).map(|_| Reply::Done),
+                    Op::Touch => b.stat(&ctx, rest).map(|_| Reply::Done),
                     Op::Rename(to) => {
                         let prefix = format!("{}/", m.entry.path);
                         match to.strip_prefix(&prefix) {
@@ -458,6 +514,9 @@ impl Engine {
     }
     pub fn rmdir(&self, caller: &Caller, path: &str) -> Result<()> {
         self.dispatch(caller, path, Op::Rmdir).map(|_| ())
+    }
+    pub fn touch(&self, caller: &Caller, path: &str) -> Result<()> {
+        self.dispatch(caller, path, Op::Touch).map(|_| ())
     }
     pub fn rename(&self, caller: &Caller, from: &str, to: &str) -> Result<()> {
         self.dispatch(caller, from, Op::Rename(to)).map(|_| ())

@@ -8,6 +8,7 @@ pub mod barrier;
 pub mod caller;
 pub mod engine;
 pub mod error;
+pub mod lease;
 pub mod mounts;
 pub mod route;
 pub mod secret;

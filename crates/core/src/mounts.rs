@@ -6,7 +6,7 @@
 //! two mounts of one type never share data. Must never: delete a mount's data before its leases
 //! are revoked.
 
-use crate::backends::{self, validate_name, Limits};
+use crate::backends::{self, validate_name, Services};
 use crate::barrier::{Barrier, View};
 use crate::error::{Error, ErrorKind, Result};
 use crate::Backend;
@@ -66,10 +66,10 @@ pub(crate) fn view_for(barrier: &Arc<Barrier>, uuid: &str) -> View {
 }
 
 impl MountTable {
-    pub fn build(barrier: &Arc<Barrier>, entries: Vec<MountEntry>, limits: Limits) -> Result<Self> {
+    pub fn build(barrier: &Arc<Barrier>, entries: Vec<MountEntry>, services: &Services) -> Result<Self> {
         let mut mounts = BTreeMap::new();
         for entry in entries {
-            let backend = backends::build(&entry.kind, view_for(barrier, &entry.uuid), limits)?;
+            let backend = backends::build(&entry.kind, view_for(barrier, &entry.uuid), services)?;
             mounts.insert(entry.path.clone(), Arc::new(Mounted { entry, backend }));
         }
         Ok(Self { mounts })
@@ -107,20 +107,4 @@ pub(crate) fn new_entry(path: &str, kind: &str, description: &str) -> Result<Mou
         description: description.to_string(),
         uuid: uuid::Uuid::new_v4().to_string(),
     })
-}
-
-/// How the mount table talks to the lease manager: revoke every lease under a prefix before a
-/// mount's data is deleted or its path changes.
-pub trait LeaseRevoker: Send + Sync {
-    /// Revoke every lease whose id starts with `prefix`; Err if any revocation failed.
-    fn revoke_prefix(&self, prefix: &str) -> Result<usize>;
-}
-
-/// Until a backend hands out leases there is nothing to revoke.
-pub struct NoLeases;
-
-impl LeaseRevoker for NoLeases {
-    fn revoke_prefix(&self, _prefix: &str) -> Result<usize> {
-        Ok(0)
-    }
 }

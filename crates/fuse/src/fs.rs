@@ -174,8 +174,8 @@ impl Filesystem for NomadFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -225,6 +225,10 @@ impl Filesystem for NomadFs {
                         self.engine.write(&c, &path, w.data.duplicate())?;
                     }
                 }
+            }
+            if size.is_none() && (atime.is_some() || mtime.is_some()) {
+                // `touch`: renews a lease file; times are not stored anywhere else.
+                self.engine.touch(&c, &path)?;
             }
             self.stat_ino(ino.0, &path, &c)
         })();

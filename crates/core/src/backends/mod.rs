@@ -6,7 +6,15 @@ pub mod sys;
 use crate::backend::Backend;
 use crate::barrier::View;
 use crate::error::{Error, Result};
+use crate::lease::LeaseManager;
 use std::sync::Arc;
+
+/// What the engine lends every backend it builds.
+#[derive(Clone)]
+pub struct Services {
+    pub leases: Arc<LeaseManager>,
+    pub limits: Limits,
+}
 
 /// Types `sys/mounts` accepts.
 pub const KNOWN_TYPES: &[&str] = &["generic"];
@@ -26,9 +34,9 @@ impl Default for Limits {
 }
 
 /// Build the backend of type `kind` over its storage view.
-pub fn build(kind: &str, view: View, limits: Limits) -> Result<Arc<dyn Backend>> {
+pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Backend>> {
     match kind {
-        "generic" => Ok(Arc::new(generic::Generic::new(view, limits))),
+        "generic" => Ok(Arc::new(generic::Generic::new(view, services.limits))),
         other => Err(Error::invalid(format!(
             "unknown backend type {other:?} (known: {})",
             KNOWN_TYPES.join(", ")

@@ -23,6 +23,9 @@ pub(crate) enum Route {
     Mounts,
     MountsTable,
     Mount,
+    Leases,
+    Lease,
+    RevokeUid,
 }
 
 pub(crate) struct Sys {
@@ -42,6 +45,12 @@ sys/: the control plane.
                   rm mounts/NAME: unmount (revokes its leases, deletes its data)
                   mv mounts/A mounts/B: remount (data kept, leases revoked)
   mounts.table    the mount table as `Path Type Description` columns
+  leases/         one file per lease, in folders by path: leases/aws/creds/deploy/<uuid>
+                  cat: issue and expiry time, ttl, renewable, path, uid, state
+                  rm: revoke now (upstream first; EIO and kept if upstream refuses)
+                  rm -r FOLDER: revoke every lease under it
+                  touch: renew by the default increment; echo 3600 > (or 1h): renew by that
+  revoke-uid      write a uid: revoke every lease that uid created
 ";
 
 /// What may be written to `sys/mounts/NAME`: a bare type, or TOML/JSON with type and description.
@@ -73,6 +82,11 @@ fn parse_mount_spec(data: &SecretBytes) -> Result<MountSpec> {
     toml::from_str(text).map_err(|e| Error::invalid(format!("mount spec: {}", e.message())))
 }
 
+/// The lease id of a `leases/...` path.
+fn caps_first(path: &str) -> &str {
+    path.strip_prefix("leases/").unwrap_or("")
+}
+
 impl Sys {
     pub(crate) fn new() -> Self {
         Self {
@@ -86,6 +100,9 @@ impl Sys {
                 ("mounts", Route::Mounts),
                 ("mounts.table", Route::MountsTable),
                 ("mounts/{name}", Route::Mount),
+                ("leases", Route::Leases),
+                ("leases/{*id}", Route::Lease),
+                ("revoke-uid", Route::RevokeUid),
             ]),
         }
     }
@@ -110,11 +127,17 @@ impl Sys {
         Ok(match route {
             Route::Root | Route::Mounts => Node::dir(),
             Route::Help | Route::Health | Route::MountsTable => Node::generated(0o400),
-            Route::Seal | Route::Unseal | Route::Rotate => Node::write_only(),
+            Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => Node::write_only(),
             Route::Mount => {
                 e.mount_entry(caps[0])?;
                 Node::generated(0o600)
             }
+            Route::Leases => Node::dir(),
+            Route::Lease => match e.leases().kind(caps[0]) {
+                Some(true) => Node::dir(),
+                Some(false) => Node::generated(0o600),
+                None => return Err(Error::not_found(&format!("sys/{path}"))),
+            },
         })
     }
 
@@ -129,8 +152,14 @@ impl Sys {
                     out.push(DirEntry::file("rotate"));
                     out.push(DirEntry::dir("mounts"));
                     out.push(DirEntry::file("mounts.table"));
+                    out.push(DirEntry::dir("leases"));
+                    out.push(DirEntry::file("revoke-uid"));
                 }
                 Ok(out)
+            }
+            Route::Leases => Ok(e.leases().list("")),
+            Route::Lease if e.leases().kind(caps_first(path)) == Some(true) => {
+                Ok(e.leases().list(caps_first(path)))
             }
             Route::Mounts => Ok(e
                 .mount_entries()
@@ -159,10 +188,14 @@ impl Sys {
                     m.description
                 )
             }
-            Route::Seal | Route::Unseal | Route::Rotate => {
+            Route::Lease => {
+                let rec = e.leases().get(caps[0])?;
+                rec.describe(e.leases().now_ms())
+            }
+            Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => {
                 return Err(Error::denied(format!("sys/{path} is write-only")))
             }
-            Route::Root | Route::Mounts => {
+            Route::Root | Route::Mounts | Route::Leases => {
                 return Err(Error::new(
                     ErrorKind::IsADirectory,
                     format!("sys/{path}: is a folder"),
@@ -174,7 +207,17 @@ impl Sys {
 
     pub(crate) fn create(&self, e: &Engine, path: &str) -> Result<()> {
         match self.route(e, path) {
-            Ok((Route::Seal | Route::Unseal | Route::Rotate, _)) => Ok(()),
+            Ok((Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid, _)) => Ok(()),
+            Ok((Route::Lease, caps)) => match e.leases().kind(caps[0]) {
+                Some(false) => Ok(()),
+                Some(true) => Err(Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("sys/{path}: is a folder"),
+                )),
+                None => Err(Error::not_permitted(format!(
+                    "sys/{path}: leases are made by reading credentials, not by writing here"
+                ))),
+            },
             Ok((Route::Mount, caps)) => match e.mount_entry(caps[0]) {
                 Ok(_) => Err(Error::new(
                     ErrorKind::AlreadyExists,
@@ -203,8 +246,31 @@ impl Sys {
                     .map(|_| ());
             }
         }
-        let (route, _) = self.route(e, path)?;
+        let (route, caps) = self.route(e, path)?;
         match route {
+            Route::Lease => {
+                let text = data
+                    .text()
+                    .ok_or_else(|| Error::invalid("renewal increment is not text"))?;
+                let inc = if text.trim().is_empty() {
+                    None
+                } else {
+                    Some(crate::lease::parse_duration(text).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "renewal increment {:?}: write seconds (3600) or a duration (1h, 30m)",
+                            text.trim()
+                        ))
+                    })?)
+                };
+                e.leases().renew(caps[0], inc).map(|_| ())
+            }
+            Route::RevokeUid => {
+                let text = data.text().unwrap_or("").trim().to_string();
+                let uid: u32 = text
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("revoke-uid: {text:?} is not a uid")))?;
+                e.leases().revoke_uid(uid).map(|_| ())
+            }
             Route::Seal => {
                 e.seal();
                 Ok(())
@@ -225,9 +291,44 @@ impl Sys {
     pub(crate) fn delete(&self, e: &Engine, path: &str) -> Result<()> {
         match self.route(e, path)? {
             (Route::Mount, caps) => e.unmount(caps[0]),
+            (Route::Lease, caps) => match e.leases().kind(caps[0]) {
+                Some(true) => Err(Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("sys/{path}: is a folder (rm -r revokes everything under it)"),
+                )),
+                _ => e.leases().revoke(caps[0]),
+            },
             _ => Err(Error::not_permitted(format!(
                 "sys/{path} cannot be removed"
             ))),
+        }
+    }
+
+    /// `rmdir` of a lease folder (the last step of `rm -r`): revoke everything under it.
+    pub(crate) fn rmdir(&self, e: &Engine, path: &str) -> Result<()> {
+        match self.route(e, path)? {
+            (Route::Lease, caps) => {
+                if e.leases().kind(caps[0]) == Some(false) {
+                    return Err(Error::new(
+                        ErrorKind::NotADirectory,
+                        format!("sys/{path}: is a lease, not a folder"),
+                    ));
+                }
+                e.leases().revoke_prefix(&format!("{}/", caps[0])).map(|_| ())
+            }
+            _ => Err(Error::not_permitted(format!(
+                "sys/{path}: folders under sys/ are fixed"
+            ))),
+        }
+    }
+
+    /// `touch`: on a lease, renew it by its default increment; elsewhere nothing.
+    pub(crate) fn touch(&self, e: &Engine, path: &str) -> Result<()> {
+        match self.route(e, path)? {
+            (Route::Lease, caps) if e.leases().kind(caps[0]) == Some(false) => {
+                e.leases().renew(caps[0], None).map(|_| ())
+            }
+            _ => Ok(()),
         }
     }
 

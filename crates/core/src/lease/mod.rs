@@ -1,0 +1,626 @@
+//! Leases: every dynamic secret handed out carries one; it is the handle for renewal and
+//! revocation, and the daemon revokes it itself at expiry.
+//!
+//! Owns: lease records (persisted encrypted through the barrier at `core/leases/<id>`, with
+//! wall-clock deadlines), the in-memory index and expiry queue (an ordered set + a condvar + a
+//! timed wait), restore at unseal (leases that expired while the daemon was down are due at
+//! once), revocation with bounded concurrency, retry with exponential backoff and jitter, and
+//! the irrevocable state (kept and listed with its reason, never silently dropped).
+//! Must never: forget a lease whose upstream revocation has not succeeded, hold the index lock
+//! across an upstream call, or log the secret data a record carries.
+
+pub mod clock;
+
+use crate::backend::{Backend, DirEntry};
+use crate::barrier::Barrier;
+use crate::error::{Error, ErrorKind, Result};
+pub use clock::{parse_duration, rfc3339, Clock, ManualClock, SystemClock};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+const STORE_PREFIX: &str = "core/leases/";
+
+/// A lease as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRecord {
+    /// `MOUNT/PATH/UUID`, e.g. `aws/creds/deploy/0d042c53-…`.
+    pub id: String,
+    /// The full path that issued it, e.g. `aws/creds/deploy`.
+    pub path: String,
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+    /// Renewals never go past this.
+    pub max_expires_ms: u64,
+    /// Default renewal increment (`touch`).
+    pub increment_secs: u64,
+    pub renewable: bool,
+    /// The uid that asked for the secret.
+    pub uid: u32,
+    /// What the issuing backend needs to revoke it (e.g. the IAM user name). Never secret
+    /// material that is not needed for revocation.
+    pub secret: serde_json::Value,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub irrevocable: bool,
+}
+
+impl LeaseRecord {
+    /// When the scheduler should act on it (None: irrevocable, nothing scheduled).
+    fn due_ms(&self) -> Option<u64> {
+        if self.irrevocable {
+            None
+        } else {
+            Some(self.retry_at_ms.unwrap_or(self.expires_ms))
+        }
+    }
+
+    /// The mount path the id starts with.
+    pub fn mount(&self) -> &str {
+        self.id.split('/').next().unwrap_or("")
+    }
+
+    pub fn state(&self) -> &'static str {
+        if self.irrevocable {
+            "irrevocable"
+        } else if self.attempts > 0 {
+            "retrying"
+        } else {
+            "active"
+        }
+    }
+
+    /// The text of `sys/leases/<id>`.
+    pub fn describe(&self, now_ms: u64) -> String {
+        let v = serde_json::json!({
+            "id": self.id,
+            "path": self.path,
+            "issue_time": rfc3339(self.issued_ms),
+            "expire_time": rfc3339(self.expires_ms),
+            "ttl": self.expires_ms.saturating_sub(now_ms) / 1000,
+            "max_expire_time": rfc3339(self.max_expires_ms),
+            "renewable": self.renewable,
+            "uid": self.uid,
+            "state": self.state(),
+            "revocation_attempts": self.attempts,
+            "last_error": self.last_error,
+        });
+        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// A new lease, as a backend asks for it.
+pub struct NewLease {
+    pub id: String,
+    pub path: String,
+    pub ttl_secs: u64,
+    pub max_ttl_secs: u64,
+    pub renewable: bool,
+    pub uid: u32,
+    pub secret: serde_json::Value,
+}
+
+/// Tuning of revocation.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseConfig {
+    /// Upstream revocations in flight at once.
+    pub concurrency: usize,
+    /// Failed attempts before a lease is marked irrevocable.
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_attempts: 12,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 10 * 60_000,
+        }
+    }
+}
+
+/// Finds the backend mounted at a path (the engine's mount table).
+pub type BackendLookup = Box<dyn Fn(&str) -> Option<Arc<dyn Backend>> + Send + Sync>;
+
+#[derive(Clone, Copy)]
+struct Meta {
+    due: Option<u64>,
+    uid: u32,
+}
+
+#[derive(Default)]
+struct Index {
+    leases: BTreeMap<String, Meta>,
+    queue: BTreeSet<(u64, String)>,
+    inflight: HashSet<String>,
+}
+
+impl Index {
+    fn set(&mut self, id: &str, meta: Meta) {
+        if let Some(old) = self.leases.insert(id.to_string(), meta) {
+            if let Some(d) = old.due {
+                self.queue.remove(&(d, id.to_string()));
+            }
+        }
+        if let Some(d) = meta.due {
+            self.queue.insert((d, id.to_string()));
+        }
+    }
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.leases.remove(id) {
+            if let Some(d) = old.due {
+                self.queue.remove(&(d, id.to_string()));
+            }
+        }
+    }
+}
+
+pub struct LeaseManager {
+    barrier: Arc<Barrier>,
+    clock: Arc<dyn Clock>,
+    config: LeaseConfig,
+    lookup: Mutex<Option<BackendLookup>>,
+    index: Mutex<Index>,
+    /// Wakes the scheduler (new earlier deadline, restore, stop) and waiters on in-flight ids.
+    changed: Condvar,
+    loaded: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LeaseManager {
+    pub fn new(barrier: Arc<Barrier>, clock: Arc<dyn Clock>, config: LeaseConfig) -> Self {
+        Self {
+            barrier,
+            clock,
+            config,
+            lookup: Mutex::new(None),
+            index: Mutex::new(Index::default()),
+            changed: Condvar::new(),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_lookup(&self, lookup: BackendLookup) {
+        *lock(&self.lookup) = Some(lookup);
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// A fresh lease id under `path` (`aws/creds/deploy` → `aws/creds/deploy/<uuid>`).
+    pub fn new_id(path: &str) -> String {
+        format!("{path}/{}", uuid::Uuid::new_v4())
+    }
+
+    fn key(id: &str) -> String {
+        format!("{STORE_PREFIX}{id}")
+    }
+
+    fn store(&self, rec: &LeaseRecord) -> Result<()> {
+        let raw = serde_json::to_vec(rec).map_err(|e| Error::io(format!("lease record: {e}")))?;
+        self.barrier.put(&Self::key(&rec.id), &raw)
+    }
+
+    fn load(&self, id: &str) -> Result<Option<LeaseRecord>> {
+        match self.barrier.get(&Self::key(id))? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_slice(raw.expose())
+                .map(Some)
+                .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}"))),
+        }
+    }
+
+    fn check_loaded(&self) -> Result<()> {
+        if self.loaded.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Error::sealed())
+        }
+    }
+
+    /// Record a new lease (persisted before this returns).
+    pub fn issue(&self, new: NewLease) -> Result<LeaseRecord> {
+        self.check_loaded()?;
+        let now = self.now_ms();
+        let max_ttl = new.max_ttl_secs.max(1);
+        let ttl = new.ttl_secs.clamp(1, max_ttl);
+        let rec = LeaseRecord {
+            id: new.id,
+            path: new.path,
+            issued_ms: now,
+            expires_ms: now + ttl * 1000,
+            max_expires_ms: now + max_ttl * 1000,
+            increment_secs: ttl,
+            renewable: new.renewable,
+            uid: new.uid,
+            secret: new.secret,
+            attempts: 0,
+            retry_at_ms: None,
+            last_error: None,
+            irrevocable: false,
+        };
+        self.store(&rec)?;
+        let mut ix = lock(&self.index);
+        let earliest = ix.queue.first().map(|(d, _)| *d);
+        ix.set(
+            &rec.id,
+            Meta {
+                due: rec.due_ms(),
+                uid: rec.uid,
+            },
+        );
+        drop(ix);
+        if earliest.is_none_or(|e| rec.expires_ms < e) {
+            self.changed.notify_all();
+        }
+        Ok(rec)
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        lock(&self.index).leases.contains_key(id)
+    }
+
+    pub fn count(&self) -> usize {
+        lock(&self.index).leases.len()
+    }
+
+    pub fn get(&self, id: &str) -> Result<LeaseRecord> {
+        self.check_loaded()?;
+        if !self.exists(id) {
+            return Err(Error::not_found(&format!("sys/leases/{id}")));
+        }
+        self.load(id)?
+            .ok_or_else(|| Error::not_found(&format!("sys/leases/{id}")))
+    }
+
+    /// Is `path` a lease (Some(false)), a folder of leases (Some(true)), or nothing (None)?
+    pub fn kind(&self, path: &str) -> Option<bool> {
+        let ix = lock(&self.index);
+        if path.is_empty() {
+            return Some(true);
+        }
+        if ix.leases.contains_key(path) {
+            return Some(false);
+        }
+        let prefix = format!("{path}/");
+        ix.leases
+            .range(prefix.clone()..)
+            .next()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|_| true)
+    }
+
+    /// The children of folder `path` ("" for the top).
+    pub fn list(&self, path: &str) -> Vec<DirEntry> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let ix = lock(&self.index);
+        let mut out: Vec<DirEntry> = Vec::new();
+        let mut last_dir: Option<String> = None;
+        for (k, _) in ix.leases.range(prefix.clone()..) {
+            let Some(rest) = k.strip_prefix(&prefix) else {
+                break;
+            };
+            match rest.split_once('/') {
+                Some((dir, _)) => {
+                    if last_dir.as_deref() != Some(dir) {
+                        last_dir = Some(dir.to_string());
+                        out.push(DirEntry::dir(dir));
+                    }
+                }
+                None => out.push(DirEntry::file(rest)),
+            }
+        }
+        out
+    }
+
+    /// Renew by `increment_secs` (default: the lease's own increment) counted from now, capped
+    /// by the lease's max TTL (capping is not an error).
+    pub fn renew(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
+        let mut rec = self.get(id)?;
+        if !rec.renewable {
+            return Err(Error::not_permitted(format!("lease {id} is not renewable")));
+        }
+        if rec.irrevocable || rec.attempts > 0 {
+            return Err(Error::invalid(format!(
+                "lease {id} is being revoked; it cannot be renewed"
+            )));
+        }
+        let now = self.now_ms();
+        if now >= rec.expires_ms {
+            return Err(Error::invalid(format!("lease {id} has expired")));
+        }
+        let inc = increment_secs.unwrap_or(rec.increment_secs);
+        rec.expires_ms = now.saturating_add(inc.saturating_mul(1000)).min(rec.max_expires_ms);
+        self.store(&rec)?;
+        lock(&self.index).set(
+            id,
+            Meta {
+                due: rec.due_ms(),
+                uid: rec.uid,
+            },
+        );
+        self.changed.notify_all();
+        Ok(rec)
+    }
+
+    /// Take the right to revoke `id` (waits while another thread is revoking it).
+    /// Ok(false): it is gone.
+    fn claim(&self, id: &str) -> bool {
+        let mut ix = lock(&self.index);
+        loop {
+            if !ix.leases.contains_key(id) {
+                return false;
+            }
+            if ix.inflight.insert(id.to_string()) {
+                return true;
+            }
+            ix = self
+                .changed
+                .wait_timeout(ix, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn release(&self, id: &str) {
+        lock(&self.index).inflight.remove(id);
+        self.changed.notify_all();
+    }
+
+    fn backoff_ms(&self, attempts: u32) -> u64 {
+        let exp = self
+            .config
+            .backoff_base_ms
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(30))
+            .min(self.config.backoff_max_ms);
+        // Full jitter in [exp/2, exp].
+        let half = exp / 2;
+        half + rand::thread_rng().gen_range(0..=half.max(1))
+    }
+
+    /// Revoke one lease now: upstream first, then the record. On upstream failure the lease
+    /// stays, marked for retry (or irrevocable after too many attempts), and this fails (Io).
+    pub fn revoke(&self, id: &str) -> Result<()> {
+        self.check_loaded()?;
+        if !self.claim(id) {
+            return Err(Error::not_found(&format!("sys/leases/{id}")));
+        }
+        let res = self.revoke_claimed(id);
+        self.release(id);
+        res
+    }
+
+    fn revoke_claimed(&self, id: &str) -> Result<()> {
+        let Some(mut rec) = self.load(id)? else {
+            lock(&self.index).remove(id);
+            return Err(Error::not_found(&format!("sys/leases/{id}")));
+        };
+        let backend = lock(&self.lookup)
+            .as_ref()
+            .and_then(|f| f(rec.mount()));
+        let upstream = match backend {
+            Some(b) => b.revoke(&rec),
+            None => Err(Error::io(format!(
+                "no mount at {}/ to revoke it with",
+                rec.mount()
+            ))),
+        };
+        match upstream {
+            Ok(()) => {
+                self.barrier.delete(&Self::key(id))?;
+                lock(&self.index).remove(id);
+                tracing::info!(lease = id, "revoked");
+                Ok(())
+            }
+            Err(e) => {
+                rec.attempts += 1;
+                rec.last_error = Some(e.message.clone());
+                if rec.attempts >= self.config.max_attempts {
+                    rec.irrevocable = true;
+                    rec.retry_at_ms = None;
+                    tracing::error!(lease = id, attempts = rec.attempts, "irrevocable: {}", e.message);
+                } else {
+                    let next = self.now_ms() + self.backoff_ms(rec.attempts);
+                    rec.retry_at_ms = Some(next);
+                    tracing::warn!(lease = id, attempts = rec.attempts, "revocation failed, will retry: {}", e.message);
+                }
+                self.store(&rec)?;
+                lock(&self.index).set(
+                    id,
+                    Meta {
+                        due: rec.due_ms(),
+                        uid: rec.uid,
+                    },
+                );
+                Err(Error::io(format!("revoking {id}: {}", e.message)))
+            }
+        }
+    }
+
+    /// Revoke many, at most `concurrency` at a time. Returns (revoked, first error).
+    fn revoke_many(&self, ids: Vec<String>) -> (usize, Option<Error>, usize) {
+        if ids.is_empty() {
+            return (0, None, 0);
+        }
+        let queue = Mutex::new(ids);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        let first_err: Mutex<Option<Error>> = Mutex::new(None);
+        let workers = self.config.concurrency.max(1).min(lock(&queue).len());
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let Some(id) = lock(&queue).pop() else { break };
+                    match self.revoke(&id) {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind == ErrorKind::NotFound => {}
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            lock(&first_err).get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        let err = lock(&first_err).take();
+        (
+            done.load(Ordering::Relaxed),
+            err,
+            failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn finish_many(&self, what: &str, (n, err, failed): (usize, Option<Error>, usize)) -> Result<usize> {
+        match err {
+            None => Ok(n),
+            Some(e) => Err(Error::io(format!(
+                "{what}: {failed} revocation(s) failed ({n} done); first: {}",
+                e.message
+            ))),
+        }
+    }
+
+    /// Revoke every lease whose id starts with `prefix`.
+    pub fn revoke_prefix(&self, prefix: &str) -> Result<usize> {
+        self.check_loaded()?;
+        let ids: Vec<String> = lock(&self.index)
+            .leases
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let r = self.revoke_many(ids);
+        self.finish_many(&format!("revoke {prefix}"), r)
+    }
+
+    /// Revoke every lease that `uid` created.
+    pub fn revoke_uid(&self, uid: u32) -> Result<usize> {
+        self.check_loaded()?;
+        let ids: Vec<String> = lock(&self.index)
+            .leases
+            .iter()
+            .filter(|(_, m)| m.uid == uid)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let r = self.revoke_many(ids);
+        self.finish_many(&format!("revoke uid {uid}"), r)
+    }
+
+    /// One scheduler pass: revoke every lease that is due. Returns how many were revoked.
+    pub fn process_due(&self) -> usize {
+        if !self.loaded.load(Ordering::SeqCst) {
+            return 0;
+        }
+        let now = self.now_ms();
+        let ids: Vec<String> = {
+            let ix = lock(&self.index);
+            ix.queue
+                .iter()
+                .take_while(|(d, _)| *d <= now)
+                .filter(|(_, id)| !ix.inflight.contains(id))
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        // Earliest first: `revoke_many` pops from the end.
+        let mut ids = ids;
+        ids.reverse();
+        self.revoke_many(ids).0
+    }
+
+    /// Milliseconds until the next due lease (None: nothing scheduled).
+    pub fn next_due_in(&self) -> Option<u64> {
+        let now = self.now_ms();
+        lock(&self.index)
+            .queue
+            .first()
+            .map(|(d, _)| d.saturating_sub(now))
+    }
+
+    /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
+    /// are due at once.
+    pub fn restore(&self) -> Result<usize> {
+        let paths = self.barrier.list(STORE_PREFIX)?;
+        let mut ix = Index::default();
+        for p in &paths {
+            let id = &p[STORE_PREFIX.len()..];
+            match self.load(id) {
+                Ok(Some(rec)) => ix.set(
+                    id,
+                    Meta {
+                        due: rec.due_ms(),
+                        uid: rec.uid,
+                    },
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::error!(lease = id, "cannot read lease record: {}", e.message),
+            }
+        }
+        let n = ix.leases.len();
+        *lock(&self.index) = ix;
+        self.loaded.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+        tracing::info!(leases = n, "leases restored");
+        Ok(n)
+    }
+
+    /// Forget the in-memory index (at seal); nothing is revoked.
+    pub fn clear(&self) {
+        self.loaded.store(false, Ordering::SeqCst);
+        let mut ix = lock(&self.index);
+        ix.leases.clear();
+        ix.queue.clear();
+        drop(ix);
+        self.changed.notify_all();
+    }
+
+    /// Start the expiry scheduler thread. It ends when the manager is dropped.
+    pub fn start(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("nomadfs-leases".into())
+            .spawn(move || loop {
+                let Some(m) = weak.upgrade() else { break };
+                m.process_due();
+                let ix = lock(&m.index);
+                // Computed under the lock, so an earlier deadline added meanwhile is seen.
+                let now = m.now_ms();
+                let wait = ix
+                    .queue
+                    .first()
+                    .map(|(d, _)| d.saturating_sub(now))
+                    .unwrap_or(1000)
+                    .clamp(5, 1000);
+                let _ = m.changed.wait_timeout(ix, Duration::from_millis(wait));
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the lease scheduler: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

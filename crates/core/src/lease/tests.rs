@@ -1,0 +1,292 @@
+//! Lease manager logic on virtual time. The backend here is a recorder, not a fake of any
+//! upstream service: these tests are about scheduling, renewal and retry, nothing else.
+
+use super::*;
+use crate::backend::{Ctx, Node};
+use crate::barrier::KdfParams;
+use crate::secret::SecretBytes;
+use crate::storage::memory::MemoryStorage;
+use std::sync::atomic::AtomicU32;
+
+#[derive(Default)]
+struct Recorder {
+    revoked: Mutex<Vec<String>>,
+    /// Fail this many revocations before succeeding (u32::MAX: always).
+    failures: AtomicU32,
+}
+
+impl Backend for Recorder {
+    fn kind(&self) -> &'static str {
+        "recorder"
+    }
+    fn help(&self) -> String {
+        String::new()
+    }
+    fn stat(&self, _: &Ctx<'_>, _: &str) -> Result<Node> {
+        Ok(Node::dir())
+    }
+    fn list(&self, _: &Ctx<'_>, _: &str) -> Result<Vec<DirEntry>> {
+        Ok(vec![])
+    }
+    fn read(&self, _: &Ctx<'_>, _: &str) -> Result<SecretBytes> {
+        Ok(SecretBytes::new(vec![]))
+    }
+    fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
+        let f = self.failures.load(Ordering::SeqCst);
+        if f > 0 {
+            if f != u32::MAX {
+                self.failures.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(Error::io("upstream refused"));
+        }
+        lock(&self.revoked).push(lease.id.clone());
+        Ok(())
+    }
+}
+
+const T0: u64 = 1_800_000_000_000;
+
+fn setup() -> (
+    Arc<Barrier>,
+    Arc<ManualClock>,
+    Arc<Recorder>,
+    Arc<LeaseManager>,
+) {
+    let storage = Arc::new(MemoryStorage::new());
+    let barrier = Arc::new(Barrier::new(storage, KdfParams::minimum()));
+    barrier.unseal(b"pw").expect("unseal");
+    let (clock, rec, m) = manager(&barrier);
+    (barrier, clock, rec, m)
+}
+
+fn manager(barrier: &Arc<Barrier>) -> (Arc<ManualClock>, Arc<Recorder>, Arc<LeaseManager>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let rec = Arc::new(Recorder::default());
+    let m = Arc::new(LeaseManager::new(
+        barrier.clone(),
+        clock.clone(),
+        LeaseConfig {
+            concurrency: 4,
+            max_attempts: 3,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 60_000,
+        },
+    ));
+    let b: Arc<dyn Backend> = rec.clone();
+    m.set_lookup(Box::new(move |mount| (mount == "aws").then(|| b.clone())));
+    m.restore().expect("restore");
+    (clock, rec, m)
+}
+
+fn issue(m: &LeaseManager, name: &str, ttl: u64, max: u64, uid: u32) -> String {
+    let id = LeaseManager::new_id(&format!("aws/creds/{name}"));
+    m.issue(NewLease {
+        id: id.clone(),
+        path: format!("aws/creds/{name}"),
+        ttl_secs: ttl,
+        max_ttl_secs: max,
+        renewable: true,
+        uid,
+        secret: serde_json::json!({"user": name}),
+    })
+    .expect("issue");
+    id
+}
+
+#[test]
+fn expiry_in_deadline_order() {
+    let (_b, clock, rec, m) = setup();
+    let late = issue(&m, "late", 30, 100, 1);
+    let early = issue(&m, "early", 10, 100, 1);
+    let mid = issue(&m, "mid", 20, 100, 1);
+    assert_eq!(m.process_due(), 0);
+    assert_eq!(m.next_due_in(), Some(10_000));
+    clock.advance(10_000);
+    assert_eq!(m.process_due(), 1);
+    clock.advance(10_000);
+    assert_eq!(m.process_due(), 1);
+    clock.advance(10_000);
+    assert_eq!(m.process_due(), 1);
+    assert_eq!(*lock(&rec.revoked), vec![early, mid, late]);
+    assert_eq!(m.count(), 0);
+}
+
+#[test]
+fn renew_counts_from_now_and_caps_at_max() {
+    let (_b, clock, _rec, m) = setup();
+    let id = issue(&m, "r", 60, 300, 1);
+    clock.advance(50_000);
+    let r = m.renew(&id, Some(100)).expect("renew");
+    assert_eq!(r.expires_ms, T0 + 150_000);
+    // Past the max TTL: capped, not an error.
+    let r = m.renew(&id, Some(10_000)).expect("renew capped");
+    assert_eq!(r.expires_ms, T0 + 300_000);
+    // Default increment is the original TTL.
+    clock.advance(10_000);
+    let r = m.renew(&id, None).expect("renew default");
+    assert_eq!(r.expires_ms, T0 + 120_000);
+    clock.advance(200_000);
+    assert_eq!(m.renew(&id, None).map_err(|e| e.kind), Err(ErrorKind::InvalidInput));
+    assert_eq!(
+        m.renew("aws/creds/r/nope", None).map_err(|e| e.kind),
+        Err(ErrorKind::NotFound)
+    );
+}
+
+#[test]
+fn non_renewable_lease_refuses_renewal() {
+    let (_b, _clock, _rec, m) = setup();
+    let id = LeaseManager::new_id("aws/creds/x");
+    m.issue(NewLease {
+        id: id.clone(),
+        path: "aws/creds/x".into(),
+        ttl_secs: 60,
+        max_ttl_secs: 60,
+        renewable: false,
+        uid: 1,
+        secret: serde_json::Value::Null,
+    })
+    .expect("issue");
+    assert_eq!(m.renew(&id, None).map_err(|e| e.kind), Err(ErrorKind::NotPermitted));
+}
+
+#[test]
+fn failed_revocation_retries_with_backoff_then_irrevocable() {
+    let (_b, clock, rec, m) = setup();
+    rec.failures.store(u32::MAX, Ordering::SeqCst);
+    let id = issue(&m, "x", 10, 10, 1);
+    clock.advance(10_000);
+    assert_eq!(m.process_due(), 0);
+    let r = m.get(&id).expect("still there");
+    assert_eq!((r.attempts, r.irrevocable), (1, false));
+    let wait1 = r.retry_at_ms.expect("retry scheduled") - clock.now_ms();
+    assert!((500..=1000).contains(&wait1), "first backoff {wait1}");
+    // Not yet due: nothing happens.
+    assert_eq!(m.process_due(), 0);
+    assert_eq!(m.get(&id).expect("lease").attempts, 1);
+    clock.advance(wait1);
+    m.process_due();
+    let r = m.get(&id).expect("lease");
+    assert_eq!(r.attempts, 2);
+    let wait2 = r.retry_at_ms.expect("retry") - clock.now_ms();
+    assert!((1000..=2000).contains(&wait2), "second backoff {wait2}");
+    clock.advance(wait2);
+    m.process_due();
+    let r = m.get(&id).expect("kept, never dropped");
+    assert!(r.irrevocable);
+    assert_eq!(r.state(), "irrevocable");
+    assert_eq!(r.last_error.as_deref(), Some("upstream refused"));
+    assert_eq!(m.next_due_in(), None, "irrevocable leases are not scheduled");
+    // A manual revoke once upstream works again still cleans it up.
+    rec.failures.store(0, Ordering::SeqCst);
+    m.revoke(&id).expect("manual revoke");
+    assert_eq!(m.count(), 0);
+}
+
+#[test]
+fn failed_then_recovered() {
+    let (_b, clock, rec, m) = setup();
+    rec.failures.store(1, Ordering::SeqCst);
+    let id = issue(&m, "x", 10, 10, 1);
+    assert_eq!(m.revoke(&id).map_err(|e| e.kind), Err(ErrorKind::Io));
+    assert!(m.exists(&id), "kept after a failed rm");
+    clock.advance(2_000);
+    assert_eq!(m.process_due(), 1);
+    assert!(!m.exists(&id));
+}
+
+#[test]
+fn prefix_and_uid_revocation() {
+    let (_b, _clock, rec, m) = setup();
+    let a1 = issue(&m, "a", 100, 100, 1001);
+    let a2 = issue(&m, "a", 100, 100, 1002);
+    let b1 = issue(&m, "b", 100, 100, 1001);
+    let ab = issue(&m, "ab", 100, 100, 1003);
+    assert_eq!(m.revoke_prefix("aws/creds/a/").expect("prefix"), 2);
+    assert!(!m.exists(&a1) && !m.exists(&a2));
+    assert!(m.exists(&ab), "prefix is a folder, not a string prefix of names");
+    assert_eq!(m.revoke_uid(1001).expect("uid"), 1);
+    assert!(!m.exists(&b1));
+    assert_eq!(lock(&rec.revoked).len(), 3);
+    assert_eq!(
+        m.revoke("aws/creds/a/unknown").map_err(|e| e.kind),
+        Err(ErrorKind::NotFound)
+    );
+}
+
+#[test]
+fn listing_as_folders() {
+    let (_b, _clock, _rec, m) = setup();
+    let a = issue(&m, "a", 100, 100, 1);
+    issue(&m, "b", 100, 100, 1);
+    let top: Vec<String> = m.list("").into_iter().map(|e| e.name).collect();
+    assert_eq!(top, vec!["aws"]);
+    let creds: Vec<String> = m.list("aws/creds").into_iter().map(|e| e.name).collect();
+    assert_eq!(creds, vec!["a", "b"]);
+    assert_eq!(m.kind("aws/creds"), Some(true));
+    assert_eq!(m.kind(&a), Some(false));
+    assert_eq!(m.kind("aws/nope"), None);
+}
+
+#[test]
+fn restore_after_restart_makes_expired_leases_due_at_once() {
+    let (barrier, clock, _rec, m) = setup();
+    let short = issue(&m, "short", 10, 10, 1);
+    let long = issue(&m, "long", 3600, 3600, 1);
+    drop(m);
+    // "Restart": a new manager over the same store, an hour later.
+    let (clock2, rec2, m2) = manager(&barrier);
+    clock2.set(clock.now_ms() + 60_000);
+    assert_eq!(m2.count(), 2);
+    assert_eq!(m2.process_due(), 1);
+    assert_eq!(*lock(&rec2.revoked), vec![short]);
+    assert!(m2.exists(&long));
+    let r = m2.get(&long).expect("long");
+    assert_eq!(r.expires_ms, T0 + 3_600_000);
+}
+
+#[test]
+fn a_burst_is_revoked_concurrently_and_completely() {
+    let (_b, clock, rec, m) = setup();
+    for i in 0..500 {
+        issue(&m, &format!("r{}", i % 7), 30, 30, i);
+    }
+    clock.advance(30_000);
+    assert_eq!(m.process_due(), 500);
+    assert_eq!(lock(&rec.revoked).len(), 500);
+    assert_eq!(m.count(), 0);
+}
+
+#[test]
+fn sealed_manager_refuses() {
+    let (_b, _clock, _rec, m) = setup();
+    m.clear();
+    assert_eq!(
+        m.revoke_prefix("aws/").map_err(|e| e.kind),
+        Err(ErrorKind::Sealed)
+    );
+    assert_eq!(m.process_due(), 0);
+}
+
+#[test]
+fn scheduler_thread_revokes_on_real_time() {
+    let storage = Arc::new(MemoryStorage::new());
+    let barrier = Arc::new(Barrier::new(storage, KdfParams::minimum()));
+    barrier.unseal(b"pw").expect("unseal");
+    let rec = Arc::new(Recorder::default());
+    let m = Arc::new(LeaseManager::new(
+        barrier,
+        Arc::new(SystemClock),
+        LeaseConfig::default(),
+    ));
+    let b: Arc<dyn Backend> = rec.clone();
+    m.set_lookup(Box::new(move |_| Some(b.clone())));
+    m.restore().expect("restore");
+    m.start();
+    issue(&m, "t", 1, 1, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while m.count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(m.count(), 0, "revoked by the scheduler within 5 s");
+}
