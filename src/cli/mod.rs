@@ -68,10 +68,23 @@ enum Cmd {
     },
     /// Seal state, version, storage.
     Status,
+    /// Revoke the lease ID (its secret is destroyed upstream first); with -prefix, every lease
+    /// under ID.
+    Revoke {
+        /// Treat ID as a prefix (`aws/creds/deploy`) and revoke everything under it.
+        #[arg(long)]
+        prefix: bool,
+        id: String,
+    },
+    /// Renew the lease ID by INCREMENT (seconds or 1h/30m; default: the lease's own TTL),
+    /// never past its max TTL.
+    Renew { id: String, increment: Option<String> },
 }
 
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    // Vault spells it `-prefix`; accept that as well as `--prefix`.
+    let args = std::env::args_os().map(|a| if a == "-prefix" { "--prefix".into() } else { a });
+    let cli = Cli::parse_from(args);
     if let Cmd::Server {
         dev,
         passphrase_file,
@@ -199,6 +212,32 @@ fn client(cli: &Cli) -> Result<(), String> {
             let p = at(path);
             std::fs::write(&p, body).map_err(|e| io_err("writing", &p, e))?;
             output::line(&format!("Success! Data written to: {path}"));
+            Ok(())
+        }
+        Cmd::Revoke { prefix, id } => {
+            let id = id.trim_matches('/');
+            let p = at(&format!("sys/leases/{id}"));
+            if *prefix {
+                let meta = std::fs::metadata(&p).map_err(|e| io_err("revoking", &p, e))?;
+                if meta.is_dir() {
+                    std::fs::remove_dir_all(&p).map_err(|e| io_err("revoking", &p, e))?;
+                } else {
+                    std::fs::remove_file(&p).map_err(|e| io_err("revoking", &p, e))?;
+                }
+                output::line(&format!("Success! Revoked any leases with prefix: {id}"));
+            } else {
+                std::fs::remove_file(&p).map_err(|e| io_err("revoking", &p, e))?;
+                output::line(&format!("Success! Revoked lease: {id}"));
+            }
+            Ok(())
+        }
+        Cmd::Renew { id, increment } => {
+            let id = id.trim_matches('/');
+            let p = at(&format!("sys/leases/{id}"));
+            let body = increment.clone().unwrap_or_default();
+            std::fs::write(&p, format!("{body}\n")).map_err(|e| io_err("renewing", &p, e))?;
+            let data = std::fs::read(&p).map_err(|e| io_err("reading", &p, e))?;
+            output::kv_table(&rows_of(&data));
             Ok(())
         }
         Cmd::Status => {

@@ -11,10 +11,14 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_nomadfs")
 }
 
+pub mod moto;
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub mnt: PathBuf,
     pub child: Option<Child>,
+    /// Extra environment for the next spawn (e.g. a failpoint).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -48,6 +52,7 @@ impl Daemon {
             dir,
             mnt,
             child: None,
+            env: Vec::new(),
         };
         d.spawn(true);
         d
@@ -61,6 +66,9 @@ impl Daemon {
         }
         c.env_remove("NOMADFS_PASSPHRASE");
         c.env("NOMADFS_LOG", "info");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 

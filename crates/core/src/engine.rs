@@ -462,7 +462,7 @@ impl Engine {
                     Op::Delete => b.delete(&ctx, rest).map(|_| Reply::Done),
                     Op::Mkdir => b.mkdir(&ctx, rest).map(|_| Reply::Done),
                     Op::Rmdir => b.rmdir(&ctx, rest).map(|_| Reply::Done),
-                    Op::Touch => b.stat(&ctx, rest).map(|_| Reply::Done),
+                    Op::Touch => Ok(Reply::Done),
                     Op::Rename(to) => {
                         let prefix = format!("{}/", m.entry.path);
                         match to.strip_prefix(&prefix) {

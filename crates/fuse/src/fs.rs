@@ -116,6 +116,9 @@ impl NomadFs {
     /// Store the handle's buffer if it was written (or, at release, created/truncated).
     fn commit(&self, h: &mut Handle, c: &Caller, releasing: bool) -> Result<(), Error> {
         if let Some(w) = h.write.as_mut() {
+            if w.poisoned {
+                return Ok(());
+            }
             if w.dirty || (releasing && w.pending_empty) {
                 let res = self.engine.write(c, &h.path, w.data.duplicate());
                 w.dirty = false;
@@ -476,7 +479,7 @@ impl Filesystem for NomadFs {
         let Some(w) = h.write.as_mut() else {
             return reply.error(Errno::EBADF);
         };
-        if offset.saturating_add(data.len() as u64) > limit {
+        if w.poisoned || offset.saturating_add(data.len() as u64) > limit {
             let e = Error::new(
                 ErrorKind::TooLarge,
                 format!("{path}: value exceeds the limit of {limit} bytes"),

@@ -14,6 +14,8 @@ pub struct WriteBuf {
     /// Created or truncated at open but not yet written: committed (empty) at release only,
     /// so the flush that a shell's `dup2`+`close` sends never stores an empty value early.
     pub pending_empty: bool,
+    /// A write of this open failed (EFBIG): nothing of it will ever be stored.
+    pub poisoned: bool,
 }
 
 impl WriteBuf {
@@ -22,6 +24,7 @@ impl WriteBuf {
             data,
             dirty: false,
             pending_empty,
+            poisoned: false,
         }
     }
 
@@ -30,6 +33,7 @@ impl WriteBuf {
         self.data = SecretBytes::default();
         self.dirty = false;
         self.pending_empty = false;
+        self.poisoned = true;
     }
 
     /// Write `bytes` at `offset`, growing into a fresh zeroizing allocation when needed.
@@ -101,7 +105,11 @@ impl Handles {
         self.lock().values().find_map(|h| {
             let h = h.lock().unwrap_or_else(|p| p.into_inner());
             if h.ino == ino {
-                h.write.as_ref().map(|w| w.data.len() as u64)
+                // Only a buffer that will still be stored stands in for the file.
+                h.write
+                    .as_ref()
+                    .filter(|w| !w.poisoned && (w.dirty || w.pending_empty))
+                    .map(|w| w.data.len() as u64)
             } else {
                 None
             }
