@@ -1,5 +1,6 @@
 //! The backend types that can be mounted, and the factory that builds one for a mount entry.
 
+pub mod aws_iam;
 pub mod generic;
 pub mod sys;
 
