@@ -2,6 +2,7 @@
 //! routed by path patterns and answer stat/read/write/list/delete/mkdir/rmdir/rename for a
 //! `Caller`; the adapter turns kernel requests into these calls and `ErrorKind`s into errnos.
 
+pub mod audit;
 pub mod backend;
 pub mod backends;
 pub mod barrier;
