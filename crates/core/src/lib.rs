@@ -9,6 +9,7 @@ pub mod caller;
 pub mod engine;
 pub mod error;
 pub mod mounts;
+pub mod policy;
 pub mod route;
 pub mod secret;
 pub mod storage;
