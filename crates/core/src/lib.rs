@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod lease;
 pub mod mounts;
+pub mod policy;
 pub mod route;
 pub mod secret;
 pub mod storage;
