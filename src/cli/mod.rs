@@ -78,7 +78,10 @@ enum Cmd {
     },
     /// Renew the lease ID by INCREMENT (seconds or 1h/30m; default: the lease's own TTL),
     /// never past its max TTL.
-    Renew { id: String, increment: Option<String> },
+    Renew {
+        id: String,
+        increment: Option<String>,
+    },
     /// Audit log tools (work on files; no mount needed).
     Audit {
         #[command(subcommand)]
@@ -166,6 +169,15 @@ fn find_mount(cli: &Cli) -> Result<PathBuf, String> {
     Err("cannot find the nomadfs mount: pass --mount, set NOMADFS_MOUNT, or --config".into())
 }
 
+/// Write a file on the mount and fsync it: the daemon commits at fsync/close and reports a
+/// refusal there; `std::fs::write` would drop an error returned by close(2).
+fn write_file(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data.as_ref())?;
+    f.sync_all()
+}
+
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
@@ -196,7 +208,7 @@ fn client(cli: &Cli) -> Result<(), String> {
                 Some(d) => format!("type = {kind:?}\ndescription = {d:?}\n"),
                 None => format!("{kind}\n"),
             };
-            std::fs::write(&p, body).map_err(|e| io_err("mounting", &p, e))?;
+            write_file(&p, body).map_err(|e| io_err("mounting", &p, e))?;
             output::line(&format!(
                 "Success! Enabled the {kind} secrets engine at: {name}/"
             ));
@@ -237,7 +249,7 @@ fn client(cli: &Cli) -> Result<(), String> {
         Cmd::Write { path, data } => {
             let body = parse_write_args(data)?;
             let p = at(path);
-            std::fs::write(&p, body).map_err(|e| io_err("writing", &p, e))?;
+            write_file(&p, body).map_err(|e| io_err("writing", &p, e))?;
             output::line(&format!("Success! Data written to: {path}"));
             Ok(())
         }
@@ -262,7 +274,7 @@ fn client(cli: &Cli) -> Result<(), String> {
             let id = id.trim_matches('/');
             let p = at(&format!("sys/leases/{id}"));
             let body = increment.clone().unwrap_or_default();
-            std::fs::write(&p, format!("{body}\n")).map_err(|e| io_err("renewing", &p, e))?;
+            write_file(&p, format!("{body}\n")).map_err(|e| io_err("renewing", &p, e))?;
             let data = std::fs::read(&p).map_err(|e| io_err("reading", &p, e))?;
             output::kv_table(&rows_of(&data));
             Ok(())
@@ -378,7 +390,7 @@ mod tests {
             .filter(|(i, _)| *i != 1)
             .map(|(_, l)| l)
             .collect();
-        std::fs::write(&p, kept.join("\n") + "\n").expect("write");
+        write_file(&p, kept.join("\n") + "\n").expect("write");
         let e = audit_verify(&p).expect_err("deleted");
         assert!(e.contains("line 2: deleted line"), "{e}");
         assert!(audit_verify(&d.path().join("none")).is_err());

@@ -14,11 +14,15 @@ fn server_path() -> PathBuf {
     if let Some(p) = std::env::var_os("NOMADFS_MOTO_SERVER") {
         return PathBuf::from(p);
     }
-    let venv = std::env::var("NOMADFS_MOTO_VENV").unwrap_or_else(|_| "/opt/nomadfs-test/moto".into());
+    let venv =
+        std::env::var("NOMADFS_MOTO_VENV").unwrap_or_else(|_| "/opt/nomadfs-test/moto".into());
     let p = PathBuf::from(venv).join("bin/moto_server");
     if !p.exists() {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto-venv");
-        let st = Command::new(script).stdout(Stdio::null()).status().expect("scripts/moto-venv");
+        let st = Command::new(script)
+            .stdout(Stdio::null())
+            .status()
+            .expect("scripts/moto-venv");
         assert!(st.success(), "scripts/moto-venv failed");
     }
     p
@@ -47,7 +51,12 @@ impl Moto {
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 let ok = Command::new("curl")
-                    .args(["-sf", "-o", "/dev/null", &format!("{}/moto-api/", m.endpoint)])
+                    .args([
+                        "-sf",
+                        "-o",
+                        "/dev/null",
+                        &format!("{}/moto-api/", m.endpoint),
+                    ])
                     .status()
                     .map(|s| s.success())
                     .unwrap_or(false);

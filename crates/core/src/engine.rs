@@ -8,10 +8,10 @@
 use crate::backend::{Ctx, DirEntry, Node};
 use crate::backends::sys::Sys;
 use crate::backends::Limits;
+use crate::backends::Services;
 use crate::barrier::{Barrier, KdfParams, UnsealError};
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
-use crate::backends::Services;
 use crate::lease::{LeaseConfig, LeaseManager, SystemClock};
 use crate::mounts::{self, MountEntry, MountTable, Mounted};
 use crate::secret::SecretBytes;

@@ -66,7 +66,11 @@ pub(crate) fn view_for(barrier: &Arc<Barrier>, uuid: &str) -> View {
 }
 
 impl MountTable {
-    pub fn build(barrier: &Arc<Barrier>, entries: Vec<MountEntry>, services: &Services) -> Result<Self> {
+    pub fn build(
+        barrier: &Arc<Barrier>,
+        entries: Vec<MountEntry>,
+        services: &Services,
+    ) -> Result<Self> {
         let mut mounts = BTreeMap::new();
         for entry in entries {
             let backend = backends::build(&entry.kind, view_for(barrier, &entry.uuid), services)?;

@@ -89,14 +89,23 @@ pub struct Aws {
 }
 
 /// Parse `key=value` lines (blank lines and `#` comments skipped) or a JSON object of strings.
-pub(crate) fn parse_fields(data: &SecretBytes, what: &str) -> Result<Vec<(String, Zeroizing<String>)>> {
+pub(crate) fn parse_fields(
+    data: &SecretBytes,
+    what: &str,
+) -> Result<Vec<(String, Zeroizing<String>)>> {
     let text = std::str::from_utf8(data.expose())
         .map_err(|_| Error::invalid(format!("{what}: not UTF-8 text")))?
         .trim();
     let mut out = Vec::new();
     if text.starts_with('{') {
-        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-            .map_err(|e| Error::invalid(format!("{what}: invalid JSON at line {} column {}", e.line(), e.column())))?;
+        let v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| {
+                Error::invalid(format!(
+                    "{what}: invalid JSON at line {} column {}",
+                    e.line(),
+                    e.column()
+                ))
+            })?;
         for (k, v) in v {
             let s = match v {
                 serde_json::Value::String(s) => s,
@@ -174,10 +183,9 @@ impl Aws {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let raw = self
-            .view
-            .get("config/root")?
-            .ok_or_else(|| Error::io("aws/config/root is not set: write the root credentials first"))?;
+        let raw = self.view.get("config/root")?.ok_or_else(|| {
+            Error::io("aws/config/root is not set: write the root credentials first")
+        })?;
         let stored: StoredRoot = serde_json::from_slice(raw.expose())
             .map_err(|e| Error::new(ErrorKind::Integrity, format!("config/root: {e}")))?;
         let creds = RootCredentials {
@@ -216,11 +224,9 @@ impl Aws {
                 "secret_key" => secret_key = Some(v),
                 "region" => region = Some(v.to_string()),
                 "endpoint" => endpoint = Some(v.to_string()),
-                other => {
-                    return Err(Error::invalid(format!(
-                        "config/root: unknown key {other:?} (access_key, secret_key, region, endpoint)"
-                    )))
-                }
+                other => return Err(Error::invalid(format!(
+                    "config/root: unknown key {other:?} (access_key, secret_key, region, endpoint)"
+                ))),
             }
         }
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
@@ -229,7 +235,9 @@ impl Aws {
             ));
         };
         if access_key.is_empty() || secret_key.is_empty() {
-            return Err(Error::invalid("config/root: empty access_key or secret_key"));
+            return Err(Error::invalid(
+                "config/root: empty access_key or secret_key",
+            ));
         }
         if let Some(e) = &endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -256,7 +264,10 @@ impl Aws {
         let mut cfg = self.lease_cfg()?;
         for (k, v) in parse_fields(data, "config/lease")? {
             let secs = parse_duration(&v).filter(|s| *s > 0).ok_or_else(|| {
-                Error::invalid(format!("config/lease: {k} = {:?} is not a duration", v.as_str()))
+                Error::invalid(format!(
+                    "config/lease: {k} = {:?} is not a duration",
+                    v.as_str()
+                ))
             })?;
             match k.as_str() {
                 "ttl" | "lease" | "default_ttl" => cfg.ttl = secs,
@@ -278,7 +289,10 @@ impl Aws {
     fn write_role(&self, name: &str, data: &SecretBytes) -> Result<()> {
         let key = Self::role_key(name)?;
         if data.len() > self.services.limits.max_value_size {
-            return Err(Error::new(ErrorKind::TooLarge, format!("roles/{name}: too large")));
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("roles/{name}: too large"),
+            ));
         }
         let v: serde_json::Value = serde_json::from_slice(data.expose()).map_err(|e| {
             Error::invalid(format!("roles/{name}: not a JSON policy document ({e})"))
@@ -341,7 +355,9 @@ impl Aws {
                     Ok(()) => {
                         let _ = self.view.delete(&intent_key);
                     }
-                    Err(d) => tracing::error!(user = %user, "undo failed, left for recovery: {}", d.message),
+                    Err(d) => {
+                        tracing::error!(user = %user, "undo failed, left for recovery: {}", d.message)
+                    }
                 }
                 return Err(e.context(format!("storing the lease for {path}")));
             }
@@ -450,7 +466,12 @@ impl Backend for Aws {
             Route::Roles => Ok(roles()?.into_iter().map(DirEntry::file).collect()),
             Route::Creds => Ok(roles()?
                 .into_iter()
-                .flat_map(|r| [DirEntry::file(r.clone()), DirEntry::file(format!("{r}.env"))])
+                .flat_map(|r| {
+                    [
+                        DirEntry::file(r.clone()),
+                        DirEntry::file(format!("{r}.env")),
+                    ]
+                })
                 .collect()),
             _ => Err(not_dir(path)),
         }

@@ -230,6 +230,33 @@ impl AwsIam {
     }
 }
 
+impl AwsIam {
+    /// Names of every IAM user nomadfs made (path `/nomadfs/`), for audits of orphans.
+    pub fn list_users(&self) -> Result<Vec<String>> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            let mut out = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                let page = inner
+                    .client
+                    .list_users()
+                    .path_prefix(USER_PATH)
+                    .set_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| inner.upstream("ListUsers", "*", &e))?;
+                out.extend(page.users().iter().map(|u| u.user_name().to_string()));
+                match (page.is_truncated(), page.marker()) {
+                    (true, Some(m)) => marker = Some(m.to_string()),
+                    _ => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
 impl Drop for AwsIam {
     fn drop(&mut self) {
         if let Some(rt) = self.runtime.take() {

@@ -1,5 +1,6 @@
 //! The backend types that can be mounted, and the factory that builds one for a mount entry.
 
+pub mod aws;
 pub mod aws_iam;
 pub mod generic;
 pub mod sys;
@@ -18,7 +19,7 @@ pub struct Services {
 }
 
 /// Types `sys/mounts` accepts.
-pub const KNOWN_TYPES: &[&str] = &["generic"];
+pub const KNOWN_TYPES: &[&str] = &["generic", "aws"];
 
 /// Limits shared by every backend.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,7 @@ impl Default for Limits {
 pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Backend>> {
     match kind {
         "generic" => Ok(Arc::new(generic::Generic::new(view, services.limits))),
+        "aws" => Ok(Arc::new(aws::Aws::new(view, services))),
         other => Err(Error::invalid(format!(
             "unknown backend type {other:?} (known: {})",
             KNOWN_TYPES.join(", ")

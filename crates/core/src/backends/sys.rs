@@ -314,7 +314,9 @@ impl Sys {
                         format!("sys/{path}: is a lease, not a folder"),
                     ));
                 }
-                e.leases().revoke_prefix(&format!("{}/", caps[0])).map(|_| ())
+                e.leases().revoke_prefix(&format!("{}/", caps[0]))?;
+                e.leases().forget_folder(caps[0]);
+                Ok(())
             }
             _ => Err(Error::not_permitted(format!(
                 "sys/{path}: folders under sys/ are fixed"

@@ -93,6 +93,7 @@ impl LeaseRecord {
             "state": self.state(),
             "revocation_attempts": self.attempts,
             "last_error": self.last_error,
+            "upstream": self.secret,
         });
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
         s.push('\n');
@@ -147,7 +148,12 @@ struct Index {
     leases: BTreeMap<String, Meta>,
     queue: BTreeSet<(u64, String)>,
     inflight: HashSet<String>,
+    /// Folders emptied by a revocation in the last few seconds, with when. They still answer
+    /// as folders so that `rm -r` (unlink every file, then rmdir) can finish its walk.
+    emptied: BTreeMap<String, std::time::Instant>,
 }
+
+const EMPTIED_GRACE: Duration = Duration::from_secs(30);
 
 impl Index {
     fn set(&mut self, id: &str, meta: Meta) {
@@ -165,6 +171,14 @@ impl Index {
             if let Some(d) = old.due {
                 self.queue.remove(&(d, id.to_string()));
             }
+        }
+        let now = std::time::Instant::now();
+        self.emptied
+            .retain(|_, t| now.duration_since(*t) < EMPTIED_GRACE);
+        let mut p = id;
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            self.emptied.insert(parent.to_string(), now);
+            p = parent;
         }
     }
 }
@@ -301,11 +315,24 @@ impl LeaseManager {
             return Some(false);
         }
         let prefix = format!("{path}/");
-        ix.leases
+        let live = ix
+            .leases
             .range(prefix.clone()..)
             .next()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|_| true)
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        let recently_emptied = ix
+            .emptied
+            .get(path)
+            .is_some_and(|t| t.elapsed() < EMPTIED_GRACE);
+        (live || recently_emptied).then_some(true)
+    }
+
+    /// `rmdir` of an emptied folder: forget it.
+    pub fn forget_folder(&self, path: &str) {
+        let mut ix = lock(&self.index);
+        let prefix = format!("{path}/");
+        ix.emptied
+            .retain(|k, _| k != path && !k.starts_with(&prefix));
     }
 
     /// The children of folder `path` ("" for the top).
@@ -352,7 +379,9 @@ impl LeaseManager {
             return Err(Error::invalid(format!("lease {id} has expired")));
         }
         let inc = increment_secs.unwrap_or(rec.increment_secs);
-        rec.expires_ms = now.saturating_add(inc.saturating_mul(1000)).min(rec.max_expires_ms);
+        rec.expires_ms = now
+            .saturating_add(inc.saturating_mul(1000))
+            .min(rec.max_expires_ms);
         self.store(&rec)?;
         lock(&self.index).set(
             id,
@@ -417,9 +446,7 @@ impl LeaseManager {
             lock(&self.index).remove(id);
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         };
-        let backend = lock(&self.lookup)
-            .as_ref()
-            .and_then(|f| f(rec.mount()));
+        let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
         let upstream = match backend {
             Some(b) => b.revoke(&rec),
             None => Err(Error::io(format!(
@@ -440,11 +467,21 @@ impl LeaseManager {
                 if rec.attempts >= self.config.max_attempts {
                     rec.irrevocable = true;
                     rec.retry_at_ms = None;
-                    tracing::error!(lease = id, attempts = rec.attempts, "irrevocable: {}", e.message);
+                    tracing::error!(
+                        lease = id,
+                        attempts = rec.attempts,
+                        "irrevocable: {}",
+                        e.message
+                    );
                 } else {
                     let next = self.now_ms() + self.backoff_ms(rec.attempts);
                     rec.retry_at_ms = Some(next);
-                    tracing::warn!(lease = id, attempts = rec.attempts, "revocation failed, will retry: {}", e.message);
+                    tracing::warn!(
+                        lease = id,
+                        attempts = rec.attempts,
+                        "revocation failed, will retry: {}",
+                        e.message
+                    );
                 }
                 self.store(&rec)?;
                 lock(&self.index).set(
@@ -494,7 +531,11 @@ impl LeaseManager {
         )
     }
 
-    fn finish_many(&self, what: &str, (n, err, failed): (usize, Option<Error>, usize)) -> Result<usize> {
+    fn finish_many(
+        &self,
+        what: &str,
+        (n, err, failed): (usize, Option<Error>, usize),
+    ) -> Result<usize> {
         match err {
             None => Ok(n),
             Some(e) => Err(Error::io(format!(
@@ -593,6 +634,7 @@ impl LeaseManager {
         let mut ix = lock(&self.index);
         ix.leases.clear();
         ix.queue.clear();
+        ix.emptied.clear();
         drop(ix);
         self.changed.notify_all();
     }

@@ -126,7 +126,10 @@ fn renew_counts_from_now_and_caps_at_max() {
     let r = m.renew(&id, None).expect("renew default");
     assert_eq!(r.expires_ms, T0 + 120_000);
     clock.advance(200_000);
-    assert_eq!(m.renew(&id, None).map_err(|e| e.kind), Err(ErrorKind::InvalidInput));
+    assert_eq!(
+        m.renew(&id, None).map_err(|e| e.kind),
+        Err(ErrorKind::InvalidInput)
+    );
     assert_eq!(
         m.renew("aws/creds/r/nope", None).map_err(|e| e.kind),
         Err(ErrorKind::NotFound)
@@ -147,7 +150,10 @@ fn non_renewable_lease_refuses_renewal() {
         secret: serde_json::Value::Null,
     })
     .expect("issue");
-    assert_eq!(m.renew(&id, None).map_err(|e| e.kind), Err(ErrorKind::NotPermitted));
+    assert_eq!(
+        m.renew(&id, None).map_err(|e| e.kind),
+        Err(ErrorKind::NotPermitted)
+    );
 }
 
 #[test]
@@ -176,7 +182,11 @@ fn failed_revocation_retries_with_backoff_then_irrevocable() {
     assert!(r.irrevocable);
     assert_eq!(r.state(), "irrevocable");
     assert_eq!(r.last_error.as_deref(), Some("upstream refused"));
-    assert_eq!(m.next_due_in(), None, "irrevocable leases are not scheduled");
+    assert_eq!(
+        m.next_due_in(),
+        None,
+        "irrevocable leases are not scheduled"
+    );
     // A manual revoke once upstream works again still cleans it up.
     rec.failures.store(0, Ordering::SeqCst);
     m.revoke(&id).expect("manual revoke");
@@ -204,7 +214,10 @@ fn prefix_and_uid_revocation() {
     let ab = issue(&m, "ab", 100, 100, 1003);
     assert_eq!(m.revoke_prefix("aws/creds/a/").expect("prefix"), 2);
     assert!(!m.exists(&a1) && !m.exists(&a2));
-    assert!(m.exists(&ab), "prefix is a folder, not a string prefix of names");
+    assert!(
+        m.exists(&ab),
+        "prefix is a folder, not a string prefix of names"
+    );
     assert_eq!(m.revoke_uid(1001).expect("uid"), 1);
     assert!(!m.exists(&b1));
     assert_eq!(lock(&rec.revoked).len(), 3);
