@@ -8,16 +8,14 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-// `audit`, `policies` and `admins` are parsed (so a full config is valid today) and enforced
-// by the policy and audit modules; `prefix` belongs to the etcd store.
-#[allow(dead_code)]
 pub struct Config {
     pub mountpoint: PathBuf,
     #[serde(default)]
     pub allow_other: bool,
     pub storage: StorageConfig,
+    /// `[audit] path = …` or `audit = "off"`.
     #[serde(default)]
-    pub audit: Option<AuditConfig>,
+    pub audit: Option<AuditSetting>,
     /// Largest value a backend stores, in bytes (default 1 MiB).
     #[serde(default)]
     pub max_value_size: Option<usize>,
@@ -33,7 +31,7 @@ pub struct Config {
     #[serde(default, rename = "mount")]
     pub mounts: Vec<MountConfig>,
     #[serde(default, rename = "policy")]
-    pub policies: Vec<PolicyConfig>,
+    pub policies: Vec<nomadfs_core::policy::PolicyDoc>,
     #[serde(default)]
     pub admins: Option<Vec<u32>>,
 }
@@ -54,9 +52,19 @@ pub struct StorageConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct AuditConfig {
     pub path: PathBuf,
+    /// "group" (default: concurrent requests share one fsync), "always", or "never".
+    #[serde(default)]
+    pub fsync: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AuditSetting {
+    Table(AuditConfig),
+    /// Only "off" is accepted.
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,31 +75,6 @@ pub struct MountConfig {
     pub kind: String,
     #[serde(default)]
     pub description: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct PolicyConfig {
-    pub name: String,
-    #[serde(default)]
-    pub uids: Vec<u32>,
-    #[serde(default)]
-    pub gids: Vec<u32>,
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct RuleConfig {
-    pub path: String,
-    pub capabilities: Vec<String>,
 }
 
 impl Config {
@@ -125,6 +108,21 @@ impl Config {
                     "[storage] type {other:?} is unknown (use \"file\", \"memory\" or \"etcd\")"
                 ))
             }
+        }
+        match &self.audit {
+            Some(AuditSetting::Word(w)) if w != "off" => {
+                return Err(format!(
+                    "audit = {w:?}: write audit = \"off\" or an [audit] table with path"
+                ))
+            }
+            Some(AuditSetting::Table(t)) => {
+                if let Some(f) = &t.fsync {
+                    f.parse::<nomadfs_core::audit::FsyncPolicy>().map_err(|_| {
+                        format!("[audit] fsync = {f:?}: use \"group\", \"always\" or \"never\"")
+                    })?;
+                }
+            }
+            _ => {}
         }
         if let Some(n) = self.max_value_size {
             if n == 0 || n > 64 << 20 {

@@ -3,10 +3,12 @@
 //! Owns: the order of start-up and shut-down and the exit codes (2: wrong passphrase).
 //! Must never: log a passphrase, or touch storage when the passphrase is wrong.
 
-use crate::config::Config;
+use crate::config::{AuditSetting, Config};
+use nomadfs_core::audit::{AuditLog, FsyncPolicy};
 use nomadfs_core::backends::Limits;
 use nomadfs_core::barrier::{KdfParams, UnsealError};
 use nomadfs_core::engine::MountSpec;
+use nomadfs_core::gate::AuditMode;
 use nomadfs_core::storage::{file::FileStorage, memory::MemoryStorage, Storage};
 use nomadfs_core::{Engine, EngineConfig, SecretBytes};
 use std::io::IsTerminal;
@@ -52,6 +54,14 @@ fn read_passphrase(args: &ServerArgs) -> Result<Option<SecretBytes>, String> {
     Ok(None)
 }
 
+/// The daemon's own uid (the default admin), without libc: the owner of /proc/self.
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
 fn dev_mountpoint() -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!("nomadfs-dev-{}", uuid_suffix()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -84,13 +94,16 @@ pub fn serve(args: ServerArgs) -> i32 {
 }
 
 fn serve_inner(args: ServerArgs) -> Result<i32, String> {
-    let (storage, engine_cfg, mountpoint, allow_other, threads, passphrase): (
+    #[allow(clippy::type_complexity)]
+    let (storage, engine_cfg, mountpoint, allow_other, threads, passphrase, policies, audit): (
         Arc<dyn Storage>,
         EngineConfig,
         PathBuf,
         bool,
         usize,
         Option<SecretBytes>,
+        (Vec<nomadfs_core::policy::PolicyDoc>, Vec<u32>),
+        AuditMode,
     ) = if args.dev {
         let mut pass = vec![0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut pass);
@@ -102,6 +115,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
             kdf: KdfParams::minimum(),
             ..EngineConfig::default()
         };
+        tracing::warn!("--dev: audit log off, memory store, everything is gone at exit");
         (
             Arc::new(MemoryStorage::new()),
             cfg,
@@ -109,6 +123,8 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
             false,
             4,
             Some(SecretBytes::new(pass)),
+            (Vec::new(), vec![own_uid()]),
+            AuditMode::Off,
         )
     } else {
         let path = args
@@ -162,6 +178,28 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         }
         let mountpoint = args.mountpoint.clone().unwrap_or(cfg.mountpoint.clone());
         let pass = read_passphrase(&args)?;
+        let audit = match &cfg.audit {
+            None => {
+                tracing::warn!("no [audit] configured: secret-bearing requests will be refused (EIO); set [audit] path, or audit = \"off\"");
+                AuditMode::Missing
+            }
+            Some(AuditSetting::Word(_)) => {
+                tracing::warn!("AUDIT IS OFF (audit = \"off\"): requests are not recorded");
+                AuditMode::Off
+            }
+            Some(AuditSetting::Table(t)) => {
+                let fsync = t
+                    .fsync
+                    .as_deref()
+                    .unwrap_or("group")
+                    .parse::<FsyncPolicy>()
+                    .map_err(|_| "bad [audit] fsync".to_string())?;
+                let log = AuditLog::open(&t.path, fsync)
+                    .map_err(|e| format!("audit log {}: {}", t.path.display(), e.message))?;
+                AuditMode::Log(Arc::new(log))
+            }
+        };
+        let admins = cfg.admins.clone().unwrap_or_else(|| vec![own_uid()]);
         (
             storage,
             engine_cfg,
@@ -169,10 +207,20 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
             cfg.allow_other,
             cfg.threads.unwrap_or(4),
             pass,
+            (cfg.policies.clone(), admins),
+            audit,
         )
     };
 
     let engine = Arc::new(Engine::new(storage, engine_cfg));
+    engine
+        .set_policies(policies.0, policies.1)
+        .map_err(|e| format!("policies: {}", e.message))?;
+    let audit_log = match &audit {
+        AuditMode::Log(l) => Some(l.clone()),
+        _ => None,
+    };
+    engine.set_audit(audit);
     engine.start();
     match passphrase {
         Some(p) => match engine.unseal(p.expose()) {
@@ -207,12 +255,22 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    loop {
-        if signals.pending().next().is_some() {
+    'outer: loop {
+        for sig in signals.pending() {
+            if sig == signal_hook::consts::SIGHUP {
+                if let Some(l) = &audit_log {
+                    match l.reopen() {
+                        Ok(()) => tracing::info!("SIGHUP: audit log reopened"),
+                        Err(e) => tracing::error!("SIGHUP: audit log reopen failed: {}", e.message),
+                    }
+                }
+                continue;
+            }
             tracing::info!("signal received: unmounting");
-            break;
+            break 'outer;
         }
         if session.guard.is_finished() {
             tracing::info!("the filesystem was unmounted");

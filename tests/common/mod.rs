@@ -28,6 +28,9 @@ impl Daemon {
     pub fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
+    pub fn audit(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
     pub fn log(&self) -> PathBuf {
         self.dir.path().join("daemon.log")
     }
@@ -42,9 +45,10 @@ impl Daemon {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         let cfg = format!(
-            "mountpoint = {:?}\nkdf_memory_kib = 19456\nkdf_iterations = 2\n{extra_config}\n[storage]\ntype = \"file\"\npath = {:?}\n",
+            "mountpoint = {:?}\nkdf_memory_kib = 19456\nkdf_iterations = 2\n{extra_config}\n[storage]\ntype = \"file\"\npath = {:?}\n[audit]\npath = {:?}\n",
             mnt,
-            dir.path().join("store")
+            dir.path().join("store"),
+            dir.path().join("audit.log")
         );
         std::fs::write(dir.path().join("mounts.toml"), cfg).expect("config");
         std::fs::write(dir.path().join("pass"), format!("{PASS}\n")).expect("pass");

@@ -12,13 +12,16 @@ use crate::backends::Services;
 use crate::barrier::{Barrier, KdfParams, UnsealError};
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
+use crate::gate::{self, AuditMode};
 use crate::lease::{LeaseConfig, LeaseManager, SystemClock};
 use crate::mounts::{self, MountEntry, MountTable, Mounted};
+use crate::policy::{EtcFiles, Policies, PolicyDoc};
 use crate::secret::SecretBytes;
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex, RwLock};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const POLICY_PREFIX: &str = "core/policies/";
 
 /// A mount to create when the store has no mount table yet.
 #[derive(Debug, Clone)]
@@ -95,6 +98,10 @@ pub struct Engine {
     config: EngineConfig,
     leases: Arc<LeaseManager>,
     sys: Sys,
+    /// Policies from the config; live ones from `sys/policies/` are added at unseal.
+    config_policies: Mutex<(Vec<PolicyDoc>, Vec<u32>)>,
+    policies: RwLock<Policies>,
+    audit: RwLock<AuditMode>,
 }
 
 const ROOT_HELP_HEAD: &str = "\
@@ -126,7 +133,114 @@ impl Engine {
             config,
             leases,
             sys: Sys::new(),
+            config_policies: Mutex::new((Vec::new(), vec![0])),
+            // Until the daemon says otherwise, root is the admin.
+            policies: RwLock::new(
+                Policies::new(Vec::new(), vec![0], &EtcFiles::parse("", ""))
+                    .unwrap_or_else(|_| unreachable!("an empty policy set is valid")),
+            ),
+            audit: RwLock::new(AuditMode::Off),
         }
+    }
+
+    /// Set the policies from the config and the admin uids (the daemon passes its own uid
+    /// when the config names none). Live policies from `sys/policies/` join them at unseal.
+    pub fn set_policies(&self, docs: Vec<PolicyDoc>, admins: Vec<u32>) -> Result<()> {
+        let resolver = EtcFiles::system().unwrap_or_else(|_| EtcFiles::parse("", ""));
+        let compiled = Policies::new(docs.clone(), admins.clone(), &resolver)?;
+        *self
+            .config_policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (docs, admins);
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = compiled;
+        if !self.is_sealed() {
+            self.reload_policies()?;
+        }
+        Ok(())
+    }
+
+    pub fn policies(&self) -> Policies {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuild the policy set: config policies plus the live ones stored under
+    /// `core/policies/` (a live policy of the same name replaces the config's).
+    pub(crate) fn reload_policies(&self) -> Result<()> {
+        let (docs, admins) = self
+            .config_policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let resolver = EtcFiles::system().unwrap_or_else(|_| EtcFiles::parse("", ""));
+        let mut set = Policies::new(docs, admins, &resolver)?;
+        for key in self.barrier.list(POLICY_PREFIX)? {
+            let name = &key[POLICY_PREFIX.len()..];
+            let Some(raw) = self.barrier.get(&key)? else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(raw.expose()).to_string();
+            match PolicyDoc::parse(name, &text).and_then(|d| set.with_upserted(d, &resolver)) {
+                Ok(s) => set = s,
+                Err(e) => tracing::error!(policy = name, "stored policy skipped: {}", e.message),
+            }
+        }
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(())
+    }
+
+    /// Store and apply a live policy (`sys/policies/NAME`); a bad one is refused, the old stays.
+    pub(crate) fn put_policy(&self, name: &str, text: &str) -> Result<()> {
+        let resolver = EtcFiles::system().unwrap_or_else(|_| EtcFiles::parse("", ""));
+        let doc = PolicyDoc::parse(name, text)?;
+        let set = self.policies().with_upserted(doc, &resolver)?;
+        self.barrier
+            .put(&format!("{POLICY_PREFIX}{name}"), text.as_bytes())?;
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = set;
+        tracing::info!(policy = name, "policy written");
+        Ok(())
+    }
+
+    pub(crate) fn policy_text(&self, name: &str) -> Result<String> {
+        if let Some(raw) = self.barrier.get(&format!("{POLICY_PREFIX}{name}"))? {
+            return Ok(String::from_utf8_lossy(raw.expose()).to_string());
+        }
+        let doc = self
+            .policies()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(&format!("sys/policies/{name}")))?;
+        toml::to_string(&doc).map_err(|e| Error::io(e.to_string()))
+    }
+
+    pub(crate) fn delete_policy(&self, name: &str) -> Result<()> {
+        let key = format!("{POLICY_PREFIX}{name}");
+        if self.barrier.size(&key)?.is_none() {
+            return Err(if self.policies().get(name).is_some() {
+                Error::not_permitted(format!(
+                    "policy {name} comes from mounts.toml; edit it there"
+                ))
+            } else {
+                Error::not_found(&format!("sys/policies/{name}"))
+            });
+        }
+        self.barrier.delete(&key)?;
+        self.reload_policies()
+    }
+
+    pub fn set_audit(&self, mode: AuditMode) {
+        *self.audit.write().unwrap_or_else(|p| p.into_inner()) = mode;
+    }
+
+    fn audit_mode(&self) -> AuditMode {
+        self.audit.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `sys/audit-hash`: the HMAC the audit log would show for `value`.
+    pub(crate) fn audit_hash(&self, value: &[u8]) -> Result<String> {
+        self.barrier.audit_hmac(value)
     }
 
     /// Start background work (the lease expiry scheduler). Call once, after `new`.
@@ -197,6 +311,9 @@ impl Engine {
                     self.set_table(MountTable::default());
                     self.barrier.seal();
                     return Err(e.into());
+                }
+                if let Err(e) = self.reload_policies() {
+                    tracing::error!("live policies not loaded: {}", e.message);
                 }
                 for m in self.table().mounts.values() {
                     if let Err(e) = m.backend.recover() {
@@ -390,8 +507,187 @@ impl Engine {
         }
     }
 
-    /// The single entry point for every file operation.
+    /// The single entry point for every file operation: policy check, the operation, the
+    /// caller's view of the answer (mode bits, filtered listings), the audit record.
     pub fn dispatch(&self, caller: &Caller, path: &str, op: Op<'_>) -> Result<Reply> {
+        let policies = self.policies();
+        let admin = policies.is_admin(caller);
+        let (op_name, need, secret_bearing) = self.need(path, &op);
+        let mut values: Vec<(&'static str, String)> = Vec::new();
+        if let Op::Write(data) = &op {
+            if let Ok(h) = self.barrier.audit_hmac(data.expose()) {
+                values.push(("request", h));
+            }
+        }
+        let exists = |p: &str| {
+            self.dispatch_inner(&Caller::internal(), p, Op::Stat)
+                .is_ok()
+        };
+        let decided = gate::check(&policies, caller, &need, &exists);
+        let is_stat = matches!(op, Op::Stat);
+        let is_create = matches!(op, Op::Create);
+        let mut result = match decided {
+            Ok(()) => self.dispatch_inner(caller, path, op),
+            Err(e) => Err(e),
+        };
+        if !admin {
+            result = result.and_then(|reply| self.caller_view(&policies, caller, path, reply));
+        }
+        let lease_id = match &result {
+            Ok(Reply::Data(d)) if path.contains("/creds/") => gate::lease_id_of(d.expose()),
+            _ => path.strip_prefix("sys/leases/").map(str::to_string),
+        };
+        if let Ok(Reply::Data(d)) = &result {
+            if let Ok(h) = self.barrier.audit_hmac(d.expose()) {
+                values.push(("response", h));
+            }
+        }
+        let quiet = (is_stat || is_create) && result.is_ok();
+        if !quiet {
+            let audited = gate::audit(
+                &self.audit_mode(),
+                gate::Record {
+                    caller,
+                    op: op_name,
+                    path,
+                    result: result.as_ref().map(|_| ()),
+                    lease_id: lease_id.as_deref(),
+                    values,
+                    secret_bearing: secret_bearing && result.is_ok(),
+                },
+            );
+            if let Err(e) = audited {
+                if let Some(id) = lease_id.as_deref().filter(|_| path.contains("/creds/")) {
+                    // The credential was made but cannot be handed out unaudited: undo it.
+                    let _ = self.leases.revoke(id);
+                }
+                return Err(e);
+            }
+        }
+        result
+    }
+
+    /// What `op` on `path` needs: (audit operation name, policy need, secret-bearing).
+    fn need(&self, path: &str, op: &Op<'_>) -> (&'static str, gate::Need, bool) {
+        use crate::policy::Capability as C;
+        use gate::Need;
+        let name = match op {
+            Op::Stat => "stat",
+            Op::List => "list",
+            Op::Read => "read",
+            Op::Create => "create",
+            Op::Write(_) => "write",
+            Op::Delete => "delete",
+            Op::Mkdir => "mkdir",
+            Op::Rmdir => "rmdir",
+            Op::Rename(_) => "rename",
+            Op::Touch => "touch",
+        };
+        let (head, rest) = path.split_once('/').unwrap_or((path, ""));
+        let free = path.is_empty()
+            || path == ".help"
+            || rest == ".help"
+            || (head == "sys" && matches!(rest, "" | "health"));
+        if matches!(op, Op::Stat) || (free && matches!(op, Op::Stat | Op::List | Op::Read)) {
+            return (name, Need::Free, false);
+        }
+        if head == "sys" {
+            let need = match op {
+                Op::List => Need::Cap(gate::folder(path), C::Sudo),
+                _ => Need::Cap(path.to_string(), C::Sudo),
+            };
+            return (name, need, matches!(op, Op::Read | Op::Write(_)));
+        }
+        let need = match op {
+            Op::Stat => Need::Free,
+            Op::List => Need::Cap(gate::folder(path), C::List),
+            Op::Read => Need::Cap(path.to_string(), C::Read),
+            Op::Create | Op::Write(_) => Need::Write(path.to_string()),
+            Op::Delete | Op::Rmdir => Need::Cap(path.to_string(), C::Delete),
+            Op::Mkdir => Need::Cap(path.to_string(), C::Create),
+            Op::Touch => Need::Cap(path.to_string(), C::Update),
+            Op::Rename(to) => Need::Two(
+                Box::new(Need::Cap(path.to_string(), C::Delete)),
+                Box::new(Need::Write((*to).to_string())),
+            ),
+        };
+        (name, need, matches!(op, Op::Read | Op::Write(_)))
+    }
+
+    /// Narrow an answer to what a (non-admin) caller may see and do.
+    fn caller_view(
+        &self,
+        policies: &Policies,
+        caller: &Caller,
+        path: &str,
+        reply: Reply,
+    ) -> Result<Reply> {
+        let in_mount =
+            !(path.is_empty() || path == ".help" || path == "sys" || path.starts_with("sys/"));
+        match reply {
+            Reply::Node(mut node) => {
+                if in_mount
+                    && !path.ends_with("/.help")
+                    && !policies.may_see(caller, path, node.is_dir())
+                {
+                    return Err(Error::not_found(path));
+                }
+                let free = path.is_empty()
+                    || path.ends_with(".help")
+                    || path == "sys"
+                    || path == "sys/health";
+                if !free {
+                    let key = if node.is_dir() {
+                        gate::folder(path)
+                    } else {
+                        path.to_string()
+                    };
+                    let mut caps = policies.capabilities(caller, &key);
+                    if path.starts_with("sys/") && caps.contains(crate::policy::Capability::Sudo) {
+                        caps = crate::policy::CapSet::ALL;
+                    }
+                    gate::mask_mode(&mut node, caps);
+                }
+                Ok(Reply::Node(node))
+            }
+            Reply::Entries(entries) => {
+                let entries = if path == "sys" {
+                    entries
+                        .into_iter()
+                        .filter(|e| {
+                            e.name.starts_with('.')
+                                || e.name == "health"
+                                || policies.allowed(
+                                    caller,
+                                    &format!("sys/{}", e.name),
+                                    crate::policy::Capability::Sudo,
+                                )
+                                || policies.may_see(
+                                    caller,
+                                    &format!("sys/{}", e.name),
+                                    e.kind == crate::backend::NodeKind::Dir,
+                                )
+                        })
+                        .collect()
+                } else if path.is_empty() {
+                    entries
+                        .into_iter()
+                        .filter(|e| {
+                            e.name.starts_with('.')
+                                || e.name == "sys"
+                                || policies.may_see(caller, &e.name, true)
+                        })
+                        .collect()
+                } else {
+                    gate::filter_entries(policies, caller, path, entries)
+                };
+                Ok(Reply::Entries(entries))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn dispatch_inner(&self, caller: &Caller, path: &str, op: Op<'_>) -> Result<Reply> {
         let target = self.resolve(path)?;
         match target {
             Target::Root => match op {
@@ -423,13 +719,16 @@ impl Engine {
             Target::Sys(rest) => match op {
                 Op::Stat => self.sys.stat(self, rest).map(Reply::Node),
                 Op::List => self.sys.list(self, rest).map(Reply::Entries),
-                Op::Read => self.sys.read(self, rest).map(Reply::Data),
+                Op::Read => self.sys.read(self, caller.uid, rest).map(Reply::Data),
                 // Files under sys/ are control files: each write acts at once.
                 Op::Create => self
                     .sys
                     .create(self, rest)
                     .map(|_| Reply::Node(Node::write_only())),
-                Op::Write(data) => self.sys.write(self, rest, data).map(|_| Reply::Done),
+                Op::Write(data) => self
+                    .sys
+                    .write(self, caller.uid, rest, data)
+                    .map(|_| Reply::Done),
                 Op::Delete => self.sys.delete(self, rest).map(|_| Reply::Done),
                 Op::Rename(to) => match to.strip_prefix("sys/") {
                     Some(to) => self.sys.rename(self, rest, to).map(|_| Reply::Done),

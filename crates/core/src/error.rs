@@ -41,6 +41,27 @@ pub enum ErrorKind {
     Integrity,
 }
 
+impl ErrorKind {
+    /// The errno's name as the audit log writes it. The adapter's `errno.rs` is the one table
+    /// that maps kinds to errno numbers; its tests check that these names agree with it.
+    pub fn errno_name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "ENOENT",
+            ErrorKind::PermissionDenied | ErrorKind::Sealed => "EACCES",
+            ErrorKind::NotPermitted => "EPERM",
+            ErrorKind::InvalidInput => "EINVAL",
+            ErrorKind::AlreadyExists => "EEXIST",
+            ErrorKind::TooLarge => "EFBIG",
+            ErrorKind::NotEmpty => "ENOTEMPTY",
+            ErrorKind::NotADirectory => "ENOTDIR",
+            ErrorKind::IsADirectory => "EISDIR",
+            ErrorKind::CrossMount => "EXDEV",
+            ErrorKind::Busy => "EBUSY",
+            ErrorKind::Io | ErrorKind::Integrity => "EIO",
+        }
+    }
+}
+
 /// The core's error: a kind for the errno, a message for the log and audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {

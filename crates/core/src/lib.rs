@@ -9,6 +9,7 @@ pub mod barrier;
 pub mod caller;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod lease;
 pub mod mounts;
 pub mod policy;

@@ -47,6 +47,22 @@ mod tests {
         ];
         for k in all {
             assert_ne!(errno(k).code(), libc::ENOSYS, "{k:?}");
+            let by_name = match k.errno_name() {
+                "ENOENT" => libc::ENOENT,
+                "EACCES" => libc::EACCES,
+                "EPERM" => libc::EPERM,
+                "EINVAL" => libc::EINVAL,
+                "EEXIST" => libc::EEXIST,
+                "EFBIG" => libc::EFBIG,
+                "ENOTEMPTY" => libc::ENOTEMPTY,
+                "ENOTDIR" => libc::ENOTDIR,
+                "EISDIR" => libc::EISDIR,
+                "EXDEV" => libc::EXDEV,
+                "EBUSY" => libc::EBUSY,
+                "EIO" => libc::EIO,
+                other => panic!("unknown errno name {other}"),
+            };
+            assert_eq!(errno(k).code(), by_name, "audit name of {k:?} disagrees");
         }
         assert_eq!(errno(ErrorKind::TooLarge).code(), libc::EFBIG);
         assert_eq!(errno(ErrorKind::CrossMount).code(), libc::EXDEV);

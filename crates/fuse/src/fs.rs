@@ -377,6 +377,7 @@ impl Filesystem for NomadFs {
                 snapshot,
                 write,
                 immediate: node.dynamic,
+                opener_pid: req.pid(),
             }))
         })();
         match res {
@@ -413,6 +414,7 @@ impl Filesystem for NomadFs {
                 // Closing a created file stores it, even empty (at release).
                 write: Some(WriteBuf::new(SecretBytes::default(), !node.dynamic)),
                 immediate: node.dynamic,
+                opener_pid: req.pid(),
             });
             Ok((ino, fh))
         })();
@@ -513,6 +515,10 @@ impl Filesystem for NomadFs {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        if req.pid() != h.opener_pid {
+            // Another process closing its inherited copy of the fd: not a commit point.
+            return reply.ok();
+        }
         let c = caller(req);
         match self.commit(&mut h, &c, false) {
             Ok(()) => reply.ok(),

@@ -78,6 +78,10 @@ pub struct Handle {
     /// A control file: every write(2) is one command, acted on at once (its error is the
     /// write's error, which shells report — they ignore errors from close).
     pub immediate: bool,
+    /// The process that opened it. A FLUSH from another process is a fork's copy of the fd
+    /// being closed (e.g. at exec), not the writer's close: it must not commit a half-written
+    /// buffer. The writer's own close commits; release commits whatever is left.
+    pub opener_pid: u32,
 }
 
 pub type Shared = Arc<Mutex<Handle>>;

@@ -224,9 +224,11 @@ impl Aws {
                 "secret_key" => secret_key = Some(v),
                 "region" => region = Some(v.to_string()),
                 "endpoint" => endpoint = Some(v.to_string()),
-                other => return Err(Error::invalid(format!(
+                other => {
+                    return Err(Error::invalid(format!(
                     "config/root: unknown key {other:?} (access_key, secret_key, region, endpoint)"
-                ))),
+                )))
+                }
             }
         }
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {

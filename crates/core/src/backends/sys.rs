@@ -5,6 +5,7 @@
 //! `unseal`, `seal` and help while sealed.
 
 use crate::backend::{DirEntry, Node};
+use crate::backends::validate_name;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mounts::normalize_path;
@@ -26,10 +27,15 @@ pub(crate) enum Route {
     Leases,
     Lease,
     RevokeUid,
+    Policies,
+    Policy,
+    AuditHash,
 }
 
 pub(crate) struct Sys {
     router: Router<Route>,
+    /// The last hash asked of `sys/audit-hash`, per uid (never the value).
+    hashes: std::sync::Mutex<std::collections::HashMap<u32, String>>,
 }
 
 const HELP: &str = "\
@@ -51,6 +57,9 @@ sys/: the control plane.
                   rm -r FOLDER: revoke every lease under it
                   touch: renew by the default increment; echo 3600 > (or 1h): renew by that
   revoke-uid      write a uid: revoke every lease that uid created
+  policies/NAME   a policy (TOML or JSON: uids, gids, users, groups, cgroups, exes, rules);
+                  write to add or replace (a bad one is refused, the old one stays), rm deletes
+  audit-hash      write a value, read back (same open file) the HMAC the audit log shows for it
 ";
 
 /// What may be written to `sys/mounts/NAME`: a bare type, or TOML/JSON with type and description.
@@ -103,7 +112,11 @@ impl Sys {
                 ("leases", Route::Leases),
                 ("leases/{*id}", Route::Lease),
                 ("revoke-uid", Route::RevokeUid),
+                ("policies", Route::Policies),
+                ("policies/{name}", Route::Policy),
+                ("audit-hash", Route::AuditHash),
             ]),
+            hashes: Default::default(),
         }
     }
 
@@ -128,6 +141,12 @@ impl Sys {
             Route::Root | Route::Mounts => Node::dir(),
             Route::Help | Route::Health | Route::MountsTable => Node::generated(0o400),
             Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => Node::write_only(),
+            Route::Policies => Node::dir(),
+            Route::Policy => {
+                e.policy_text(caps[0])?;
+                Node::file(0)
+            }
+            Route::AuditHash => Node::generated(0o600),
             Route::Mount => {
                 e.mount_entry(caps[0])?;
                 Node::generated(0o600)
@@ -154,10 +173,13 @@ impl Sys {
                     out.push(DirEntry::file("mounts.table"));
                     out.push(DirEntry::dir("leases"));
                     out.push(DirEntry::file("revoke-uid"));
+                    out.push(DirEntry::dir("policies"));
+                    out.push(DirEntry::file("audit-hash"));
                 }
                 Ok(out)
             }
             Route::Leases => Ok(e.leases().list("")),
+            Route::Policies => Ok(e.policies().names().map(DirEntry::file).collect()),
             Route::Lease if e.leases().kind(caps_first(path)) == Some(true) => {
                 Ok(e.leases().list(caps_first(path)))
             }
@@ -173,7 +195,7 @@ impl Sys {
         }
     }
 
-    pub(crate) fn read(&self, e: &Engine, path: &str) -> Result<SecretBytes> {
+    pub(crate) fn read(&self, e: &Engine, caller_uid: u32, path: &str) -> Result<SecretBytes> {
         let (route, caps) = self.route(e, path)?;
         let text = match route {
             Route::Help => HELP.to_string(),
@@ -192,10 +214,21 @@ impl Sys {
                 let rec = e.leases().get(caps[0])?;
                 rec.describe(e.leases().now_ms())
             }
+            Route::Policy => e.policy_text(caps[0])?,
+            Route::AuditHash => {
+                let h = self
+                    .hashes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&caller_uid)
+                    .cloned()
+                    .ok_or_else(|| Error::not_found("sys/audit-hash: write a value to it first"))?;
+                format!("{h}\n")
+            }
             Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => {
                 return Err(Error::denied(format!("sys/{path} is write-only")))
             }
-            Route::Root | Route::Mounts | Route::Leases => {
+            Route::Root | Route::Mounts | Route::Leases | Route::Policies => {
                 return Err(Error::new(
                     ErrorKind::IsADirectory,
                     format!("sys/{path}: is a folder"),
@@ -208,6 +241,7 @@ impl Sys {
     pub(crate) fn create(&self, e: &Engine, path: &str) -> Result<()> {
         match self.route(e, path) {
             Ok((Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid, _)) => Ok(()),
+            Ok((Route::Policy | Route::AuditHash, _)) => Ok(()),
             Ok((Route::Lease, caps)) => match e.leases().kind(caps[0]) {
                 Some(false) => Ok(()),
                 Some(true) => Err(Error::new(
@@ -228,6 +262,9 @@ impl Sys {
             Ok(_) => Err(Error::not_permitted(format!(
                 "sys/{path} cannot be written"
             ))),
+            Err(_) if path.starts_with("policies/") && !e.is_sealed() => {
+                validate_name(&path["policies/".len()..])
+            }
             Err(_) => match path.strip_prefix("mounts/") {
                 Some(name) if !e.is_sealed() => normalize_path(name).map(|_| ()),
                 _ => Err(Error::not_permitted(format!(
@@ -237,7 +274,13 @@ impl Sys {
         }
     }
 
-    pub(crate) fn write(&self, e: &Engine, path: &str, data: SecretBytes) -> Result<()> {
+    pub(crate) fn write(
+        &self,
+        e: &Engine,
+        caller_uid: u32,
+        path: &str,
+        data: SecretBytes,
+    ) -> Result<()> {
         if let Some(name) = path.strip_prefix("mounts/") {
             if !name.contains('/') && !e.is_sealed() {
                 let spec = parse_mount_spec(&data)?;
@@ -246,8 +289,25 @@ impl Sys {
                     .map(|_| ());
             }
         }
+        if let Some(name) = path.strip_prefix("policies/") {
+            if !e.is_sealed() {
+                validate_name(name)?;
+                let text = data
+                    .text()
+                    .ok_or_else(|| Error::invalid("policy is not UTF-8 text"))?;
+                return e.put_policy(name, text);
+            }
+        }
         let (route, caps) = self.route(e, path)?;
         match route {
+            Route::AuditHash => {
+                let h = e.audit_hash(data.expose())?;
+                self.hashes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(caller_uid, h);
+                Ok(())
+            }
             Route::Lease => {
                 let text = data
                     .text()
@@ -291,6 +351,7 @@ impl Sys {
     pub(crate) fn delete(&self, e: &Engine, path: &str) -> Result<()> {
         match self.route(e, path)? {
             (Route::Mount, caps) => e.unmount(caps[0]),
+            (Route::Policy, caps) => e.delete_policy(caps[0]),
             (Route::Lease, caps) => match e.leases().kind(caps[0]) {
                 Some(true) => Err(Error::new(
                     ErrorKind::IsADirectory,
