@@ -458,7 +458,7 @@ impl LeaseManager {
             Ok(()) => {
                 self.barrier.delete(&Self::key(id))?;
                 lock(&self.index).remove(id);
-                tracing::info!(lease = id, "revoked");
+                tracing::info!(lease = %id, "revoked");
                 Ok(())
             }
             Err(e) => {
@@ -468,7 +468,7 @@ impl LeaseManager {
                     rec.irrevocable = true;
                     rec.retry_at_ms = None;
                     tracing::error!(
-                        lease = id,
+                        lease = %id,
                         attempts = rec.attempts,
                         "irrevocable: {}",
                         e.message
@@ -477,7 +477,7 @@ impl LeaseManager {
                     let next = self.now_ms() + self.backoff_ms(rec.attempts);
                     rec.retry_at_ms = Some(next);
                     tracing::warn!(
-                        lease = id,
+                        lease = %id,
                         attempts = rec.attempts,
                         "revocation failed, will retry: {}",
                         e.message
@@ -617,7 +617,7 @@ impl LeaseManager {
                     },
                 ),
                 Ok(None) => {}
-                Err(e) => tracing::error!(lease = id, "cannot read lease record: {}", e.message),
+                Err(e) => tracing::error!(lease = %id, "cannot read lease record: {}", e.message),
             }
         }
         let n = ix.leases.len();
