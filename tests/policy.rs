@@ -292,3 +292,38 @@ fn audit_records_hmacs_chains_and_fails_closed() {
     let r = std::fs::read(d.p("secret/c"));
     assert_eq!(common::errno_of(r), Some(libc::EIO));
 }
+
+#[test]
+fn sighup_reopens_the_audit_log() {
+    let d = Daemon::start();
+    std::fs::write(d.p("secret/r"), b"v").expect("write");
+    let rotated = d.dir.path().join("audit.log.1");
+    std::fs::rename(d.audit(), &rotated).expect("rotate");
+    let pid = d.child.as_ref().expect("daemon").id();
+    let st = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.audit().exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read(d.p("secret/r")).expect("read after reopen"),
+        b"v"
+    );
+    let fresh = std::fs::read_to_string(d.audit()).expect("new audit file");
+    assert!(
+        fresh.contains("audit-reopen") && fresh.contains("secret/r"),
+        "{fresh}"
+    );
+    for f in [d.audit(), rotated] {
+        let o = Command::new(common::bin())
+            .args(["audit", "verify"])
+            .arg(&f)
+            .output()
+            .expect("verify");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
