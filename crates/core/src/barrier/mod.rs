@@ -59,7 +59,12 @@ pub struct Barrier {
     storage: Arc<dyn Storage>,
     keyring: RwLock<Option<Arc<Keyring>>>,
     kdf: KdfParams,
+    /// Logical path → storage key. Name encryption is deterministic and the name key never
+    /// rotates, so a cached key stays right until seal (which clears it). Bounded.
+    keys: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
+
+const KEY_CACHE_MAX: usize = 16_384;
 
 impl Barrier {
     /// `kdf` is used only when initialising an empty store.
@@ -68,6 +73,7 @@ impl Barrier {
             storage,
             keyring: RwLock::new(None),
             kdf,
+            keys: Default::default(),
         }
     }
 
@@ -136,6 +142,7 @@ impl Barrier {
 
     pub fn seal(&self) {
         *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn keyring(&self) -> Result<Arc<Keyring>> {
@@ -184,10 +191,21 @@ impl Barrier {
     }
 
     fn storage_key(&self, kr: &Keyring, logical: &str) -> Result<String> {
-        Ok(format!(
-            "{ENCRYPTED_PREFIX}{}",
-            names::encrypt_path(kr, logical)?
-        ))
+        if let Some(k) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(logical)
+        {
+            return Ok(k.clone());
+        }
+        let key = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_path(kr, logical)?);
+        let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(logical.to_string(), key.clone());
+        Ok(key)
     }
 
     pub fn get(&self, logical: &str) -> Result<Option<SecretBytes>> {
