@@ -83,6 +83,10 @@ pub fn serve(args: ServerArgs) -> i32 {
     for problem in crate::sys::harden() {
         tracing::warn!("hardening: {problem}");
     }
+    match crate::sys::lock_memory() {
+        Ok(()) => tracing::info!("memory locked: keys and secrets never reach swap"),
+        Err(why) => tracing::warn!("memory NOT locked ({why}): secrets may be swapped out; run as root or raise RLIMIT_MEMLOCK to unlimited"),
+    }
     match serve_inner(args) {
         Ok(code) => code,
         Err(msg) => {

@@ -1,6 +1,7 @@
 //! Process hardening: the only `unsafe` in the binary, each call wrapped and commented.
 //!
-//! Owns: turning off core dumps and ptrace-ability of the daemon. Must never: do anything else.
+//! Owns: turning off core dumps and ptrace-ability of the daemon, and locking its memory so
+//! keys and secrets are never swapped out. Must never: do anything else.
 #![allow(unsafe_code)]
 
 /// Make the process non-dumpable and forbid core files. Returns what failed, if anything.
@@ -28,6 +29,33 @@ pub fn harden() -> Vec<String> {
         ));
     }
     failed
+}
+
+/// Lock all current and future pages in RAM (no secret reaches swap). Only when the process
+/// may lock without limit (CAP_IPC_LOCK as root, or an unlimited RLIMIT_MEMLOCK): with a
+/// small limit, MCL_FUTURE would make later allocations fail. Returns why not, if not.
+pub fn lock_memory() -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit the call writes into; it outlives the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if rc != 0 || (!root && lim.rlim_cur != libc::RLIM_INFINITY) {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} bytes and the daemon is not root",
+            lim.rlim_cur
+        ));
+    }
+    // SAFETY: mlockall takes flags only; MCL_ONFAULT locks pages as they are touched, so the
+    // call does not fault in the whole address space.
+    let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+    if rc != 0 {
+        return Err(format!("mlockall: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Whether core dumps are off for this process (for tests and `status`).

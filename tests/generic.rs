@@ -324,4 +324,12 @@ fn daemon_is_not_dumpable() {
         .expect("core line");
     assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
     assert!(status.contains("State"));
+    // Run as root (CAP_IPC_LOCK), the daemon locks its memory: secrets never reach swap.
+    let locked: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmLck line");
+    assert!(locked > 0, "VmLck is 0: memory not locked");
+    assert!(d.log_text().contains("memory locked"));
 }
