@@ -258,6 +258,10 @@ fn put_raw(store: &Path, key: &str, value: &[u8]) {
     s.put(key, value).expect("put raw");
 }
 
+/// One tampering: its description, the raw `(key, value)` puts, and the secrets that must
+/// now fail with EIO.
+type TamperCase = (String, Vec<(String, Vec<u8>)>, Vec<&'static str>);
+
 /// The phrases the barrier's integrity errors use (crates/core/src/barrier/entry.rs).
 fn log_mentions_integrity_failure(log: &str) -> bool {
     log.lines().any(|l| {
@@ -278,6 +282,10 @@ fn tampered_entries_fail_with_eio() {
     let started = Instant::now();
     let mut d = Daemon::start();
     for (i, (name, len)) in TAMPER_SECRETS.iter().enumerate() {
+        if *name == "gamma" {
+            // gamma under a second key term, so a valid-but-wrong term can be tried on alpha.
+            d.sh_ok("echo x > sys/rotate");
+        }
         std::fs::write(d.p(&format!("secret/{name}")), tamper_value(*len, i as u8))
             .expect("write secret");
     }
@@ -302,8 +310,7 @@ fn tampered_entries_fail_with_eio() {
         v[pos] ^= 1 << bit;
         v
     };
-    // (description, [(key, tampered value)], names that must now fail)
-    let mut cases: Vec<(String, Vec<(String, Vec<u8>)>, Vec<&str>)> = Vec::new();
+    let mut cases: Vec<TamperCase> = Vec::new();
     for (what, pos, bit) in [
         ("version byte", 0, 0),
         ("term (high byte)", 1, 7),
@@ -319,6 +326,17 @@ fn tampered_entries_fail_with_eio() {
         cases.push((
             format!("flip bit {bit} of {what} (byte {pos})"),
             vec![(ka.clone(), flip(pos, bit))],
+            vec!["alpha"],
+        ));
+    }
+    {
+        let vc = &entries[2].1;
+        assert_ne!(va[1..5], vc[1..5], "gamma should be under a newer term");
+        let mut v = va.clone();
+        v[1..5].copy_from_slice(&vc[1..5]);
+        cases.push((
+            "term set to another existing term".to_string(),
+            vec![(ka.clone(), v)],
             vec!["alpha"],
         ));
     }
@@ -440,7 +458,7 @@ fn rotation_interrupted_by_kill() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn rotate");
-        std::thread::sleep(Duration::from_micros(rng.range(0, 20_000)));
+        std::thread::sleep(Duration::from_micros(rng.range(0, 6_000)));
         d.kill9();
         let ok = child.wait().expect("wait rotate").success();
         assert_eq!(
