@@ -261,4 +261,6 @@ pub enum BarrierOp<'a> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
