@@ -13,6 +13,7 @@ use crate::audit;
 use crate::backend::NodeKind;
 use crate::barrier::KdfParams;
 use crate::engine::{Engine, EngineConfig};
+use crate::lease::clock::{parse_duration, rfc3339};
 use crate::lease::LeaseRecord;
 use crate::policy::{Capability, EtcFiles, Policies, PolicyDoc};
 use crate::route::Router;
@@ -445,11 +446,25 @@ proptest! {
     fn lease_record_json_never_panics(raw in prop_oneof![
         prop::collection::vec(any::<u8>(), 0..256),
         lease_json().prop_map(String::into_bytes),
-    ]) {
+    ], now in any::<u64>()) {
         if let Ok(rec) = serde_json::from_slice::<LeaseRecord>(&raw) {
+            // What `sys/leases/<id>` shows of a stored record.
+            let _ = rec.describe(now);
+            let _ = (rec.mount(), rec.state());
             let again = serde_json::to_vec(&rec).expect("serialise");
             let back: LeaseRecord = serde_json::from_slice(&again).expect("reparse");
             prop_assert_eq!(back, rec);
+        }
+    }
+
+    #[test]
+    fn duration_parse_never_panics(text in prop_oneof![
+        ".*",
+        "[0-9smhd ]{0,24}",
+        "[0-9]{15,25}[smhd]?",
+    ]) {
+        if let Some(secs) = parse_duration(&text) {
+            let _ = rfc3339(secs.saturating_mul(1000));
         }
     }
 
