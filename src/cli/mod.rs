@@ -416,4 +416,67 @@ mod tests {
             vec![("value".into(), "s3cr3t".into())]
         );
     }
+
+    mod never_panics {
+        use super::super::{parse_write_args, rows_of};
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        fn config() -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000);
+            ProptestConfig {
+                cases,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// An argument that never names stdin (`-`) or a file (`@…`, `k=@…`): those read.
+        fn arg() -> impl Strategy<Value = String> {
+            prop_oneof![".*", "[a-z=]{0,3}=.{0,8}", "[=@a-]{0,4}"]
+                .prop_filter("reads stdin or a file", |a| {
+                    a != "-" && !a.starts_with('@') && !a.contains("=@")
+                })
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn parse_write_args_never_panics(args in prop::collection::vec(arg(), 0..5)) {
+                match parse_write_args(&args) {
+                    Ok(bytes) => {
+                        // key=value pairs become one JSON object, the last value per key wins,
+                        // and `rows_of` reads it back.
+                        let mut want = BTreeMap::new();
+                        for a in &args {
+                            let (k, v) = a.split_once('=').expect("only key=value succeeds");
+                            prop_assert!(!k.is_empty());
+                            want.insert(k.to_string(), v.to_string());
+                        }
+                        let rows: BTreeMap<String, String> = rows_of(&bytes).into_iter().collect();
+                        prop_assert_eq!(rows, want);
+                    }
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
+
+            #[test]
+            fn rows_of_never_panics(data in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..128),
+                ".*".prop_map(String::into_bytes),
+                "\\{(\"[a-z]{0,3}\": ?(null|[0-9e.-]{1,6}|\"[^\"]{0,4}\"|\\[\\]|\\{\\}|true), ?){0,3}\\}"
+                    .prop_map(String::into_bytes),
+            ]) {
+                let rows = rows_of(&data);
+                if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&data).is_err() {
+                    prop_assert_eq!(rows.len(), 1);
+                    prop_assert_eq!(&rows[0].0, "value");
+                }
+            }
+        }
+    }
 }

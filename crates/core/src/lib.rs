@@ -22,3 +22,6 @@ pub use caller::Caller;
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use secret::SecretBytes;
+
+#[cfg(test)]
+mod model_tests;

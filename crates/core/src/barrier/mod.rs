@@ -279,4 +279,6 @@ pub enum BarrierOp<'a> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

@@ -303,3 +303,20 @@ fn scheduler_thread_revokes_on_real_time() {
     }
     assert_eq!(m.count(), 0, "revoked by the scheduler within 5 s");
 }
+
+#[test]
+fn issue_with_huge_ttl_never_panics() {
+    // `config/lease` accepts any duration up to u64::MAX seconds; issuing must saturate (the
+    // lease then lives "forever" until revoked), not overflow.
+    let (_b, clock, rec, m) = setup();
+    let id = issue(&m, "forever", u64::MAX, u64::MAX, 1);
+    let got = m.get(&id).expect("get");
+    assert_eq!(got.expires_ms, u64::MAX);
+    assert_eq!(got.max_expires_ms, u64::MAX);
+    let id2 = issue(&m, "long", u64::MAX / 1000 + 1, u64::MAX / 1000 + 1, 1);
+    assert_eq!(m.get(&id2).expect("get").expires_ms, u64::MAX);
+    clock.advance(365 * 86_400_000);
+    assert_eq!(m.process_due(), 0);
+    assert!(lock(&rec.revoked).is_empty());
+    m.renew(&id, None).expect("renew");
+}
