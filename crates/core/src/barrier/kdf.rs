@@ -55,7 +55,7 @@ impl KdfParams {
                 self.memory_kib, self.iterations
             )));
         }
-        if self.parallelism == 0 || self.parallelism > 16 || self.memory_kib > 4 * 1024 * 1024 {
+        if self.parallelism == 0 || self.parallelism > 16 || self.memory_kib > 1024 * 1024 {
             return Err(Error::invalid("argon2id parameters out of range"));
         }
         Ok(())
