@@ -534,7 +534,7 @@ impl Engine {
             result = result.and_then(|reply| self.caller_view(&policies, caller, path, reply));
         }
         let lease_id = match &result {
-            Ok(Reply::Data(d)) if path.contains("/creds/") => gate::lease_id_of(d.expose()),
+            Ok(Reply::Data(d)) if self.issued_here(caller, path) => gate::lease_id_of(d.expose()),
             _ => path.strip_prefix("sys/leases/").map(str::to_string),
         };
         if let Ok(Reply::Data(d)) = &result {
@@ -557,14 +557,35 @@ impl Engine {
                 },
             );
             if let Err(e) = audited {
-                if let Some(id) = lease_id.as_deref().filter(|_| path.contains("/creds/")) {
-                    // The credential was made but cannot be handed out unaudited: undo it.
-                    let _ = self.leases.revoke(id);
+                // A credential this very request made cannot be handed out unaudited: undo it.
+                if let Some(id) = lease_id
+                    .as_deref()
+                    .filter(|_| self.issued_here(caller, path))
+                {
+                    let owned = self.leases.get(id).is_ok_and(|l| {
+                        l.uid == caller.uid && l.path == path.trim_end_matches(".env")
+                    });
+                    if owned {
+                        let _ = self.leases.revoke(id);
+                    }
                 }
                 return Err(e);
             }
         }
         result
+    }
+
+    /// Whether a read of `path` mints a leased credential (a `creds/` read of a dynamic mount).
+    fn issued_here(&self, _caller: &Caller, path: &str) -> bool {
+        let Some((head, rest)) = path.split_once('/') else {
+            return false;
+        };
+        rest.starts_with("creds/")
+            && self
+                .table()
+                .mounts
+                .get(head)
+                .is_some_and(|m| matches!(m.backend.kind(), "aws" | "postgresql"))
     }
 
     /// What `op` on `path` needs: (audit operation name, policy need, secret-bearing).
@@ -721,10 +742,16 @@ impl Engine {
                 Op::List => self.sys.list(self, rest).map(Reply::Entries),
                 Op::Read => self.sys.read(self, caller.uid, rest).map(Reply::Data),
                 // Files under sys/ are control files: each write acts at once.
-                Op::Create => self
-                    .sys
-                    .create(self, rest)
-                    .map(|_| Reply::Node(Node::write_only())),
+                Op::Create => self.sys.create(self, rest).map(|_| {
+                    // Policies and audit-hash values are buffered and applied whole at close
+                    // (a policy cut at a write(2) boundary must never go live); every other
+                    // control file acts on each write.
+                    if rest.starts_with("policies/") || rest == "audit-hash" {
+                        Reply::Node(Node::file(0))
+                    } else {
+                        Reply::Node(Node::write_only())
+                    }
+                }),
                 Op::Write(data) => self
                     .sys
                     .write(self, caller.uid, rest, data)

@@ -18,6 +18,7 @@ const MAX_ENTRIES: usize = 4096;
 struct Facts {
     at: Instant,
     uid: u32,
+    tgid: u32,
     groups: Vec<u32>,
     exe: Option<String>,
     cgroup: Option<String>,
@@ -50,27 +51,37 @@ fn read_facts(pid: u32, uid: u32) -> Facts {
                 .find_map(|l| l.strip_prefix("0::"))
                 .map(str::to_string)
         });
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(pid);
     Facts {
         at: Instant::now(),
         uid,
+        tgid,
         groups,
         exe,
         cgroup,
     }
 }
 
-pub fn from_request(uid: u32, gid: u32, pid: u32) -> Caller {
-    let mut c = Caller::new(uid, gid, pid);
+/// The process (thread group) of the thread `pid` the kernel named in a request.
+pub fn tgid(uid: u32, pid: u32) -> u32 {
     if pid == 0 {
-        return c;
+        return 0;
     }
+    facts(uid, pid).tgid
+}
+
+fn facts(uid: u32, pid: u32) -> Facts {
     let cached = cache()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&pid)
         .filter(|f| f.at.elapsed() < TTL && f.uid == uid)
         .cloned();
-    let facts = match cached {
+    match cached {
         Some(f) => f,
         None => {
             let f = read_facts(pid, uid);
@@ -84,7 +95,15 @@ pub fn from_request(uid: u32, gid: u32, pid: u32) -> Caller {
             m.insert(pid, f.clone());
             f
         }
-    };
+    }
+}
+
+pub fn from_request(uid: u32, gid: u32, pid: u32) -> Caller {
+    let mut c = Caller::new(uid, gid, pid);
+    if pid == 0 {
+        return c;
+    }
+    let facts = facts(uid, pid);
     c.groups = facts.groups;
     c.exe = facts.exe;
     c.cgroup = facts.cgroup;

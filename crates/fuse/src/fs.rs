@@ -217,7 +217,18 @@ impl Filesystem for NomadFs {
                         }
                     }
                     None => {
-                        // truncate(2) by path: read, resize, commit at once.
+                        // truncate(2) by path: never on generated content (it would mint a
+                        // credential); to 0 without reading; else read, resize, commit at once.
+                        let node = self.engine.stat(&c, &path)?;
+                        if node.dynamic {
+                            return Err(Error::not_permitted(format!(
+                                "{path}: generated content cannot be truncated"
+                            )));
+                        }
+                        if size == 0 {
+                            self.engine.write(&c, &path, SecretBytes::default())?;
+                            return self.stat_ino(ino.0, &path, &c);
+                        }
                         let current = match self.engine.read(&c, &path) {
                             Ok(v) => v,
                             Err(e) if e.kind == ErrorKind::NotFound => SecretBytes::default(),
@@ -362,12 +373,15 @@ impl Filesystem for NomadFs {
                 None
             };
             let write = if is_write(flags) {
-                let initial = match (&snapshot, trunc || node.dynamic) {
+                // A node the caller cannot read (write-only config, update-only policy) is
+                // replaced whole: never read it to patch it.
+                let replace = trunc || node.dynamic || node.mode & 0o400 == 0;
+                let initial = match (&snapshot, replace) {
                     (_, true) => SecretBytes::default(),
                     (Some(s), false) => s.duplicate(),
                     (None, false) => self.engine.read(&c, &path)?,
                 };
-                Some(WriteBuf::new(initial, trunc && !node.dynamic))
+                Some(WriteBuf::new(initial, replace && !node.dynamic))
             } else {
                 None
             };
@@ -378,6 +392,8 @@ impl Filesystem for NomadFs {
                 write,
                 immediate: node.dynamic,
                 opener_pid: req.pid(),
+                opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
+                opener: c.clone(),
             }))
         })();
         match res {
@@ -415,6 +431,8 @@ impl Filesystem for NomadFs {
                 write: Some(WriteBuf::new(SecretBytes::default(), !node.dynamic)),
                 immediate: node.dynamic,
                 opener_pid: req.pid(),
+                opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
+                opener: c.clone(),
             });
             Ok((ino, fh))
         })();
@@ -515,11 +533,16 @@ impl Filesystem for NomadFs {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-        if req.pid() != h.opener_pid {
+        // Same process? A thread of the opener shows up under /proc/<tgid>/task/<tid>. (No read
+        // of /proc/<pid>/status here: a FLUSH can come from a process in exit or exec.)
+        let same_process = req.pid() == h.opener_pid
+            || std::path::Path::new(&format!("/proc/{}/task/{}", h.opener_tgid, req.pid()))
+                .exists();
+        if !same_process {
             // Another process closing its inherited copy of the fd: not a commit point.
             return reply.ok();
         }
-        let c = caller(req);
+        let c = h.opener.clone();
         match self.commit(&mut h, &c, false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("close", &h.path, &e)),
@@ -540,7 +563,9 @@ impl Filesystem for NomadFs {
             return reply.ok();
         };
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-        let c = caller(req);
+        // RELEASE carries no caller: commit as the process that opened the file.
+        let _ = req;
+        let c = h.opener.clone();
         let res = self.commit(&mut h, &c, true);
         // Snapshot and buffer are zeroized as the handle drops.
         h.snapshot = None;

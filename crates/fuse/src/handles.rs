@@ -82,6 +82,11 @@ pub struct Handle {
     /// being closed (e.g. at exec), not the writer's close: it must not commit a half-written
     /// buffer. The writer's own close commits; release commits whatever is left.
     pub opener_pid: u32,
+    /// The opener's process (thread group): a FLUSH from a thread of the same process is the
+    /// writer's own close.
+    pub opener_tgid: u32,
+    /// Who opened it: commits at release (where the kernel names no caller) act as them.
+    pub opener: nomadfs_core::Caller,
 }
 
 pub type Shared = Arc<Mutex<Handle>>;

@@ -335,7 +335,13 @@ impl Aws {
         let key = match client.create_user(&user, POLICY_NAME, &policy) {
             Ok(k) => k,
             Err(e) => {
-                let _ = self.view.delete(&intent_key);
+                // Keep the intent unless IAM says the user does not exist: if the client's
+                // own undo failed, `recover` deletes what is left at the next unseal.
+                if matches!(client.user_exists(&user), Ok(false)) {
+                    let _ = self.view.delete(&intent_key);
+                } else {
+                    tracing::warn!(user = %user, "creation failed; the user may exist, left for recovery");
+                }
                 return Err(e.context(format!("creating IAM user for {path}")));
             }
         };

@@ -146,7 +146,9 @@ impl Sys {
                 e.policy_text(caps[0])?;
                 Node::file(0)
             }
-            Route::AuditHash => Node::generated(0o600),
+            // Buffered (not dynamic): the value is hashed whole at close; reads use direct I/O,
+            // so the size 0 does not cut them short.
+            Route::AuditHash => Node::file(0),
             Route::Mount => {
                 e.mount_entry(caps[0])?;
                 Node::generated(0o600)

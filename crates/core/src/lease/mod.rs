@@ -365,6 +365,17 @@ impl LeaseManager {
     /// Renew by `increment_secs` (default: the lease's own increment) counted from now, capped
     /// by the lease's max TTL (capping is not an error).
     pub fn renew(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
+        self.check_loaded()?;
+        // Claimed, so a revocation cannot finish between the read and the write back.
+        if !self.claim(id) {
+            return Err(Error::not_found(&format!("sys/leases/{id}")));
+        }
+        let res = self.renew_claimed(id, increment_secs);
+        self.release(id);
+        res
+    }
+
+    fn renew_claimed(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
         let mut rec = self.get(id)?;
         if !rec.renewable {
             return Err(Error::not_permitted(format!("lease {id} is not renewable")));
@@ -617,7 +628,18 @@ impl LeaseManager {
                     },
                 ),
                 Ok(None) => {}
-                Err(e) => tracing::error!(lease = %id, "cannot read lease record: {}", e.message),
+                Err(e) => {
+                    // Never forget it: listed (reads fail with the integrity error), not
+                    // scheduled, so an operator sees it and acts.
+                    tracing::error!(lease = %id, "cannot read lease record: {}", e.message);
+                    ix.set(
+                        id,
+                        Meta {
+                            due: None,
+                            uid: u32::MAX,
+                        },
+                    );
+                }
             }
         }
         let n = ix.leases.len();
