@@ -513,8 +513,11 @@ impl Engine {
         let policies = self.policies();
         let admin = policies.is_admin(caller);
         let (op_name, need, secret_bearing) = self.need(path, &op);
+        let audit_mode = self.audit_mode();
+        // HMACs only when a log will carry them (not on the hot path with audit off).
+        let hashing = matches!(audit_mode, AuditMode::Log(_));
         let mut values: Vec<(&'static str, String)> = Vec::new();
-        if let Op::Write(data) = &op {
+        if let (true, Op::Write(data)) = (hashing, &op) {
             if let Ok(h) = self.barrier.audit_hmac(data.expose()) {
                 values.push(("request", h));
             }
@@ -537,7 +540,7 @@ impl Engine {
             Ok(Reply::Data(d)) if self.issued_here(caller, path) => gate::lease_id_of(d.expose()),
             _ => path.strip_prefix("sys/leases/").map(str::to_string),
         };
-        if let Ok(Reply::Data(d)) = &result {
+        if let (true, Ok(Reply::Data(d))) = (hashing, &result) {
             if let Ok(h) = self.barrier.audit_hmac(d.expose()) {
                 values.push(("response", h));
             }
@@ -545,7 +548,7 @@ impl Engine {
         let quiet = (is_stat || is_create) && result.is_ok();
         if !quiet {
             let audited = gate::audit(
-                &self.audit_mode(),
+                &audit_mode,
                 gate::Record {
                     caller,
                     op: op_name,

@@ -391,7 +391,6 @@ impl Filesystem for NomadFs {
                 snapshot,
                 write,
                 immediate: node.dynamic,
-                opener_pid: req.pid(),
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
             }))
@@ -430,7 +429,6 @@ impl Filesystem for NomadFs {
                 // Closing a created file stores it, even empty (at release).
                 write: Some(WriteBuf::new(SecretBytes::default(), !node.dynamic)),
                 immediate: node.dynamic,
-                opener_pid: req.pid(),
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
             });
@@ -535,7 +533,7 @@ impl Filesystem for NomadFs {
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
         // Same process? A thread of the opener shows up under /proc/<tgid>/task/<tid>. (No read
         // of /proc/<pid>/status here: a FLUSH can come from a process in exit or exec.)
-        let same_process = req.pid() == h.opener_pid
+        let same_process = req.pid() == h.opener.pid
             || std::path::Path::new(&format!("/proc/{}/task/{}", h.opener_tgid, req.pid()))
                 .exists();
         if !same_process {

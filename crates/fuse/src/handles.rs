@@ -78,14 +78,12 @@ pub struct Handle {
     /// A control file: every write(2) is one command, acted on at once (its error is the
     /// write's error, which shells report — they ignore errors from close).
     pub immediate: bool,
-    /// The process that opened it. A FLUSH from another process is a fork's copy of the fd
-    /// being closed (e.g. at exec), not the writer's close: it must not commit a half-written
-    /// buffer. The writer's own close commits; release commits whatever is left.
-    pub opener_pid: u32,
-    /// The opener's process (thread group): a FLUSH from a thread of the same process is the
-    /// writer's own close.
+    /// The opener's process (thread group). A FLUSH from another process is a fork's copy of
+    /// the fd being closed (e.g. at exec), not the writer's close: it must not commit a
+    /// half-written buffer. The writer's own close (any of its threads) commits; release
+    /// commits whatever is left.
     pub opener_tgid: u32,
-    /// Who opened it: commits at release (where the kernel names no caller) act as them.
+    /// Who opened it (`opener.pid` is the opening thread): commits at release (where the kernel names no caller) act as them.
     pub opener: nomadfs_core::Caller,
 }
 

@@ -143,6 +143,15 @@ struct Meta {
     uid: u32,
 }
 
+impl Meta {
+    fn of(rec: &LeaseRecord) -> Self {
+        Self {
+            due: rec.due_ms(),
+            uid: rec.uid,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Index {
     leases: BTreeMap<String, Meta>,
@@ -274,13 +283,7 @@ impl LeaseManager {
         self.store(&rec)?;
         let mut ix = lock(&self.index);
         let earliest = ix.queue.first().map(|(d, _)| *d);
-        ix.set(
-            &rec.id,
-            Meta {
-                due: rec.due_ms(),
-                uid: rec.uid,
-            },
-        );
+        ix.set(&rec.id, Meta::of(&rec));
         drop(ix);
         if earliest.is_none_or(|e| rec.expires_ms < e) {
             self.changed.notify_all();
@@ -394,13 +397,7 @@ impl LeaseManager {
             .saturating_add(inc.saturating_mul(1000))
             .min(rec.max_expires_ms);
         self.store(&rec)?;
-        lock(&self.index).set(
-            id,
-            Meta {
-                due: rec.due_ms(),
-                uid: rec.uid,
-            },
-        );
+        lock(&self.index).set(id, Meta::of(&rec));
         self.changed.notify_all();
         Ok(rec)
     }
@@ -495,13 +492,7 @@ impl LeaseManager {
                     );
                 }
                 self.store(&rec)?;
-                lock(&self.index).set(
-                    id,
-                    Meta {
-                        due: rec.due_ms(),
-                        uid: rec.uid,
-                    },
-                );
+                lock(&self.index).set(id, Meta::of(&rec));
                 Err(Error::io(format!("revoking {id}: {}", e.message)))
             }
         }
@@ -620,13 +611,7 @@ impl LeaseManager {
         for p in &paths {
             let id = &p[STORE_PREFIX.len()..];
             match self.load(id) {
-                Ok(Some(rec)) => ix.set(
-                    id,
-                    Meta {
-                        due: rec.due_ms(),
-                        uid: rec.uid,
-                    },
-                ),
+                Ok(Some(rec)) => ix.set(id, Meta::of(&rec)),
                 Ok(None) => {}
                 Err(e) => {
                     // Never forget it: listed (reads fail with the integrity error), not
