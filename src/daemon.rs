@@ -248,6 +248,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         allow_other,
         threads,
         auto_unmount: true,
+        owner_uid: own_uid(),
     };
     let session = nomadfs_fuse::mount(engine.clone(), &mountpoint, &opts)
         .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;

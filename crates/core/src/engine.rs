@@ -159,6 +159,12 @@ impl Engine {
         Ok(())
     }
 
+    /// True when every uid in `uids` is an admin (one unfiltered view for all of them).
+    pub fn all_admins(&self, uids: &[u32]) -> bool {
+        let p = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        uids.iter().all(|&uid| p.is_admin_uid(uid))
+    }
+
     pub fn policies(&self) -> Policies {
         self.policies
             .read()

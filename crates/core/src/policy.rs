@@ -857,7 +857,12 @@ impl Policies {
 
     /// Is this caller an admin (may do everything)?
     pub fn is_admin(&self, caller: &Caller) -> bool {
-        caller.uid != u32::MAX && self.admins.contains(&caller.uid)
+        self.is_admin_uid(caller.uid)
+    }
+
+    /// Admins are named by uid only (never by process facts).
+    pub fn is_admin_uid(&self, uid: u32) -> bool {
+        uid != u32::MAX && self.admins.contains(&uid)
     }
 
     fn applicable<'a>(&'a self, caller: &'a Caller) -> impl Iterator<Item = &'a Compiled> + 'a {

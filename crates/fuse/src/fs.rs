@@ -1,8 +1,12 @@
 //! The `fuser::Filesystem` implementation: each method resolves inode → path, calls the
 //! engine, and replies — or maps the error through `errno` in one place (`fail`).
 //!
-//! Every node is served with zero entry/attr TTL and every file with direct I/O: no secret byte
-//! enters the page cache, and revocation or policy changes take effect on the next syscall.
+//! Every file is served with direct I/O: no secret byte enters the page cache. Entries and
+//! attributes get a zero TTL whenever callers may see different things (another uid may enter,
+//! or an admitted uid is not an admin, so policies narrow its view); only when every uid the
+//! kernel admits is an admin — one view for all — do static nodes get a short TTL, which saves
+//! a LOOKUP per path segment on every open. Opens, reads and writes always reach the engine, so
+//! revocation, sealing and policy changes take effect on the next open either way.
 //! Lookups and getattr only `stat`, which has no side effects.
 
 use crate::errno::errno;
@@ -19,7 +23,10 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-const TTL: Duration = Duration::ZERO;
+/// Entries and attributes of nodes that are new, generated, or seen by more than one view.
+const NO_CACHE: Duration = Duration::ZERO;
+/// Entries and attributes of static nodes when every admitted caller is an admin.
+const SHARED_VIEW_TTL: Duration = Duration::from_secs(1);
 
 /// A directory listing snapshot taken at opendir: (ino, kind, name).
 type Listing = Vec<(u64, FileType, String)>;
@@ -31,6 +38,8 @@ pub struct NomadFs {
     dirs: Mutex<HashMap<u64, Listing>>,
     next_dir: std::sync::atomic::AtomicU64,
     start: SystemTime,
+    /// The uids the kernel lets in (`None`: any uid, `allow_other`).
+    admitted: Option<Vec<u32>>,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -60,14 +69,24 @@ fn is_read(flags: i32) -> bool {
 }
 
 impl NomadFs {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    /// `admitted`: the uids the kernel lets into the mount (`None` when any uid may enter).
+    pub fn new(engine: Arc<Engine>, admitted: Option<Vec<u32>>) -> Self {
         Self {
+            admitted,
             engine,
             inodes: Inodes::default(),
             handles: Handles::default(),
             dirs: Mutex::new(HashMap::new()),
             next_dir: std::sync::atomic::AtomicU64::new(1),
             start: SystemTime::now(),
+        }
+    }
+
+    /// How long the kernel may keep this node's entry and attributes: see the module doc.
+    fn ttl(&self, node: &Node) -> Duration {
+        match &self.admitted {
+            Some(uids) if !node.dynamic && self.engine.all_admins(uids) => SHARED_VIEW_TTL,
+            _ => NO_CACHE,
         }
     }
 
@@ -151,7 +170,7 @@ impl Filesystem for NomadFs {
         match res {
             Ok((path, node)) => {
                 let ino = self.inodes.lookup(&path);
-                reply.entry(&TTL, &self.attr(ino, &node, &c), Generation(0));
+                reply.entry(&self.ttl(&node), &self.attr(ino, &node, &c), Generation(0));
             }
             Err(e) => reply.error(fail("lookup", &name.to_string_lossy(), &e)),
         }
@@ -164,7 +183,7 @@ impl Filesystem for NomadFs {
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let c = caller(req);
         match self.path(ino).and_then(|p| self.stat_ino(ino.0, &p, &c)) {
-            Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node, &c)),
+            Ok(node) => reply.attr(&self.ttl(&node), &self.attr(ino.0, &node, &c)),
             Err(e) => reply.error(fail("getattr", &ino.0.to_string(), &e)),
         }
     }
@@ -247,7 +266,7 @@ impl Filesystem for NomadFs {
             self.stat_ino(ino.0, &path, &c)
         })();
         match res {
-            Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node, &c)),
+            Ok(node) => reply.attr(&self.ttl(&node), &self.attr(ino.0, &node, &c)),
             Err(e) => reply.error(fail("setattr", &ino.0.to_string(), &e)),
         }
     }
@@ -271,7 +290,7 @@ impl Filesystem for NomadFs {
         match res {
             Ok((path, node)) => {
                 let ino = self.inodes.lookup(&path);
-                reply.entry(&TTL, &self.attr(ino, &node, &c), Generation(0));
+                reply.entry(&self.ttl(&node), &self.attr(ino, &node, &c), Generation(0));
             }
             Err(e) => reply.error(fail("mkdir", &name.to_string_lossy(), &e)),
         }
@@ -347,7 +366,7 @@ impl Filesystem for NomadFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = caller(req);
         let flags = flags.0;
-        let res = (|| -> Result<u64, Error> {
+        let res = (|| -> Result<(u64, FopenFlags), Error> {
             let path = self.path(ino)?;
             let node = self.engine.stat(&c, &path)?;
             if node.is_dir() {
@@ -385,7 +404,14 @@ impl Filesystem for NomadFs {
             } else {
                 None
             };
-            Ok(self.handles.insert(Handle {
+            // A handle that cannot write has nothing to commit at close: the kernel may skip
+            // the FLUSH round trip (one request less per read-only open).
+            let fopen = if write.is_some() {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+            };
+            let fh = self.handles.insert(Handle {
                 ino: ino.0,
                 path,
                 snapshot,
@@ -393,10 +419,11 @@ impl Filesystem for NomadFs {
                 immediate: node.dynamic,
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
-            }))
+            });
+            Ok((fh, fopen))
         })();
         match res {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
             Err(e) => reply.error(fail("open", &ino.0.to_string(), &e)),
         }
     }
@@ -437,8 +464,9 @@ impl Filesystem for NomadFs {
         match res {
             Ok((ino, fh)) => {
                 let attr = self.attr(ino, &Node::file(0), &c);
+                // Not cached: the file exists only once its first close commits it.
                 reply.created(
-                    &TTL,
+                    &NO_CACHE,
                     &attr,
                     Generation(0),
                     FileHandle(fh),

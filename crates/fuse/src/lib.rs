@@ -28,6 +28,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Ask the kernel (via fusermount3) to unmount if the daemon dies.
     pub auto_unmount: bool,
+    /// The daemon's own uid: without `allow_other` the kernel admits only it and root.
+    pub owner_uid: u32,
 }
 
 impl Default for MountOptions {
@@ -36,6 +38,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: 4,
             auto_unmount: true,
+            owner_uid: 0,
         }
     }
 }
@@ -67,7 +70,14 @@ pub fn mount(
     };
     cfg.n_threads = Some(opts.threads.max(1));
     cfg.clone_fd = opts.threads > 1;
-    fuser::spawn_mount(NomadFs::new(engine), mountpoint, &cfg)
+    let admitted = if opts.allow_other {
+        None
+    } else {
+        let mut uids = vec![opts.owner_uid, 0];
+        uids.dedup();
+        Some(uids)
+    };
+    fuser::spawn_mount(NomadFs::new(engine, admitted), mountpoint, &cfg)
 }
 
 /// Unmount and wait (bounded) for the request threads to finish.
