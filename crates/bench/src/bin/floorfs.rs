@@ -5,6 +5,10 @@
 //! multi-threaded, entry/attr TTL is 1 s, and no `direct_io`. It does nothing a secrets store
 //! would have to do, so any FUSE design costs at least this much per request.
 //!
+//! `FLOORFS_DIRECT_IO=1` serves the file with `direct_io`, as nomadfs serves secrets: every
+//! read(2) then reaches the daemon (a read loop costs one more READ to find EOF). That is the
+//! floor of a FUSE design that keeps secret bytes out of the page cache.
+//!
 //! Runs in the foreground until SIGTERM or SIGINT, then unmounts.
 
 use std::error::Error;
@@ -28,6 +32,7 @@ const INITIAL: &[u8; 64] = b"floorfs-0123456789abcdef0123456789abcdef0123456789a
 
 struct FloorFs {
     data: Mutex<Vec<u8>>,
+    open_flags: FopenFlags,
     uid: u32,
     gid: u32,
 }
@@ -156,7 +161,7 @@ impl Filesystem for FloorFs {
         if flags.0 & libc_o_trunc() != 0 {
             self.data().clear();
         }
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        reply.opened(FileHandle(0), self.open_flags);
     }
 
     fn read(
@@ -276,7 +281,13 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     // Register the handlers before mounting, so a SIGTERM that races the mount still unmounts.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let direct = std::env::var_os("FLOORFS_DIRECT_IO").is_some_and(|v| v == "1");
     let fs = FloorFs {
+        open_flags: if direct {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        },
         data: Mutex::new(INITIAL.to_vec()),
         uid: current_id("/proc/self/status", "Uid:"),
         gid: current_id("/proc/self/status", "Gid:"),
