@@ -2,7 +2,7 @@
 //! `NOMADFS_LOAD_SECS` seconds (default 25; `scripts/stress` runs 600), while the daemon's RSS
 //! (`VmRSS`) and open file descriptors (`/proc/PID/fd`) are sampled every
 //! `NOMADFS_LOAD_SAMPLE_SECS` (default 2). Fails on any I/O error or wrong value, on an fd count
-//! that grows over the run, or on RSS growing more than `NOMADFS_LOAD_RSS_MIB` (default 48) MiB
+//! that grows over the run, or on RSS growing more than `NOMADFS_LOAD_RSS_MIB` (default 16) MiB
 //! after warm-up. The figures are printed as a table (run with `--nocapture`).
 //!
 //! Each worker owns `KEYS` secrets in its own folder and loops over a mix of operations:
@@ -139,7 +139,7 @@ fn worker(
 fn sixteen_readers_and_writers_keep_the_daemon_flat() {
     let secs = env_u64("NOMADFS_LOAD_SECS", 25);
     let every = env_u64("NOMADFS_LOAD_SAMPLE_SECS", 2).max(1);
-    let rss_bound_kib = env_u64("NOMADFS_LOAD_RSS_MIB", 48) * 1024;
+    let rss_bound_kib = env_u64("NOMADFS_LOAD_RSS_MIB", 16) * 1024;
     let seed = Rng::from_env("NOMADFS_LOAD_SEED").next();
     let d = Daemon::start();
     let pid = d.child.as_ref().expect("daemon running").id();
