@@ -305,6 +305,11 @@ proptest! {
         let s = FaultyStorage::new(inner.clone(), plan);
         check_against_model(&s, inner.as_ref(), &ops)?;
     }
+}
+
+proptest! {
+    // Every acknowledged write of the file store is an fsync: fewer cases keep CI short.
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn faulty_file_store_matches_the_model_and_survives_reopen(
