@@ -83,6 +83,11 @@ pub fn serve(args: ServerArgs) -> i32 {
     for problem in crate::sys::harden() {
         tracing::warn!("hardening: {problem}");
     }
+    if crate::sys::is_dumpable() {
+        tracing::warn!("hardening: the process is still dumpable");
+    } else {
+        tracing::info!("hardened: not dumpable (PR_GET_DUMPABLE = 0), no core files");
+    }
     match crate::sys::lock_memory() {
         Ok(()) => tracing::info!("memory locked: keys and secrets never reach swap"),
         Err(why) => tracing::warn!("memory NOT locked ({why}): secrets may be swapped out; run as root or raise RLIMIT_MEMLOCK to unlimited"),
@@ -216,6 +221,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         )
     };
 
+    let (storage, faults) = crate::faults::wrap(storage)?;
     let engine = Arc::new(Engine::new(storage, engine_cfg));
     engine
         .set_policies(policies.0, policies.1)
@@ -285,5 +291,6 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     }
     nomadfs_fuse::unmount(session, &mountpoint, Duration::from_secs(5));
     engine.seal();
+    crate::faults::report(&faults);
     Ok(0)
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod daemon;
+mod faults;
 mod sys;
 
 fn main() {

@@ -58,8 +58,7 @@ pub fn lock_memory() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether core dumps are off for this process (for tests and `status`).
-#[cfg(test)]
+/// Whether this process is still dumpable (checked and logged after `harden`).
 pub fn is_dumpable() -> bool {
     // SAFETY: prctl(PR_GET_DUMPABLE) takes integer arguments and returns an int.
     unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }

@@ -2,11 +2,13 @@
 //!
 //! Owns: the `Storage` trait (get/put/delete/list-prefix, compare-and-swap, atomic batches) and
 //! its implementations: `memory` (dev mode and tests) and `file` (the embedded default, an ACID
-//! redb database). `conformance` is the one test suite every implementation passes.
+//! redb database). `conformance` is the one test suite every implementation passes. `faulty`
+//! wraps any of them and fails a seeded fraction of calls (tests only; see its module doc).
 //!
 //! Must never: see plaintext. Everything above the barrier reaches storage encrypted, names
 //! included; storage only moves bytes and makes them durable.
 
+pub mod faulty;
 pub mod file;
 pub mod memory;
 
