@@ -40,8 +40,18 @@ fn read_passphrase(args: &ServerArgs) -> Result<Option<SecretBytes>, String> {
         }
         return Ok(Some(s));
     }
+    if std::env::var_os(PASSPHRASE_ON_STDIN).is_some() {
+        // Handed over by `reexec_without_passphrase_env` through a pipe on stdin.
+        std::env::remove_var(PASSPHRASE_ON_STDIN);
+        let mut raw = SecretBytes::default();
+        // Room for the whole of it up front: no reallocation leaves a copy behind unzeroized.
+        raw.expose_mut().reserve(64 * 1024);
+        std::io::Read::read_to_end(&mut std::io::stdin(), raw.expose_mut())
+            .map_err(|e| format!("cannot read the passphrase handed over on stdin: {e}"))?;
+        return Ok(Some(raw));
+    }
     if let Some(v) = std::env::var_os("NOMADFS_PASSPHRASE") {
-        // Keep it out of /proc/self/environ of anything we spawn later.
+        // Only reached when the re-exec failed: the value also stays in /proc/self/environ.
         std::env::remove_var("NOMADFS_PASSPHRASE");
         use std::os::unix::ffi::OsStringExt;
         return Ok(Some(SecretBytes::new(v.into_vec())));
@@ -79,7 +89,50 @@ fn uuid_suffix() -> String {
     )
 }
 
+/// Marks a daemon that was re-executed with its passphrase on stdin.
+const PASSPHRASE_ON_STDIN: &str = "NOMADFS_PASSPHRASE_ON_STDIN";
+
+/// A passphrase given in the environment stays in the process's initial environment block
+/// (`/proc/PID/environ`) for its whole life, whatever `remove_var` does. So the daemon hands it
+/// to a fresh image of itself through a pipe on stdin and execs without the variable; the old
+/// address space, environment block included, is gone with the exec. Returns only if the exec
+/// failed (the caller goes on with the variable, and says so).
+fn reexec_without_passphrase_env() {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let Some(v) = std::env::var_os("NOMADFS_PASSPHRASE") else {
+        return;
+    };
+    let attempt = || -> std::io::Result<std::io::Error> {
+        let exe = std::env::current_exe()?;
+        let (reader, mut writer) = std::io::pipe()?;
+        // A passphrase fits the pipe's buffer (64 KiB); refuse rather than block on a huge one.
+        if v.len() > 60 * 1024 {
+            return Err(std::io::Error::other("NOMADFS_PASSPHRASE is over 60 KiB"));
+        }
+        writer.write_all(v.as_bytes())?;
+        drop(writer);
+        Ok(std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env_remove("NOMADFS_PASSPHRASE")
+            .env(PASSPHRASE_ON_STDIN, "1")
+            .stdin(reader)
+            .exec())
+    };
+    let err = match attempt() {
+        Ok(e) | Err(e) => e,
+    };
+    tracing::warn!(
+        "could not re-exec to drop NOMADFS_PASSPHRASE from the environment ({err}); it stays in /proc/{}/environ (root-only: the daemon is not dumpable); prefer --passphrase-file",
+        std::process::id()
+    );
+}
+
 pub fn serve(args: ServerArgs) -> i32 {
+    if args.passphrase_file.is_none() {
+        reexec_without_passphrase_env();
+    }
     for problem in crate::sys::harden() {
         tracing::warn!("hardening: {problem}");
     }

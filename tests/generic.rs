@@ -333,3 +333,40 @@ fn daemon_is_not_dumpable() {
     assert!(locked > 0, "VmLck is 0: memory not locked");
     assert!(d.log_text().contains("memory locked"));
 }
+
+#[test]
+fn passphrase_from_the_environment_leaves_no_copy_in_environ() {
+    let mut d = Daemon::start();
+    d.stop();
+    let mut child = d
+        .command(false)
+        .env("NOMADFS_PASSPHRASE", common::PASS)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut ready = false;
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_to_string(d.p("sys/health")).is_ok_and(|h| h.contains("\"sealed\": false"))
+        {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap_or_default();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    assert!(ready, "daemon did not unseal from NOMADFS_PASSPHRASE");
+    assert!(!environ.is_empty(), "could not read the daemon's environ");
+    assert!(
+        !contains(&environ, common::PASS.as_bytes()),
+        "the passphrase is still in /proc/PID/environ"
+    );
+    assert!(!contains(&environ, b"NOMADFS_PASSPHRASE="));
+}
