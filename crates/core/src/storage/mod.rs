@@ -1,12 +1,14 @@
 //! Physical storage: opaque keys to opaque bytes.
 //!
 //! Owns: the `Storage` trait (get/put/delete/list-prefix, compare-and-swap, atomic batches) and
-//! its implementations: `memory` (dev mode and tests) and `file` (the embedded default, an ACID
-//! redb database). `conformance` is the one test suite every implementation passes.
+//! its implementations: `memory` (dev mode and tests), `file` (the embedded default, an ACID
+//! redb database) and `etcd` (cargo feature `etcd`: several daemons share one store). `conformance` is the one test suite every implementation passes.
 //!
 //! Must never: see plaintext. Everything above the barrier reaches storage encrypted, names
 //! included; storage only moves bytes and makes them durable.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod file;
 pub mod memory;
 
