@@ -302,7 +302,7 @@ fn daemon_on_etcd_writes_reads_restarts_and_stores_no_plaintext() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
         .collect();
     names.sort();
-    assert_eq!(names, vec!["app", "canary-name-5d2a"]);
+    assert_eq!(names, vec![".help", "app", "canary-name-5d2a"]);
     // Nothing in etcd holds a value or a name in plaintext; all of it is under the prefix.
     let all = etcd.dump("");
     assert!(all.len() > 3);

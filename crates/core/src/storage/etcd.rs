@@ -366,6 +366,10 @@ impl Storage for EtcdStorage {
         "etcd"
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let shared = self.shared.clone();
         let full = shared.full(key);

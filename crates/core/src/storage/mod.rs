@@ -30,6 +30,11 @@ pub enum WriteOp {
 pub trait Storage: Send + Sync {
     /// The kind, for `sys/health` ("memory", "file", "etcd").
     fn kind(&self) -> &'static str;
+    /// Whether other daemons may write this store too (etcd): the engine then re-reads what
+    /// it caches (mount table, keyring, leases) when it may be stale.
+    fn shared(&self) -> bool {
+        false
+    }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         self.apply(&[WriteOp::Put(key.to_string(), value.to_vec())])
