@@ -37,6 +37,7 @@ pub struct Config {
 }
 
 /// Where an etcd store keeps its keys unless `prefix` says otherwise.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub const DEFAULT_ETCD_PREFIX: &str = "nomadfs/";
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +132,7 @@ impl Config {
     }
 
     /// The etcd key prefix (`nomadfs/` unless configured).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub fn etcd_prefix(&self) -> String {
         self.storage
             .prefix
