@@ -36,9 +36,12 @@ pub struct Config {
     pub admins: Option<Vec<u32>>,
 }
 
+/// Where an etcd store keeps its keys unless `prefix` says otherwise.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub const DEFAULT_ETCD_PREFIX: &str = "nomadfs/";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct StorageConfig {
     #[serde(rename = "type")]
     pub kind: String,
@@ -90,19 +93,68 @@ impl Config {
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// `[storage] type = "etcd"`: endpoints, an optional prefix (default `nomadfs/`), no path.
+    fn validate_etcd(&self) -> Result<(), String> {
+        if !cfg!(feature = "etcd") {
+            return Err(
+                "[storage] type = \"etcd\": this nomadfs was built without etcd support \
+                        (rebuild with `cargo build --features etcd`; it needs protoc)"
+                    .into(),
+            );
+        }
+        if self.storage.path.is_some() {
+            return Err(
+                "[storage] `path` belongs to type = \"file\"; etcd takes `endpoints` \
+                        and `prefix`"
+                    .into(),
+            );
+        }
+        if self.storage.endpoints.is_empty() {
+            return Err(
+                "[storage] type = \"etcd\" needs `endpoints = [\"http://HOST:2379\", …]`".into(),
+            );
+        }
+        for e in &self.storage.endpoints {
+            let e = e.trim();
+            if e.is_empty()
+                || e.starts_with("https://")
+                || (e.contains("://") && !e.starts_with("http://"))
+            {
+                return Err(format!(
+                    "[storage] endpoint {e:?}: use http://HOST:PORT (TLS is not built in)"
+                ));
+            }
+        }
+        if self.storage.prefix.as_deref() == Some("") {
+            return Err("[storage] prefix must not be empty (default \"nomadfs/\")".into());
+        }
+        Ok(())
+    }
+
+    /// The etcd key prefix (`nomadfs/` unless configured).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn etcd_prefix(&self) -> String {
+        self.storage
+            .prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_string())
+    }
+
     fn validate(&self) -> Result<(), String> {
         match self.storage.kind.as_str() {
             "file" => {
                 if self.storage.path.is_none() {
                     return Err("[storage] type = \"file\" needs `path`".into());
                 }
-            }
-            "memory" => {}
-            "etcd" => {
-                if self.storage.endpoints.is_empty() {
-                    return Err("[storage] type = \"etcd\" needs `endpoints`".into());
+                if !self.storage.endpoints.is_empty() || self.storage.prefix.is_some() {
+                    return Err(
+                        "[storage] `endpoints` and `prefix` belong to type = \"etcd\", not \"file\""
+                            .into(),
+                    );
                 }
             }
+            "memory" => {}
+            "etcd" => self.validate_etcd()?,
             other => {
                 return Err(format!(
                     "[storage] type {other:?} is unknown (use \"file\", \"memory\" or \"etcd\")"
@@ -176,6 +228,55 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
         let e = Config::parse(&bad).expect_err("unknown key");
         assert!(e.contains("line 4"), "{e}");
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    fn etcd_config(storage: &str) -> String {
+        format!("mountpoint = \"/run/nomadfs\"\n[storage]\ntype = \"etcd\"\n{storage}\n")
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcd_storage_parses() {
+        let c = Config::parse(&etcd_config(
+            "endpoints = [\"http://127.0.0.1:2379\", \"127.0.0.2:2379\"]",
+        ))
+        .expect("etcd config");
+        assert_eq!(c.storage.endpoints.len(), 2);
+        assert_eq!(c.etcd_prefix(), "nomadfs/");
+        let c = Config::parse(&etcd_config(
+            "endpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"team-a/\"",
+        ))
+        .expect("etcd config with prefix");
+        assert_eq!(c.etcd_prefix(), "team-a/");
+        for (bad, why) in [
+            ("", "needs `endpoints"),
+            ("endpoints = [\"https://h:2379\"]", "TLS"),
+            ("endpoints = [\"h:1\"]\nprefix = \"\"", "prefix"),
+            ("endpoints = [\"h:1\"]\npath = \"/x\"", "`path` belongs"),
+            ("endpoints = [\"h:1\"]\nbogus = 1", "bogus"),
+        ] {
+            let e = Config::parse(&etcd_config(bad)).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn etcd_without_the_feature_says_so() {
+        let e = Config::parse(&etcd_config("endpoints = [\"http://127.0.0.1:2379\"]"))
+            .expect_err("no etcd support");
+        assert!(e.contains("built without etcd support"), "{e}");
+    }
+
+    #[test]
+    fn file_storage_refuses_etcd_keys() {
+        let bad = GOOD.replace(
+            "path = \"/var/lib/nomadfs\"",
+            "path = \"/x\"\nprefix = \"p/\"",
+        );
+        assert!(Config::parse(&bad)
+            .expect_err("prefix on file")
+            .contains("etcd"));
     }
 
     #[test]

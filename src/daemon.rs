@@ -204,6 +204,16 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
                 Arc::new(FileStorage::open(dir).map_err(|e| e.message)?)
             }
             "memory" => Arc::new(MemoryStorage::new()),
+            #[cfg(feature = "etcd")]
+            "etcd" => {
+                use nomadfs_core::storage::etcd::{EtcdConfig, EtcdStorage};
+                let prefix = cfg.etcd_prefix();
+                tracing::info!(endpoints = ?cfg.storage.endpoints, prefix, "etcd storage");
+                Arc::new(
+                    EtcdStorage::new(EtcdConfig::new(cfg.storage.endpoints.clone(), prefix))
+                        .map_err(|e| e.message)?,
+                )
+            }
             other => {
                 return Err(format!(
                     "storage type {other:?} is not built into this binary"

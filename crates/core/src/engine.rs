@@ -102,7 +102,12 @@ pub struct Engine {
     config_policies: Mutex<(Vec<PolicyDoc>, Vec<u32>)>,
     policies: RwLock<Policies>,
     audit: RwLock<AuditMode>,
+    /// When the mount table was last re-read from a shared store.
+    table_read_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// How old the mount table may get before a daemon on a shared store re-reads it.
+const TABLE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 const ROOT_HELP_HEAD: &str = "\
 nomadfs: secrets as files. Each folder here is a mounted backend; `cat MOUNT/.help` explains it.
@@ -140,6 +145,7 @@ impl Engine {
                     .unwrap_or_else(|_| unreachable!("an empty policy set is valid")),
             ),
             audit: RwLock::new(AuditMode::Off),
+            table_read_at: Mutex::new(None),
         }
     }
 
@@ -349,23 +355,81 @@ impl Engine {
         self.barrier.rotate()
     }
 
+    /// The mount table (re-read first when other daemons share the store).
     pub fn mount_entries(&self) -> Vec<MountEntry> {
+        if self.barrier.storage().shared() {
+            self.refresh_table();
+        }
         self.table().entries()
     }
 
     pub fn mount_entry(&self, name: &str) -> Result<MountEntry> {
-        self.table()
-            .mounts
-            .get(name)
+        self.mounted(name)
             .map(|m| m.entry.clone())
             .ok_or_else(|| Error::not_found(&format!("sys/mounts/{name}")))
+    }
+
+    /// The live mount at `name`. When other daemons share the store, the stored table is
+    /// re-read on a miss (another daemon may have mounted it) and when the copy here is older
+    /// than `TABLE_MAX_AGE` (another daemon may have unmounted or moved it).
+    fn mounted(&self, name: &str) -> Option<Arc<Mounted>> {
+        if !self.barrier.storage().shared() {
+            return self.table().mounts.get(name).cloned();
+        }
+        let stale = self
+            .table_read_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= TABLE_MAX_AGE);
+        if !stale {
+            if let Some(m) = self.table().mounts.get(name) {
+                return Some(m.clone());
+            }
+        }
+        self.refresh_table();
+        self.table().mounts.get(name).cloned()
+    }
+
+    /// The live table after re-reading the stored one (the caller holds the control lock),
+    /// with the stored version to save a change against. Another daemon sharing the store may
+    /// have changed it.
+    fn fresh_table(&self) -> Result<(Arc<MountTable>, Option<crate::barrier::Version>)> {
+        let (stored, version) = mounts::load_versioned(&self.barrier)?;
+        let table = self.table();
+        match stored {
+            Some(entries) if entries != table.entries() => {
+                let t = MountTable::rebuild(&table, &self.barrier, entries, &self.services())?;
+                self.set_table(t);
+                Ok((self.table(), version))
+            }
+            _ => Ok((table, version)),
+        }
+    }
+
+    /// Re-read the mount table if another daemon may have changed it: always on a miss, and
+    /// for listings when the store is shared. Skipped while this daemon changes the table
+    /// itself (the change re-reads it anyway) or is sealed.
+    fn refresh_table(&self) {
+        let Ok(_g) = self.control.try_lock() else {
+            return;
+        };
+        if self.barrier.is_sealed() {
+            return;
+        }
+        match self.fresh_table() {
+            Ok(_) => {
+                *self.table_read_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(std::time::Instant::now());
+            }
+            Err(e) => tracing::warn!("re-reading the mount table failed: {}", e.message),
+        }
     }
 
     /// Mount a backend of `kind` at `path`.
     pub fn mount(&self, path: &str, kind: &str, description: &str) -> Result<MountEntry> {
         let _g = self.lock_control();
         let entry = mounts::new_entry(path, kind, description)?;
-        let table = self.table();
+        let (table, version) = self.fresh_table()?;
         if table.mounts.contains_key(&entry.path) {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -374,8 +438,8 @@ impl Engine {
         }
         let mut entries = table.entries();
         entries.push(entry.clone());
-        let new = MountTable::build(&self.barrier, entries.clone(), &self.services())?;
-        mounts::save(&self.barrier, &entries)?;
+        let new = MountTable::rebuild(&table, &self.barrier, entries.clone(), &self.services())?;
+        mounts::save_if(&self.barrier, version.as_ref(), &entries)?;
         self.set_table(new);
         tracing::info!(path = %entry.path, kind = %entry.kind, "mounted");
         Ok(entry)
@@ -384,7 +448,7 @@ impl Engine {
     /// Unmount: revoke every lease of the mount, then drop it from the table, then delete its data.
     pub fn unmount(&self, path: &str) -> Result<()> {
         let _g = self.lock_control();
-        let table = self.table();
+        let (table, _) = self.fresh_table()?;
         let name = path.trim_end_matches('/');
         let mounted = table
             .mounts
@@ -394,13 +458,21 @@ impl Engine {
         self.leases
             .revoke_prefix(&format!("{name}/"))
             .map_err(|e| Error::new(ErrorKind::Busy, format!("unmount {name}/: {}", e.message)))?;
+        // Re-read: revocation can take long, and the table must be saved against its latest.
+        let (table, version) = self.fresh_table()?;
+        if table.mounts.get(name).map(|m| &m.entry) != Some(&mounted.entry) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("unmount {name}/: another daemon changed this mount meanwhile"),
+            ));
+        }
         let entries: Vec<MountEntry> = table
             .entries()
             .into_iter()
             .filter(|e| e.path != name)
             .collect();
-        let new = MountTable::build(&self.barrier, entries.clone(), &self.services())?;
-        mounts::save(&self.barrier, &entries)?;
+        let new = MountTable::rebuild(&table, &self.barrier, entries.clone(), &self.services())?;
+        mounts::save_if(&self.barrier, version.as_ref(), &entries)?;
         self.set_table(new);
         if let Err(e) = mounts::view_for(&self.barrier, &mounted.entry.uuid).clear() {
             tracing::error!(path = name, "unmounted, but deleting its data failed: {e}");
@@ -412,7 +484,7 @@ impl Engine {
     /// Move a mount to a new path: data kept, leases revoked.
     pub fn remount(&self, from: &str, to: &str) -> Result<()> {
         let _g = self.lock_control();
-        let table = self.table();
+        let (table, _) = self.fresh_table()?;
         let from = from.trim_end_matches('/');
         let to = mounts::normalize_path(to)?;
         if !table.mounts.contains_key(from) {
@@ -427,6 +499,13 @@ impl Engine {
         self.leases
             .revoke_prefix(&format!("{from}/"))
             .map_err(|e| Error::new(ErrorKind::Busy, format!("remount {from}/: {}", e.message)))?;
+        let (table, version) = self.fresh_table()?;
+        if !table.mounts.contains_key(from) || table.mounts.contains_key(&to) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("remount {from}/: another daemon changed the mount table meanwhile"),
+            ));
+        }
         let entries: Vec<MountEntry> = table
             .entries()
             .into_iter()
@@ -438,7 +517,7 @@ impl Engine {
             })
             .collect();
         let new = MountTable::build(&self.barrier, entries.clone(), &self.services())?;
-        mounts::save(&self.barrier, &entries)?;
+        mounts::save_if(&self.barrier, version.as_ref(), &entries)?;
         self.set_table(new);
         tracing::info!(from, to = %to, "remounted");
         Ok(())
@@ -498,12 +577,7 @@ impl Engine {
             ".help" if rest.is_empty() => Ok(Target::RootHelp),
             "sys" => Ok(Target::Sys(rest)),
             _ => {
-                let m = self
-                    .table()
-                    .mounts
-                    .get(head)
-                    .cloned()
-                    .ok_or_else(|| Error::not_found(path))?;
+                let m = self.mounted(head).ok_or_else(|| Error::not_found(path))?;
                 if rest == ".help" {
                     Ok(Target::MountHelp(m))
                 } else {

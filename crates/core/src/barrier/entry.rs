@@ -61,6 +61,12 @@ pub(crate) fn open(kr: &Keyring, path: &str, raw: &[u8]) -> Result<SecretBytes> 
         .map_err(|_| fail("entry failed authentication"))
 }
 
+/// The key term an entry was sealed with (None: too short to say).
+pub(crate) fn term_of(raw: &[u8]) -> Option<u32> {
+    let b = raw.get(1..5)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// The plaintext length an entry of `raw.len()` bytes holds.
 pub(crate) fn plaintext_len(raw: &[u8]) -> usize {
     raw.len().saturating_sub(HEADER + TAG)

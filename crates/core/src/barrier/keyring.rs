@@ -90,6 +90,11 @@ impl Keyring {
         )
     }
 
+    /// A copy of the master key (to unwrap a newer stored keyring with it).
+    pub(crate) fn master(&self) -> Key {
+        Zeroizing::new(*self.master)
+    }
+
     pub(crate) fn active_term(&self) -> u32 {
         self.active
     }

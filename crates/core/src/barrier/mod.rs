@@ -60,7 +60,8 @@ pub struct Barrier {
     keyring: RwLock<Option<Arc<Keyring>>>,
     kdf: KdfParams,
     /// Logical path → storage key. Name encryption is deterministic and the name key never
-    /// rotates, so a cached key stays right until seal (which clears it). Bounded.
+    /// rotates, so a cached key stays right until seal (which clears it), also when other
+    /// daemons share the store. Bounded.
     keys: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
@@ -153,19 +154,13 @@ impl Barrier {
             .ok_or_else(Error::sealed)
     }
 
-    /// Add a key term; new writes use it, old entries stay readable.
+    /// Add a key term; new writes use it, old entries stay readable. Rotates the keyring as
+    /// stored (another daemon sharing the store may have added terms since this one loaded
+    /// it), and swaps it in only if nobody changed it meanwhile.
     pub fn rotate(&self) -> Result<u32> {
-        let current = self.keyring()?;
+        let (current, old_wrapped, config) = self.stored_keyring()?;
         let rotated = current.rotated();
         let term = rotated.active_term();
-        let config = self
-            .storage
-            .get(SEAL_CONFIG_KEY)?
-            .ok_or_else(|| Error::new(ErrorKind::Integrity, "seal config missing"))?;
-        let old_wrapped = self
-            .storage
-            .get(KEYRING_KEY)?
-            .ok_or_else(|| Error::new(ErrorKind::Integrity, "keyring missing"))?;
         let new_wrapped = rotated.wrap(&config)?;
         if !self
             .storage
@@ -176,9 +171,57 @@ impl Barrier {
                 "keyring changed concurrently; retry",
             ));
         }
-        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(rotated));
+        self.install(rotated);
         tracing::info!(term, "rotated the encryption key");
         Ok(term)
+    }
+
+    /// The keyring as stored now, unwrapped with this daemon's master key, with its wrapped
+    /// bytes and the seal config.
+    fn stored_keyring(&self) -> Result<(Keyring, Vec<u8>, Vec<u8>)> {
+        let master = self.keyring()?.master();
+        let config = self
+            .storage
+            .get(SEAL_CONFIG_KEY)?
+            .ok_or_else(|| Error::new(ErrorKind::Integrity, "seal config missing"))?;
+        let wrapped = self
+            .storage
+            .get(KEYRING_KEY)?
+            .ok_or_else(|| Error::new(ErrorKind::Integrity, "keyring missing"))?;
+        let kr = Keyring::unwrap(master, &config, &wrapped).map_err(|e| {
+            e.unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    "the stored keyring no longer opens with this store's master key",
+                )
+            })
+        })?;
+        Ok((kr, wrapped, config))
+    }
+
+    /// Swap in `kr` unless the barrier was sealed meanwhile.
+    fn install(&self, kr: Keyring) {
+        let mut slot = self.keyring.write().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            *slot = Some(Arc::new(kr));
+        }
+    }
+
+    /// Re-read the keyring (an entry names a term this daemon has not seen: another daemon
+    /// sharing the store rotated). Returns the keyring now in use.
+    fn reload_keyring(&self) -> Result<Arc<Keyring>> {
+        let (kr, _, _) = self.stored_keyring()?;
+        tracing::info!(term = kr.active_term(), "reloaded the keyring from storage");
+        self.install(kr);
+        self.keyring()
+    }
+
+    /// The keyring that knows the term `raw` was sealed with: this one, or a reloaded one.
+    fn keyring_for(&self, kr: Arc<Keyring>, raw: &[u8]) -> Result<Arc<Keyring>> {
+        match entry::term_of(raw) {
+            Some(t) if kr.cipher(t).is_none() => self.reload_keyring(),
+            _ => Ok(kr),
+        }
     }
 
     pub fn active_term(&self) -> Result<u32> {
@@ -213,10 +256,47 @@ impl Barrier {
         let key = self.storage_key(&kr, logical)?;
         match self.storage.get(&key)? {
             None => Ok(None),
-            Some(raw) => entry::open(&kr, logical, &raw).map(Some).inspect_err(|e| {
-                tracing::error!(path = logical, "integrity failure: {}", e.message);
-            }),
+            Some(raw) => self.open(kr, logical, &raw).map(Some),
         }
+    }
+
+    fn open(&self, kr: Arc<Keyring>, logical: &str, raw: &[u8]) -> Result<SecretBytes> {
+        let kr = self.keyring_for(kr, raw)?;
+        entry::open(&kr, logical, raw).inspect_err(|e| {
+            tracing::error!(path = logical, "integrity failure: {}", e.message);
+        })
+    }
+
+    /// The value and its stored form, the version token for `compare_and_swap`.
+    pub fn get_versioned(&self, logical: &str) -> Result<Option<(SecretBytes, Version)>> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        match self.storage.get(&key)? {
+            None => Ok(None),
+            Some(raw) => {
+                let value = self.open(kr, logical, &raw)?;
+                Ok(Some((value, Version(raw))))
+            }
+        }
+    }
+
+    /// Write (`Some`) or delete (`None`) `logical` only if it is still at `expected` (`None`:
+    /// absent). Every write seals with a fresh nonce, so an unchanged version means nobody
+    /// (no daemon sharing the store) wrote it since. Returns whether it was written.
+    pub fn compare_and_swap(
+        &self,
+        logical: &str,
+        expected: Option<&Version>,
+        new: Option<&[u8]>,
+    ) -> Result<bool> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        let sealed = match new {
+            Some(v) => Some(entry::seal(&kr, logical, v)?),
+            None => None,
+        };
+        self.storage
+            .compare_and_swap(&key, expected.map(|v| v.0.as_slice()), sealed.as_deref())
     }
 
     /// Plaintext size of an entry without decrypting it (None: absent).
@@ -271,6 +351,9 @@ impl Barrier {
         self.storage.has_prefix(&enc_prefix)
     }
 }
+
+/// The stored form of an entry as read, for `Barrier::compare_and_swap`.
+pub struct Version(Vec<u8>);
 
 /// One write in an atomic barrier batch (logical paths, plaintext values).
 pub enum BarrierOp<'a> {

@@ -78,7 +78,8 @@ impl View {
     /// Delete everything in the view (unmount).
     pub fn clear(&self) -> Result<()> {
         let paths = self.list("")?;
-        for chunk in paths.chunks(512) {
+        // 128: etcd's default limit of operations in one transaction.
+        for chunk in paths.chunks(128) {
             let ops: Vec<ViewOp<'_>> = chunk.iter().map(|p| ViewOp::Delete(p)).collect();
             self.apply(&ops)?;
         }

@@ -12,7 +12,7 @@
 pub mod clock;
 
 use crate::backend::{Backend, DirEntry};
-use crate::barrier::Barrier;
+use crate::barrier::{Barrier, Version};
 use crate::error::{Error, ErrorKind, Result};
 pub use clock::{parse_duration, rfc3339, Clock, ManualClock, SystemClock};
 use rand::Rng;
@@ -141,6 +141,10 @@ pub type BackendLookup = Box<dyn Fn(&str) -> Option<Arc<dyn Backend>> + Send + S
 struct Meta {
     due: Option<u64>,
     uid: u32,
+    /// Found in a shared store, issued by another daemon: this one acts on it only
+    /// `FOREIGN_GRACE_MS` after it is due (the issuer normally does it first; this one takes
+    /// over when the issuer is gone).
+    foreign: bool,
 }
 
 impl Meta {
@@ -148,9 +152,30 @@ impl Meta {
         Self {
             due: rec.due_ms(),
             uid: rec.uid,
+            foreign: false,
+        }
+    }
+    fn foreign(rec: &LeaseRecord) -> Self {
+        Self {
+            due: rec.due_ms().map(|d| d.saturating_add(FOREIGN_GRACE_MS)),
+            uid: rec.uid,
+            foreign: true,
+        }
+    }
+    fn like(self, rec: &LeaseRecord) -> Self {
+        if self.foreign {
+            Self::foreign(rec)
+        } else {
+            Self::of(rec)
         }
     }
 }
+
+/// How long after a foreign lease is due this daemon waits before revoking it itself.
+const FOREIGN_GRACE_MS: u64 = 10_000;
+/// How often a daemon on a shared store re-reads the lease records (new ones from other
+/// daemons, ones another daemon revoked).
+const SHARED_SYNC: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Index {
@@ -243,11 +268,45 @@ impl LeaseManager {
     }
 
     fn load(&self, id: &str) -> Result<Option<LeaseRecord>> {
-        match self.barrier.get(&Self::key(id))? {
+        Ok(self.load_versioned(id)?.map(|(rec, _)| rec))
+    }
+
+    /// The record and its stored version (to write it back only if nobody changed it).
+    fn load_versioned(&self, id: &str) -> Result<Option<(LeaseRecord, Version)>> {
+        match self.barrier.get_versioned(&Self::key(id))? {
             None => Ok(None),
-            Some(raw) => serde_json::from_slice(raw.expose())
-                .map(Some)
+            Some((raw, version)) => serde_json::from_slice(raw.expose())
+                .map(|rec| Some((rec, version)))
                 .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}"))),
+        }
+    }
+
+    /// Write `rec` back only if it is still at `version` (another daemon sharing the store
+    /// may have renewed or revoked it meanwhile). Returns whether it was written.
+    fn store_if(&self, rec: &LeaseRecord, version: &Version) -> Result<bool> {
+        let raw = serde_json::to_vec(rec).map_err(|e| Error::io(format!("lease record: {e}")))?;
+        self.barrier
+            .compare_and_swap(&Self::key(&rec.id), Some(version), Some(&raw))
+    }
+
+    /// On a shared store: a lease this daemon does not know may have been issued by another
+    /// one. Look for its record and index it (as foreign). Returns whether it is known now.
+    fn find(&self, id: &str) -> bool {
+        if lock(&self.index).leases.contains_key(id) {
+            return true;
+        }
+        if !self.barrier.storage().shared() {
+            return false;
+        }
+        match self.load(id) {
+            Ok(Some(rec)) => {
+                let mut ix = lock(&self.index);
+                if !ix.leases.contains_key(id) {
+                    ix.set(id, Meta::foreign(&rec));
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -301,7 +360,7 @@ impl LeaseManager {
 
     pub fn get(&self, id: &str) -> Result<LeaseRecord> {
         self.check_loaded()?;
-        if !self.exists(id) {
+        if !self.find(id) {
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         }
         self.load(id)?
@@ -379,7 +438,10 @@ impl LeaseManager {
     }
 
     fn renew_claimed(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
-        let mut rec = self.get(id)?;
+        let Some((mut rec, version)) = self.load_versioned(id)? else {
+            lock(&self.index).remove(id);
+            return Err(Error::not_found(&format!("sys/leases/{id}")));
+        };
         if !rec.renewable {
             return Err(Error::not_permitted(format!("lease {id} is not renewable")));
         }
@@ -396,8 +458,16 @@ impl LeaseManager {
         rec.expires_ms = now
             .saturating_add(inc.saturating_mul(1000))
             .min(rec.max_expires_ms);
-        self.store(&rec)?;
-        lock(&self.index).set(id, Meta::of(&rec));
+        if !self.store_if(&rec, &version)? {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("lease {id} was changed by another daemon meanwhile; try again"),
+            ));
+        }
+        let mut ix = lock(&self.index);
+        let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
+        ix.set(id, meta);
+        drop(ix);
         self.changed.notify_all();
         Ok(rec)
     }
@@ -405,6 +475,9 @@ impl LeaseManager {
     /// Take the right to revoke `id` (waits while another thread is revoking it).
     /// Ok(false): it is gone.
     fn claim(&self, id: &str) -> bool {
+        if !self.find(id) {
+            return false;
+        }
         let mut ix = lock(&self.index);
         loop {
             if !ix.leases.contains_key(id) {
@@ -440,20 +513,35 @@ impl LeaseManager {
     /// Revoke one lease now: upstream first, then the record. On upstream failure the lease
     /// stays, marked for retry (or irrevocable after too many attempts), and this fails (Io).
     pub fn revoke(&self, id: &str) -> Result<()> {
+        self.revoke_if(id, false).map(|_| ())
+    }
+
+    /// `only_due`: the scheduler's call. The record in storage is the truth (another daemon
+    /// sharing the store may have renewed the lease): if it is not due by it, it is only
+    /// rescheduled. Ok(false): not revoked (not due).
+    fn revoke_if(&self, id: &str, only_due: bool) -> Result<bool> {
         self.check_loaded()?;
         if !self.claim(id) {
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         }
-        let res = self.revoke_claimed(id);
+        let res = self.revoke_claimed(id, only_due);
         self.release(id);
         res
     }
 
-    fn revoke_claimed(&self, id: &str) -> Result<()> {
-        let Some(mut rec) = self.load(id)? else {
+    fn revoke_claimed(&self, id: &str, only_due: bool) -> Result<bool> {
+        let Some((mut rec, version)) = self.load_versioned(id)? else {
             lock(&self.index).remove(id);
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         };
+        if only_due {
+            let mut ix = lock(&self.index);
+            let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
+            if meta.due.is_none_or(|d| d > self.now_ms()) {
+                ix.set(id, meta);
+                return Ok(false);
+            }
+        }
         let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
         let upstream = match backend {
             Some(b) => b.revoke(&rec),
@@ -464,10 +552,11 @@ impl LeaseManager {
         };
         match upstream {
             Ok(()) => {
+                // Deleting is idempotent: another daemon revoking it too is harmless.
                 self.barrier.delete(&Self::key(id))?;
                 lock(&self.index).remove(id);
                 tracing::info!(lease = %id, "revoked");
-                Ok(())
+                Ok(true)
             }
             Err(e) => {
                 rec.attempts += 1;
@@ -491,15 +580,33 @@ impl LeaseManager {
                         e.message
                     );
                 }
-                self.store(&rec)?;
-                lock(&self.index).set(id, Meta::of(&rec));
+                if !self.store_if(&rec, &version)? {
+                    // Another daemon sharing the store acted on it meanwhile: its record wins.
+                    match self.load(id)? {
+                        None => {
+                            lock(&self.index).remove(id);
+                            tracing::info!(lease = %id, "revoked by another daemon");
+                            return Ok(true);
+                        }
+                        Some(now) => {
+                            let mut ix = lock(&self.index);
+                            let meta = ix.leases.get(id).map_or(Meta::of(&now), |m| m.like(&now));
+                            ix.set(id, meta);
+                        }
+                    }
+                    return Err(Error::io(format!("revoking {id}: {}", e.message)));
+                }
+                let mut ix = lock(&self.index);
+                let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
+                ix.set(id, meta);
+                drop(ix);
                 Err(Error::io(format!("revoking {id}: {}", e.message)))
             }
         }
     }
 
     /// Revoke many, at most `concurrency` at a time. Returns (revoked, first error).
-    fn revoke_many(&self, ids: Vec<String>) -> (usize, Option<Error>, usize) {
+    fn revoke_many(&self, ids: Vec<String>, only_due: bool) -> (usize, Option<Error>, usize) {
         if ids.is_empty() {
             return (0, None, 0);
         }
@@ -512,10 +619,11 @@ impl LeaseManager {
             for _ in 0..workers {
                 s.spawn(|| loop {
                     let Some(id) = lock(&queue).pop() else { break };
-                    match self.revoke(&id) {
-                        Ok(()) => {
+                    match self.revoke_if(&id, only_due) {
+                        Ok(true) => {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
+                        Ok(false) => {}
                         Err(e) if e.kind == ErrorKind::NotFound => {}
                         Err(e) => {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -556,7 +664,7 @@ impl LeaseManager {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
             .collect();
-        let r = self.revoke_many(ids);
+        let r = self.revoke_many(ids, false);
         self.finish_many(&format!("revoke {prefix}"), r)
     }
 
@@ -569,7 +677,7 @@ impl LeaseManager {
             .filter(|(_, m)| m.uid == uid)
             .map(|(k, _)| k.clone())
             .collect();
-        let r = self.revoke_many(ids);
+        let r = self.revoke_many(ids, false);
         self.finish_many(&format!("revoke uid {uid}"), r)
     }
 
@@ -591,7 +699,7 @@ impl LeaseManager {
         // Earliest first: `revoke_many` pops from the end.
         let mut ids = ids;
         ids.reverse();
-        self.revoke_many(ids).0
+        self.revoke_many(ids, true).0
     }
 
     /// Milliseconds until the next due lease (None: nothing scheduled).
@@ -622,6 +730,7 @@ impl LeaseManager {
                         Meta {
                             due: None,
                             uid: u32::MAX,
+                            foreign: false,
                         },
                     );
                 }
@@ -633,6 +742,58 @@ impl LeaseManager {
         self.changed.notify_all();
         tracing::info!(leases = n, "leases restored");
         Ok(n)
+    }
+
+    /// On a shared store: index lease records other daemons wrote (as foreign) and forget the
+    /// ones that are gone from storage (another daemon revoked them). Returns (added, removed).
+    pub fn sync_shared(&self) -> Result<(usize, usize)> {
+        self.check_loaded()?;
+        let stored: std::collections::BTreeSet<String> = self
+            .barrier
+            .list(STORE_PREFIX)?
+            .into_iter()
+            .map(|p| p[STORE_PREFIX.len()..].to_string())
+            .collect();
+        let (unknown, gone): (Vec<String>, Vec<String>) = {
+            let ix = lock(&self.index);
+            (
+                stored
+                    .iter()
+                    .filter(|id| !ix.leases.contains_key(*id))
+                    .cloned()
+                    .collect(),
+                ix.leases
+                    .keys()
+                    .filter(|id| !stored.contains(*id) && !ix.inflight.contains(*id))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        let mut added = 0;
+        for id in unknown {
+            if let Ok(Some(rec)) = self.load(&id) {
+                let mut ix = lock(&self.index);
+                if !ix.leases.contains_key(&id) {
+                    ix.set(&id, Meta::foreign(&rec));
+                    added += 1;
+                }
+            }
+        }
+        let mut removed = 0;
+        for id in gone {
+            // Re-check: it may have been issued here since the listing.
+            if matches!(self.load(&id), Ok(None)) {
+                let mut ix = lock(&self.index);
+                if !ix.inflight.contains(&id) {
+                    ix.remove(&id);
+                    removed += 1;
+                }
+            }
+        }
+        if added > 0 {
+            self.changed.notify_all();
+        }
+        Ok((added, removed))
     }
 
     /// Forget the in-memory index (at seal); nothing is revoked.
@@ -651,19 +812,37 @@ impl LeaseManager {
         let weak: Weak<Self> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("nomadfs-leases".into())
-            .spawn(move || loop {
-                let Some(m) = weak.upgrade() else { break };
-                m.process_due();
-                let ix = lock(&m.index);
-                // Computed under the lock, so an earlier deadline added meanwhile is seen.
-                let now = m.now_ms();
-                let wait = ix
-                    .queue
-                    .first()
-                    .map(|(d, _)| d.saturating_sub(now))
-                    .unwrap_or(1000)
-                    .clamp(5, 1000);
-                let _ = m.changed.wait_timeout(ix, Duration::from_millis(wait));
+            .spawn(move || {
+                let mut synced = std::time::Instant::now();
+                loop {
+                    let Some(m) = weak.upgrade() else { break };
+                    if m.barrier.storage().shared() && synced.elapsed() >= SHARED_SYNC {
+                        synced = std::time::Instant::now();
+                        match m.sync_shared() {
+                            Ok((0, 0)) => {}
+                            Ok((added, removed)) => {
+                                tracing::info!(
+                                    added,
+                                    removed,
+                                    "lease index synced with the shared store"
+                                )
+                            }
+                            Err(e) if e.kind == ErrorKind::Sealed => {}
+                            Err(e) => tracing::warn!("lease index sync failed: {}", e.message),
+                        }
+                    }
+                    m.process_due();
+                    let ix = lock(&m.index);
+                    // Computed under the lock, so an earlier deadline added meanwhile is seen.
+                    let now = m.now_ms();
+                    let wait = ix
+                        .queue
+                        .first()
+                        .map(|(d, _)| d.saturating_sub(now))
+                        .unwrap_or(1000)
+                        .clamp(5, 1000);
+                    let _ = m.changed.wait_timeout(ix, Duration::from_millis(wait));
+                }
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the lease scheduler: {e}");

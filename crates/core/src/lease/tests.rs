@@ -13,6 +13,8 @@ struct Recorder {
     revoked: Mutex<Vec<String>>,
     /// Fail this many revocations before succeeding (u32::MAX: always).
     failures: AtomicU32,
+    /// Run once inside the next revocation (what another daemon does meanwhile).
+    during: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Backend for Recorder {
@@ -32,6 +34,10 @@ impl Backend for Recorder {
         Ok(SecretBytes::new(vec![]))
     }
     fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
+        let during = lock(&self.during).take();
+        if let Some(during) = during {
+            during();
+        }
         let f = self.failures.load(Ordering::SeqCst);
         if f > 0 {
             if f != u32::MAX {
@@ -319,4 +325,103 @@ fn issue_with_huge_ttl_never_panics() {
     assert_eq!(m.process_due(), 0);
     assert!(lock(&rec.revoked).is_empty());
     m.renew(&id, None).expect("renew");
+}
+
+/// A memory store that says it is shared, so two managers behave as two daemons on etcd.
+struct SharedMemory(Arc<MemoryStorage>);
+
+impl crate::storage::Storage for SharedMemory {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.0.get(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.0.list(prefix)
+    }
+    fn apply(&self, ops: &[crate::storage::WriteOp]) -> Result<()> {
+        self.0.apply(ops)
+    }
+    fn compare_and_swap(&self, k: &str, e: Option<&[u8]>, n: Option<&[u8]>) -> Result<bool> {
+        self.0.compare_and_swap(k, e, n)
+    }
+}
+
+#[test]
+fn two_daemons_on_one_store_revoke_once_and_honour_renewals() {
+    let mem = Arc::new(MemoryStorage::new());
+    let daemon = || {
+        let b = Arc::new(Barrier::new(
+            Arc::new(SharedMemory(mem.clone())),
+            KdfParams::minimum(),
+        ));
+        b.unseal(b"pw").expect("unseal");
+        manager(&b)
+    };
+    let (clock_a, rec_a, a) = daemon();
+    let (clock_b, rec_b, b) = daemon();
+    let advance = |ms| {
+        clock_a.advance(ms);
+        clock_b.advance(ms);
+    };
+    let id = issue(&a, "shared", 10, 100, 1);
+    // B learns of A's lease (the scheduler syncs every 30 s; explicit here) and may read it.
+    assert_eq!(b.sync_shared().expect("sync"), (1, 0));
+    assert_eq!(b.get(&id).expect("b reads a's lease").id, id);
+    // A renews; B's copy of the deadline is stale but B re-reads before revoking.
+    advance(8_000);
+    a.renew(&id, Some(30)).expect("renew");
+    advance(12_000); // past the old deadline and B's grace
+    assert_eq!(b.process_due(), 0);
+    assert!(lock(&rec_b.revoked).is_empty(), "B revoked a renewed lease");
+    // At the new deadline A revokes; B, later, finds it gone and does nothing upstream.
+    advance(18_000);
+    assert_eq!(a.process_due(), 1);
+    advance(10_000);
+    assert_eq!(b.process_due(), 0);
+    assert_eq!(b.count(), 0);
+    assert_eq!(lock(&rec_a.revoked).len(), 1);
+    assert!(lock(&rec_b.revoked).is_empty());
+
+    // A lease whose issuer is gone: B takes over after the grace.
+    let orphan = issue(&a, "orphan", 5, 100, 1);
+    assert_eq!(b.sync_shared().expect("sync"), (1, 0));
+    advance(5_000);
+    assert_eq!(b.process_due(), 0, "the issuer gets the first go");
+    advance(10_000);
+    assert_eq!(b.process_due(), 1);
+    assert_eq!(*lock(&rec_b.revoked), vec![orphan.clone()]);
+    // A (back) finds it gone: nothing revoked twice, the index follows the store.
+    assert_eq!(a.sync_shared().expect("sync"), (0, 1));
+    assert_eq!(a.process_due(), 0);
+    assert_eq!(lock(&rec_a.revoked).len(), 1);
+}
+
+#[test]
+fn revocation_failure_does_not_resurrect_a_lease_another_daemon_revoked() {
+    let mem = Arc::new(MemoryStorage::new());
+    let daemon = || {
+        let b = Arc::new(Barrier::new(
+            Arc::new(SharedMemory(mem.clone())),
+            KdfParams::minimum(),
+        ));
+        b.unseal(b"pw").expect("unseal");
+        manager(&b)
+    };
+    let (_ca, _ra, a) = daemon();
+    let (_cb, rec_b, b) = daemon();
+    let id = issue(&a, "x", 10, 100, 1);
+    // B loads the record and calls upstream, which fails; meanwhile A revokes and deletes it.
+    rec_b.failures.store(1, Ordering::SeqCst);
+    let (a2, id2) = (a.clone(), id.clone());
+    *lock(&rec_b.during) = Some(Box::new(move || a2.revoke(&id2).expect("a revokes")));
+    // B's failure update must not write the record back: the lease is gone, so done.
+    b.revoke(&id).expect("revoked (by A)");
+    assert!(b.barrier.list(STORE_PREFIX).expect("list").is_empty());
+    assert_eq!(b.count(), 0);
+    assert_eq!(a.count(), 0);
 }

@@ -337,6 +337,9 @@ impl Storage for FaultyStorage {
     fn kind(&self) -> &'static str {
         "faulty"
     }
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.run(OpKind::Get, |s| s.get(key))
     }

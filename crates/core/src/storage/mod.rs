@@ -1,13 +1,16 @@
 //! Physical storage: opaque keys to opaque bytes.
 //!
 //! Owns: the `Storage` trait (get/put/delete/list-prefix, compare-and-swap, atomic batches) and
-//! its implementations: `memory` (dev mode and tests) and `file` (the embedded default, an ACID
-//! redb database). `conformance` is the one test suite every implementation passes. `faulty`
-//! wraps any of them and fails a seeded fraction of calls (tests only; see its module doc).
+//! its implementations: `memory` (dev mode and tests), `file` (the embedded default, an ACID
+//! redb database) and `etcd` (cargo feature `etcd`: several daemons share one store).
+//! `conformance` is the one test suite every implementation passes. `faulty` wraps any of
+//! them and fails a seeded fraction of calls (tests only; see its module doc).
 //!
 //! Must never: see plaintext. Everything above the barrier reaches storage encrypted, names
 //! included; storage only moves bytes and makes them durable.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod faulty;
 pub mod file;
 pub mod memory;
@@ -30,6 +33,11 @@ pub enum WriteOp {
 pub trait Storage: Send + Sync {
     /// The kind, for `sys/health` ("memory", "file", "etcd").
     fn kind(&self) -> &'static str;
+    /// Whether other daemons may write this store too (etcd): the engine then re-reads what
+    /// it caches (mount table, keyring, leases) when it may be stale.
+    fn shared(&self) -> bool {
+        false
+    }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         self.apply(&[WriteOp::Put(key.to_string(), value.to_vec())])
