@@ -102,13 +102,20 @@ impl NomadFs {
         }
     }
 
-    /// Stat a path; a file created but not yet committed is answered from its open handle.
+    /// Stat a path; a file created but not yet committed is answered from its open handle,
+    /// and a process that has the file open for writing sees the size of its own buffer.
     fn stat_ino(&self, ino: u64, path: &str, c: &Caller) -> Result<Node, Error> {
         match self.engine.stat(c, path) {
             Err(e) if e.kind == ErrorKind::NotFound => match self.handles.pending_size(ino) {
                 Some(size) => Ok(Node::file(size)),
                 None => Err(e),
             },
+            Ok(mut node) if node.kind == NodeKind::File => {
+                if let Some(size) = self.handles.own_pending_size(ino, c.pid) {
+                    node.size = size;
+                }
+                Ok(node)
+            }
             other => other,
         }
     }
@@ -145,7 +152,11 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            let node = self.engine.stat(&c, &path)?;
+            // A file created and still open (not stored until close) is found by its path too.
+            let node = match self.inodes.peek(&path) {
+                Some(ino) => self.stat_ino(ino, &path, &c)?,
+                None => self.engine.stat(&c, &path)?,
+            };
             Ok((path, node))
         });
         match res {
@@ -464,11 +475,8 @@ impl Filesystem for NomadFs {
             return reply.error(Errno::EBADF);
         };
         let h = h.lock().unwrap_or_else(|p| p.into_inner());
-        let data = match (&h.write, &h.snapshot) {
-            (Some(w), _) if w.dirty || h.snapshot.is_none() => w.data.expose(),
-            (_, Some(s)) => s.expose(),
-            (Some(w), None) => w.data.expose(),
-            (None, None) => return reply.error(Errno::EBADF),
+        let Some(data) = h.readable() else {
+            return reply.error(Errno::EBADF);
         };
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
@@ -483,7 +491,7 @@ impl Filesystem for NomadFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -496,6 +504,13 @@ impl Filesystem for NomadFs {
         let immediate = h.immediate;
         let Some(w) = h.write.as_mut() else {
             return reply.error(Errno::EBADF);
+        };
+        // O_APPEND appends to this open's buffer: the kernel's offset comes from a file size
+        // that another process's stat may have reset to the stored (older) size meanwhile.
+        let offset = if flags.0 & libc::O_APPEND != 0 {
+            w.data.len() as u64
+        } else {
+            offset
         };
         if w.poisoned || offset.saturating_add(data.len() as u64) > limit {
             let e = Error::new(
@@ -531,12 +546,8 @@ impl Filesystem for NomadFs {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-        // Same process? A thread of the opener shows up under /proc/<tgid>/task/<tid>. (No read
-        // of /proc/<pid>/status here: a FLUSH can come from a process in exit or exec.)
-        let same_process = req.pid() == h.opener.pid
-            || std::path::Path::new(&format!("/proc/{}/task/{}", h.opener_tgid, req.pid()))
-                .exists();
-        if !same_process {
+        // Same process? A thread of the opener shows up under /proc/<tgid>/task/<tid>.
+        if !h.same_process(req.pid()) {
             // Another process closing its inherited copy of the fd: not a commit point.
             return reply.ok();
         }

@@ -87,6 +87,37 @@ pub struct Handle {
     pub opener: nomadfs_core::Caller,
 }
 
+impl Handle {
+    /// What `read(2)` on this open file sees. An open for writing reads its own buffer (which
+    /// starts as the snapshot, or empty after `O_TRUNC`), so a read-write open reads back what
+    /// it wrote, before and after an `fsync`. A control file's writes are commands, not
+    /// content: its reads see the snapshot.
+    pub fn readable(&self) -> Option<&[u8]> {
+        match (&self.write, &self.snapshot) {
+            (Some(w), _) if !self.immediate => Some(w.data.expose()),
+            (_, Some(s)) => Some(s.expose()),
+            (Some(w), None) => Some(w.data.expose()),
+            (None, None) => None,
+        }
+    }
+
+    /// Is the thread `pid` part of the process that opened this file? (No read of
+    /// /proc/<pid>/status: the request can come from a process in exit or exec.)
+    pub fn same_process(&self, pid: u32) -> bool {
+        pid == self.opener.pid
+            || std::path::Path::new(&format!("/proc/{}/task/{pid}", self.opener_tgid)).exists()
+    }
+
+    /// The size of the content this open will commit, if it differs from what is stored
+    /// (written, truncated or created since the last commit, and not discarded).
+    fn pending_len(&self) -> Option<u64> {
+        self.write
+            .as_ref()
+            .filter(|w| !self.immediate && !w.poisoned && (w.dirty || w.pending_empty))
+            .map(|w| w.data.len() as u64)
+    }
+}
+
 pub type Shared = Arc<Mutex<Handle>>;
 
 #[derive(Default)]
@@ -120,6 +151,21 @@ impl Handles {
             } else {
                 None
             }
+        })
+    }
+    /// The size the process of thread `pid` sees for `ino`: the size of its own uncommitted
+    /// write buffer, if it has one (its writes are not stored until close, but its own
+    /// `fstat`/`lseek(SEEK_END)`/`O_APPEND` must see them, as on any filesystem).
+    pub fn own_pending_size(&self, ino: u64, pid: u32) -> Option<u64> {
+        let candidates: Vec<Shared> = self
+            .lock()
+            .values()
+            .filter(|h| h.lock().unwrap_or_else(|p| p.into_inner()).ino == ino)
+            .cloned()
+            .collect();
+        candidates.iter().find_map(|h| {
+            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+            h.pending_len().filter(|_| h.same_process(pid))
         })
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Shared>> {
