@@ -120,17 +120,32 @@ impl NomadFs {
         }
     }
 
-    /// Store the handle's buffer if it was written (or, at release, created/truncated).
+    /// Read a stored value; a file created but not yet stored (its creator has not closed it)
+    /// reads as empty.
+    fn read_value(&self, ino: u64, path: &str, c: &Caller) -> Result<SecretBytes, Error> {
+        match self.engine.read(c, path) {
+            Err(e) if e.kind == ErrorKind::NotFound && self.handles.pending_size(ino).is_some() => {
+                Ok(SecretBytes::default())
+            }
+            other => other,
+        }
+    }
+
+    /// Store the handle's buffer if it was written (or, at release, created/truncated —
+    /// unless a value was stored for the file since this open: the later store wins).
     fn commit(&self, h: &mut Handle, c: &Caller, releasing: bool) -> Result<(), Error> {
+        let (ino, since, orphaned) = (h.ino, h.opened_seq, h.orphaned);
         if let Some(w) = h.write.as_mut() {
-            if w.poisoned {
+            if w.poisoned || orphaned {
                 return Ok(());
             }
-            if w.dirty || (releasing && w.pending_empty) {
+            let empty_due = releasing && w.pending_empty && !self.handles.stored_since(ino, since);
+            if w.dirty || empty_due {
                 let res = self.engine.write(c, &h.path, w.data.duplicate());
                 w.dirty = false;
                 w.pending_empty = false;
                 res?;
+                self.handles.stored_now(ino);
             }
         }
         Ok(())
@@ -230,7 +245,7 @@ impl Filesystem for NomadFs {
                     None => {
                         // truncate(2) by path: never on generated content (it would mint a
                         // credential); to 0 without reading; else read, resize, commit at once.
-                        let node = self.engine.stat(&c, &path)?;
+                        let node = self.stat_ino(ino.0, &path, &c)?;
                         if node.dynamic {
                             return Err(Error::not_permitted(format!(
                                 "{path}: generated content cannot be truncated"
@@ -238,9 +253,10 @@ impl Filesystem for NomadFs {
                         }
                         if size == 0 {
                             self.engine.write(&c, &path, SecretBytes::default())?;
+                            self.handles.stored_now(ino.0);
                             return self.stat_ino(ino.0, &path, &c);
                         }
-                        let current = match self.engine.read(&c, &path) {
+                        let current = match self.read_value(ino.0, &path, &c) {
                             Ok(v) => v,
                             Err(e) if e.kind == ErrorKind::NotFound => SecretBytes::default(),
                             Err(e) => return Err(e),
@@ -248,6 +264,7 @@ impl Filesystem for NomadFs {
                         let mut w = WriteBuf::new(current, false);
                         w.truncate(size as usize);
                         self.engine.write(&c, &path, w.data.duplicate())?;
+                        self.handles.stored_now(ino.0);
                     }
                 }
             }
@@ -292,7 +309,22 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            self.engine.delete(&c, &path)?;
+            let ino = self.inodes.peek(&path);
+            // Handles still open on the file store nothing from now on (POSIX: the open file
+            // lives on without a name). A created file not yet stored exists only in them.
+            match self.engine.delete(&c, &path) {
+                Ok(()) => {
+                    if let Some(ino) = ino {
+                        self.handles.unlinked(ino);
+                    }
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    if !ino.is_some_and(|ino| self.handles.unlinked(ino)) {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
             Ok(path)
         });
         match res {
@@ -343,7 +375,20 @@ impl Filesystem for NomadFs {
                     format!("{to}: exists"),
                 ));
             }
-            self.engine.rename(&c, &from, &to)?;
+            let (from_ino, to_ino) = (self.inodes.peek(&from), self.inodes.peek(&to));
+            match self.engine.rename(&c, &from, &to) {
+                Ok(()) => {}
+                // A created file not yet stored: its open handles will store it under `to`.
+                Err(e)
+                    if e.kind == ErrorKind::NotFound
+                        && from_ino.is_some_and(|i| self.handles.pending_size(i).is_some()) => {}
+                Err(e) => return Err(e),
+            }
+            // Whatever was at `to` is replaced: its open handles store nothing.
+            if let Some(t) = to_ino.filter(|t| Some(*t) != from_ino) {
+                self.handles.unlinked(t);
+            }
+            self.handles.renamed(&from, &to);
             Ok((from, to))
         })();
         match res {
@@ -360,7 +405,7 @@ impl Filesystem for NomadFs {
         let flags = flags.0;
         let res = (|| -> Result<u64, Error> {
             let path = self.path(ino)?;
-            let node = self.engine.stat(&c, &path)?;
+            let node = self.stat_ino(ino.0, &path, &c)?;
             if node.is_dir() {
                 return Err(Error::new(
                     ErrorKind::IsADirectory,
@@ -379,7 +424,7 @@ impl Filesystem for NomadFs {
             }
             let trunc = flags & libc::O_TRUNC != 0;
             let snapshot = if is_read(flags) {
-                Some(self.engine.read(&c, &path)?)
+                Some(self.read_value(ino.0, &path, &c)?)
             } else {
                 None
             };
@@ -390,7 +435,7 @@ impl Filesystem for NomadFs {
                 let initial = match (&snapshot, replace) {
                     (_, true) => SecretBytes::default(),
                     (Some(s), false) => s.duplicate(),
-                    (None, false) => self.engine.read(&c, &path)?,
+                    (None, false) => self.read_value(ino.0, &path, &c)?,
                 };
                 Some(WriteBuf::new(initial, replace && !node.dynamic))
             } else {
@@ -404,6 +449,8 @@ impl Filesystem for NomadFs {
                 immediate: node.dynamic,
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
+                orphaned: false,
+                opened_seq: 0,
             }))
         })();
         match res {
@@ -442,6 +489,8 @@ impl Filesystem for NomadFs {
                 immediate: node.dynamic,
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
+                orphaned: false,
+                opened_seq: 0,
             });
             Ok((ino, fh))
         })();
