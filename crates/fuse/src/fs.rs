@@ -38,6 +38,13 @@ fn caller(req: &Request) -> Caller {
 }
 
 fn name_str(name: &OsStr) -> Result<&str, Error> {
+    if name.len() > 255 {
+        // Checked here too, so a lookup of such a name says so (not ENOENT).
+        return Err(Error::new(
+            ErrorKind::NameTooLong,
+            format!("name of {} bytes: at most 255", name.len()),
+        ));
+    }
     name.to_str()
         .ok_or_else(|| Error::invalid("names must be UTF-8"))
 }
@@ -108,7 +115,8 @@ impl NomadFs {
         match self.engine.stat(c, path) {
             Err(e) if e.kind == ErrorKind::NotFound => match self.handles.pending_size(ino) {
                 Some(size) => Ok(Node::file(size)),
-                None => Err(e),
+                // Its last handle may have been committed and released meanwhile: look again.
+                None => self.engine.stat(c, path),
             },
             Ok(mut node) if node.kind == NodeKind::File => {
                 if let Some(size) = self.handles.own_pending_size(ino, c.pid) {
@@ -124,9 +132,10 @@ impl NomadFs {
     /// reads as empty.
     fn read_value(&self, ino: u64, path: &str, c: &Caller) -> Result<SecretBytes, Error> {
         match self.engine.read(c, path) {
-            Err(e) if e.kind == ErrorKind::NotFound && self.handles.pending_size(ino).is_some() => {
-                Ok(SecretBytes::default())
-            }
+            Err(e) if e.kind == ErrorKind::NotFound => match self.handles.pending_size(ino) {
+                Some(_) => Ok(SecretBytes::default()),
+                None => self.engine.read(c, path),
+            },
             other => other,
         }
     }
@@ -617,10 +626,10 @@ impl Filesystem for NomadFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(h) = self.handles.remove(fh.0) else {
+        let Some(shared) = self.handles.get(fh.0) else {
             return reply.ok();
         };
-        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = shared.lock().unwrap_or_else(|p| p.into_inner());
         // RELEASE carries no caller: commit as the process that opened the file.
         let _ = req;
         let c = h.opener.clone();
@@ -628,9 +637,13 @@ impl Filesystem for NomadFs {
         // Snapshot and buffer are zeroized as the handle drops.
         h.snapshot = None;
         h.write = None;
+        let path = std::mem::take(&mut h.path);
+        drop(h);
+        // Out of the table only once committed: a created file is never missing in between.
+        self.handles.remove(fh.0);
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("release", &h.path, &e)),
+            Err(e) => reply.error(fail("release", &path, &e)),
         }
     }
 
