@@ -230,10 +230,31 @@ fn open_flags_sanity() {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
-        .mode(0)
+        .truncate(true)
+        .mode(0o000)
         .open(d.p("secret/m0"))
         .expect("create mode 0");
     f.write_all(b"ok").expect("write");
     drop(f);
     assert_eq!(std::fs::read(d.p("secret/m0")).expect("read"), b"ok");
+}
+
+/// pjdfstest rename::eexist_enotempty_to_non_empty: a folder holding a file that is created
+/// but not yet stored (the creator's RELEASE still in flight) is not empty.
+#[test]
+fn folder_with_a_file_being_created_is_not_empty() {
+    let d = Daemon::start();
+    std::fs::create_dir(d.p("secret/from")).expect("mkdir");
+    std::fs::create_dir(d.p("secret/to")).expect("mkdir");
+    let f = File::create(d.p("secret/to/f")).expect("create");
+    assert_eq!(
+        errno_of(std::fs::rename(d.p("secret/from"), d.p("secret/to"))),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_dir(d.p("secret/to"))),
+        Some(libc::ENOTEMPTY)
+    );
+    drop(f);
+    assert!(std::fs::metadata(d.p("secret/to/f")).is_ok());
 }

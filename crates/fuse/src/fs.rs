@@ -349,6 +349,12 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
+            if self.handles.pending_under(&path) {
+                return Err(Error::new(
+                    ErrorKind::NotEmpty,
+                    format!("{path}: holds a file still being created"),
+                ));
+            }
             self.engine.rmdir(&c, &path)?;
             Ok(path)
         });
@@ -382,6 +388,12 @@ impl Filesystem for NomadFs {
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
                     format!("{to}: exists"),
+                ));
+            }
+            if self.handles.pending_under(&to) {
+                return Err(Error::new(
+                    ErrorKind::NotEmpty,
+                    format!("{to}: holds a file still being created"),
                 ));
             }
             let (from_ino, to_ino) = (self.inodes.peek(&from), self.inodes.peek(&to));

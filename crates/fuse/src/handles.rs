@@ -200,6 +200,16 @@ impl Handles {
         }
     }
 
+    /// Does an open handle hold a created, not yet stored file inside folder `dir`? (Then
+    /// the folder is not empty, though the store has nothing in it yet.)
+    pub fn pending_under(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.lock().values().any(|h| {
+            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+            !h.orphaned && h.path.starts_with(&prefix) && h.pending_len().is_some()
+        })
+    }
+
     /// Size of a file created but not yet committed (no stored entry exists yet).
     pub fn pending_size(&self, ino: u64) -> Option<u64> {
         self.lock().values().find_map(|h| {
