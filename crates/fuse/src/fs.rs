@@ -113,7 +113,7 @@ impl NomadFs {
     /// and a process that has the file open for writing sees the size of its own buffer.
     fn stat_ino(&self, ino: u64, path: &str, c: &Caller) -> Result<Node, Error> {
         match self.engine.stat(c, path) {
-            Err(e) if e.kind == ErrorKind::NotFound => match self.handles.pending_size(ino) {
+            Err(e) if e.kind == ErrorKind::NotFound => match self.pending_for(ino, path, c) {
                 Some(size) => Ok(Node::file(size)),
                 // Its last handle may have been committed and released meanwhile: look again.
                 None => self.engine.stat(c, path),
@@ -128,11 +128,18 @@ impl NomadFs {
         }
     }
 
+    /// The size of a created file not yet stored (its creator still has it open), for a
+    /// caller whose policy lets it create that path; to others it does not exist until stored.
+    fn pending_for(&self, ino: u64, path: &str, c: &Caller) -> Option<u64> {
+        let size = self.handles.pending_size(ino)?;
+        self.engine.create(c, path).ok().map(|_| size)
+    }
+
     /// Read a stored value; a file created but not yet stored (its creator has not closed it)
     /// reads as empty.
     fn read_value(&self, ino: u64, path: &str, c: &Caller) -> Result<SecretBytes, Error> {
         match self.engine.read(c, path) {
-            Err(e) if e.kind == ErrorKind::NotFound => match self.handles.pending_size(ino) {
+            Err(e) if e.kind == ErrorKind::NotFound => match self.pending_for(ino, path, c) {
                 Some(_) => Ok(SecretBytes::default()),
                 None => self.engine.read(c, path),
             },
@@ -327,11 +334,12 @@ impl Filesystem for NomadFs {
                         self.handles.unlinked(ino);
                     }
                 }
-                Err(e) if e.kind == ErrorKind::NotFound => {
-                    if !ino.is_some_and(|ino| self.handles.unlinked(ino)) {
-                        return Err(e);
+                Err(e) if e.kind == ErrorKind::NotFound => match ino {
+                    Some(ino) if self.pending_for(ino, &path, &c).is_some() => {
+                        self.handles.unlinked(ino);
                     }
-                }
+                    _ => return Err(e),
+                },
                 Err(e) => return Err(e),
             }
             Ok(path)
@@ -402,7 +410,7 @@ impl Filesystem for NomadFs {
                 // A created file not yet stored: its open handles will store it under `to`.
                 Err(e)
                     if e.kind == ErrorKind::NotFound
-                        && from_ino.is_some_and(|i| self.handles.pending_size(i).is_some()) => {}
+                        && from_ino.is_some_and(|i| self.pending_for(i, &from, &c).is_some()) => {}
                 Err(e) => return Err(e),
             }
             // Whatever was at `to` is replaced: its open handles store nothing.

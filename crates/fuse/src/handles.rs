@@ -173,19 +173,15 @@ impl Handles {
         self.stored_lock().get(&ino).is_some_and(|&t| t > since)
     }
 
-    /// `ino` was unlinked or replaced: its open handles will store nothing. Returns whether
-    /// one of them held a created, not yet stored file (so the unlink found something).
+    /// `ino` was unlinked or replaced: its open handles will store nothing.
     /// Call without holding any handle lock.
-    pub fn unlinked(&self, ino: u64) -> bool {
-        let mut pending = false;
+    pub fn unlinked(&self, ino: u64) {
         for h in self.lock().values() {
             let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-            if h.ino == ino && !h.orphaned {
-                pending |= h.pending_len().is_some();
+            if h.ino == ino {
                 h.orphaned = true;
             }
         }
-        pending
     }
 
     /// After a rename: handles open under `from` (or inside it) now commit under `to`.
