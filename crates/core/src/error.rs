@@ -19,6 +19,8 @@ pub enum ErrorKind {
     NotPermitted,
     /// Malformed input: a bad name, bad JSON, a bad config value.
     InvalidInput,
+    /// A path component longer than 255 bytes.
+    NameTooLong,
     /// The target exists already (mount path in use, `mkdir` of an existing folder).
     AlreadyExists,
     /// The value is larger than the configured limit.
@@ -50,6 +52,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied | ErrorKind::Sealed => "EACCES",
             ErrorKind::NotPermitted => "EPERM",
             ErrorKind::InvalidInput => "EINVAL",
+            ErrorKind::NameTooLong => "ENAMETOOLONG",
             ErrorKind::AlreadyExists => "EEXIST",
             ErrorKind::TooLarge => "EFBIG",
             ErrorKind::NotEmpty => "ENOTEMPTY",

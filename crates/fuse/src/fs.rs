@@ -47,6 +47,13 @@ fn caller(req: &Request) -> Caller {
 }
 
 fn name_str(name: &OsStr) -> Result<&str, Error> {
+    if name.len() > 255 {
+        // Checked here too, so a lookup of such a name says so (not ENOENT).
+        return Err(Error::new(
+            ErrorKind::NameTooLong,
+            format!("name of {} bytes: at most 255", name.len()),
+        ));
+    }
     name.to_str()
         .ok_or_else(|| Error::invalid("names must be UTF-8"))
 }
@@ -83,9 +90,17 @@ impl NomadFs {
     }
 
     /// How long the kernel may keep this node's entry and attributes: see the module doc.
-    fn ttl(&self, node: &Node) -> Duration {
+    /// A file open for writing is never cached either: its writer sees its own pending size,
+    /// everyone else the stored one.
+    fn ttl(&self, ino: u64, node: &Node) -> Duration {
         match &self.admitted {
-            Some(uids) if !node.dynamic && self.engine.all_admins(uids) => SHARED_VIEW_TTL,
+            Some(uids)
+                if !node.dynamic
+                    && self.engine.all_admins(uids)
+                    && !self.handles.has_writer(ino) =>
+            {
+                SHARED_VIEW_TTL
+            }
             _ => NO_CACHE,
         }
     }
@@ -121,28 +136,59 @@ impl NomadFs {
         }
     }
 
-    /// Stat a path; a file created but not yet committed is answered from its open handle.
+    /// Stat a path; a file created but not yet committed is answered from its open handle,
+    /// and a process that has the file open for writing sees the size of its own buffer.
     fn stat_ino(&self, ino: u64, path: &str, c: &Caller) -> Result<Node, Error> {
         match self.engine.stat(c, path) {
-            Err(e) if e.kind == ErrorKind::NotFound => match self.handles.pending_size(ino) {
+            Err(e) if e.kind == ErrorKind::NotFound => match self.pending_for(ino, path, c) {
                 Some(size) => Ok(Node::file(size)),
-                None => Err(e),
+                // Its last handle may have been committed and released meanwhile: look again.
+                None => self.engine.stat(c, path),
+            },
+            Ok(mut node) if node.kind == NodeKind::File => {
+                if let Some(size) = self.handles.own_pending_size(ino, c.pid) {
+                    node.size = size;
+                }
+                Ok(node)
+            }
+            other => other,
+        }
+    }
+
+    /// The size of a created file not yet stored (its creator still has it open), for a
+    /// caller whose policy lets it create that path; to others it does not exist until stored.
+    fn pending_for(&self, ino: u64, path: &str, c: &Caller) -> Option<u64> {
+        let size = self.handles.pending_size(ino)?;
+        self.engine.create(c, path).ok().map(|_| size)
+    }
+
+    /// Read a stored value; a file created but not yet stored (its creator has not closed it)
+    /// reads as empty.
+    fn read_value(&self, ino: u64, path: &str, c: &Caller) -> Result<SecretBytes, Error> {
+        match self.engine.read(c, path) {
+            Err(e) if e.kind == ErrorKind::NotFound => match self.pending_for(ino, path, c) {
+                Some(_) => Ok(SecretBytes::default()),
+                None => self.engine.read(c, path),
             },
             other => other,
         }
     }
 
-    /// Store the handle's buffer if it was written (or, at release, created/truncated).
+    /// Store the handle's buffer if it was written (or, at release, created/truncated —
+    /// unless a value was stored for the file since this open: the later store wins).
     fn commit(&self, h: &mut Handle, c: &Caller, releasing: bool) -> Result<(), Error> {
+        let (ino, since, orphaned) = (h.ino, h.opened_seq, h.orphaned);
         if let Some(w) = h.write.as_mut() {
-            if w.poisoned {
+            if w.poisoned || orphaned {
                 return Ok(());
             }
-            if w.dirty || (releasing && w.pending_empty) {
+            let empty_due = releasing && w.pending_empty && !self.handles.stored_since(ino, since);
+            if w.dirty || empty_due {
                 let res = self.engine.write(c, &h.path, w.data.duplicate());
                 w.dirty = false;
                 w.pending_empty = false;
                 res?;
+                self.handles.stored_now(ino);
             }
         }
         Ok(())
@@ -164,13 +210,21 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            let node = self.engine.stat(&c, &path)?;
+            // A file created and still open (not stored until close) is found by its path too.
+            let node = match self.inodes.peek(&path) {
+                Some(ino) => self.stat_ino(ino, &path, &c)?,
+                None => self.engine.stat(&c, &path)?,
+            };
             Ok((path, node))
         });
         match res {
             Ok((path, node)) => {
                 let ino = self.inodes.lookup(&path);
-                reply.entry(&self.ttl(&node), &self.attr(ino, &node, &c), Generation(0));
+                reply.entry(
+                    &self.ttl(ino, &node),
+                    &self.attr(ino, &node, &c),
+                    Generation(0),
+                );
             }
             Err(e) => reply.error(fail("lookup", &name.to_string_lossy(), &e)),
         }
@@ -183,7 +237,7 @@ impl Filesystem for NomadFs {
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let c = caller(req);
         match self.path(ino).and_then(|p| self.stat_ino(ino.0, &p, &c)) {
-            Ok(node) => reply.attr(&self.ttl(&node), &self.attr(ino.0, &node, &c)),
+            Ok(node) => reply.attr(&self.ttl(ino.0, &node), &self.attr(ino.0, &node, &c)),
             Err(e) => reply.error(fail("getattr", &ino.0.to_string(), &e)),
         }
     }
@@ -238,7 +292,7 @@ impl Filesystem for NomadFs {
                     None => {
                         // truncate(2) by path: never on generated content (it would mint a
                         // credential); to 0 without reading; else read, resize, commit at once.
-                        let node = self.engine.stat(&c, &path)?;
+                        let node = self.stat_ino(ino.0, &path, &c)?;
                         if node.dynamic {
                             return Err(Error::not_permitted(format!(
                                 "{path}: generated content cannot be truncated"
@@ -246,9 +300,10 @@ impl Filesystem for NomadFs {
                         }
                         if size == 0 {
                             self.engine.write(&c, &path, SecretBytes::default())?;
+                            self.handles.stored_now(ino.0);
                             return self.stat_ino(ino.0, &path, &c);
                         }
-                        let current = match self.engine.read(&c, &path) {
+                        let current = match self.read_value(ino.0, &path, &c) {
                             Ok(v) => v,
                             Err(e) if e.kind == ErrorKind::NotFound => SecretBytes::default(),
                             Err(e) => return Err(e),
@@ -256,6 +311,7 @@ impl Filesystem for NomadFs {
                         let mut w = WriteBuf::new(current, false);
                         w.truncate(size as usize);
                         self.engine.write(&c, &path, w.data.duplicate())?;
+                        self.handles.stored_now(ino.0);
                     }
                 }
             }
@@ -266,7 +322,7 @@ impl Filesystem for NomadFs {
             self.stat_ino(ino.0, &path, &c)
         })();
         match res {
-            Ok(node) => reply.attr(&self.ttl(&node), &self.attr(ino.0, &node, &c)),
+            Ok(node) => reply.attr(&self.ttl(ino.0, &node), &self.attr(ino.0, &node, &c)),
             Err(e) => reply.error(fail("setattr", &ino.0.to_string(), &e)),
         }
     }
@@ -290,7 +346,11 @@ impl Filesystem for NomadFs {
         match res {
             Ok((path, node)) => {
                 let ino = self.inodes.lookup(&path);
-                reply.entry(&self.ttl(&node), &self.attr(ino, &node, &c), Generation(0));
+                reply.entry(
+                    &self.ttl(ino, &node),
+                    &self.attr(ino, &node, &c),
+                    Generation(0),
+                );
             }
             Err(e) => reply.error(fail("mkdir", &name.to_string_lossy(), &e)),
         }
@@ -300,7 +360,23 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            self.engine.delete(&c, &path)?;
+            let ino = self.inodes.peek(&path);
+            // Handles still open on the file store nothing from now on (POSIX: the open file
+            // lives on without a name). A created file not yet stored exists only in them.
+            match self.engine.delete(&c, &path) {
+                Ok(()) => {
+                    if let Some(ino) = ino {
+                        self.handles.unlinked(ino);
+                    }
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => match ino {
+                    Some(ino) if self.pending_for(ino, &path, &c).is_some() => {
+                        self.handles.unlinked(ino);
+                    }
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
             Ok(path)
         });
         match res {
@@ -316,6 +392,12 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
+            if self.handles.pending_under(&path) {
+                return Err(Error::new(
+                    ErrorKind::NotEmpty,
+                    format!("{path}: holds a file still being created"),
+                ));
+            }
             self.engine.rmdir(&c, &path)?;
             Ok(path)
         });
@@ -351,7 +433,26 @@ impl Filesystem for NomadFs {
                     format!("{to}: exists"),
                 ));
             }
-            self.engine.rename(&c, &from, &to)?;
+            if self.handles.pending_under(&to) {
+                return Err(Error::new(
+                    ErrorKind::NotEmpty,
+                    format!("{to}: holds a file still being created"),
+                ));
+            }
+            let (from_ino, to_ino) = (self.inodes.peek(&from), self.inodes.peek(&to));
+            match self.engine.rename(&c, &from, &to) {
+                Ok(()) => {}
+                // A created file not yet stored: its open handles will store it under `to`.
+                Err(e)
+                    if e.kind == ErrorKind::NotFound
+                        && from_ino.is_some_and(|i| self.pending_for(i, &from, &c).is_some()) => {}
+                Err(e) => return Err(e),
+            }
+            // Whatever was at `to` is replaced: its open handles store nothing.
+            if let Some(t) = to_ino.filter(|t| Some(*t) != from_ino) {
+                self.handles.unlinked(t);
+            }
+            self.handles.renamed(&from, &to);
             Ok((from, to))
         })();
         match res {
@@ -368,7 +469,7 @@ impl Filesystem for NomadFs {
         let flags = flags.0;
         let res = (|| -> Result<(u64, FopenFlags), Error> {
             let path = self.path(ino)?;
-            let node = self.engine.stat(&c, &path)?;
+            let node = self.stat_ino(ino.0, &path, &c)?;
             if node.is_dir() {
                 return Err(Error::new(
                     ErrorKind::IsADirectory,
@@ -387,7 +488,7 @@ impl Filesystem for NomadFs {
             }
             let trunc = flags & libc::O_TRUNC != 0;
             let snapshot = if is_read(flags) {
-                Some(self.engine.read(&c, &path)?)
+                Some(self.read_value(ino.0, &path, &c)?)
             } else {
                 None
             };
@@ -398,7 +499,7 @@ impl Filesystem for NomadFs {
                 let initial = match (&snapshot, replace) {
                     (_, true) => SecretBytes::default(),
                     (Some(s), false) => s.duplicate(),
-                    (None, false) => self.engine.read(&c, &path)?,
+                    (None, false) => self.read_value(ino.0, &path, &c)?,
                 };
                 Some(WriteBuf::new(initial, replace && !node.dynamic))
             } else {
@@ -419,6 +520,8 @@ impl Filesystem for NomadFs {
                 immediate: node.dynamic,
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
+                orphaned: false,
+                opened_seq: 0,
             });
             Ok((fh, fopen))
         })();
@@ -458,6 +561,8 @@ impl Filesystem for NomadFs {
                 immediate: node.dynamic,
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
+                orphaned: false,
+                opened_seq: 0,
             });
             Ok((ino, fh))
         })();
@@ -492,11 +597,8 @@ impl Filesystem for NomadFs {
             return reply.error(Errno::EBADF);
         };
         let h = h.lock().unwrap_or_else(|p| p.into_inner());
-        let data = match (&h.write, &h.snapshot) {
-            (Some(w), _) if w.dirty || h.snapshot.is_none() => w.data.expose(),
-            (_, Some(s)) => s.expose(),
-            (Some(w), None) => w.data.expose(),
-            (None, None) => return reply.error(Errno::EBADF),
+        let Some(data) = h.readable() else {
+            return reply.error(Errno::EBADF);
         };
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
@@ -511,7 +613,7 @@ impl Filesystem for NomadFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -524,6 +626,13 @@ impl Filesystem for NomadFs {
         let immediate = h.immediate;
         let Some(w) = h.write.as_mut() else {
             return reply.error(Errno::EBADF);
+        };
+        // O_APPEND appends to this open's buffer: the kernel's offset comes from a file size
+        // that another process's stat may have reset to the stored (older) size meanwhile.
+        let offset = if flags.0 & libc::O_APPEND != 0 {
+            w.data.len() as u64
+        } else {
+            offset
         };
         if w.poisoned || offset.saturating_add(data.len() as u64) > limit {
             let e = Error::new(
@@ -559,12 +668,8 @@ impl Filesystem for NomadFs {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-        // Same process? A thread of the opener shows up under /proc/<tgid>/task/<tid>. (No read
-        // of /proc/<pid>/status here: a FLUSH can come from a process in exit or exec.)
-        let same_process = req.pid() == h.opener.pid
-            || std::path::Path::new(&format!("/proc/{}/task/{}", h.opener_tgid, req.pid()))
-                .exists();
-        if !same_process {
+        // Same process? A thread of the opener shows up under /proc/<tgid>/task/<tid>.
+        if !h.same_process(req.pid()) {
             // Another process closing its inherited copy of the fd: not a commit point.
             return reply.ok();
         }
@@ -585,10 +690,10 @@ impl Filesystem for NomadFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(h) = self.handles.remove(fh.0) else {
+        let Some(shared) = self.handles.get(fh.0) else {
             return reply.ok();
         };
-        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = shared.lock().unwrap_or_else(|p| p.into_inner());
         // RELEASE carries no caller: commit as the process that opened the file.
         let _ = req;
         let c = h.opener.clone();
@@ -596,9 +701,13 @@ impl Filesystem for NomadFs {
         // Snapshot and buffer are zeroized as the handle drops.
         h.snapshot = None;
         h.write = None;
+        let path = std::mem::take(&mut h.path);
+        drop(h);
+        // Out of the table only once committed: a created file is never missing in between.
+        self.handles.remove(fh.0);
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("release", &h.path, &e)),
+            Err(e) => reply.error(fail("release", &path, &e)),
         }
     }
 

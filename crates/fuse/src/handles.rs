@@ -85,28 +85,135 @@ pub struct Handle {
     pub opener_tgid: u32,
     /// Who opened it (`opener.pid` is the opening thread): commits at release (where the kernel names no caller) act as them.
     pub opener: nomadfs_core::Caller,
+    /// The file was unlinked (or replaced by a rename) while open: as on any POSIX
+    /// filesystem the open file lives on without a name, so nothing of it is ever stored.
+    pub orphaned: bool,
+    /// When it was opened, on the `Handles` clock (set by `insert`): a created or truncated
+    /// file whose value was stored by someone else since is not emptied at release.
+    pub opened_seq: u64,
+}
+
+impl Handle {
+    /// What `read(2)` on this open file sees. An open for writing reads its own buffer (which
+    /// starts as the snapshot, or empty after `O_TRUNC`), so a read-write open reads back what
+    /// it wrote, before and after an `fsync`. A control file's writes are commands, not
+    /// content: its reads see the snapshot.
+    pub fn readable(&self) -> Option<&[u8]> {
+        match (&self.write, &self.snapshot) {
+            (Some(w), _) if !self.immediate => Some(w.data.expose()),
+            (_, Some(s)) => Some(s.expose()),
+            (Some(w), None) => Some(w.data.expose()),
+            (None, None) => None,
+        }
+    }
+
+    /// Is the thread `pid` part of the process that opened this file? (No read of
+    /// /proc/<pid>/status: the request can come from a process in exit or exec.)
+    pub fn same_process(&self, pid: u32) -> bool {
+        pid == self.opener.pid
+            || std::path::Path::new(&format!("/proc/{}/task/{pid}", self.opener_tgid)).exists()
+    }
+
+    /// The size of the content this open will commit, if it differs from what is stored
+    /// (written, truncated or created since the last commit, and not discarded).
+    fn pending_len(&self) -> Option<u64> {
+        self.write
+            .as_ref()
+            .filter(|w| !self.immediate && !w.poisoned && (w.dirty || w.pending_empty))
+            .map(|w| w.data.len() as u64)
+    }
 }
 
 pub type Shared = Arc<Mutex<Handle>>;
 
+/// Lock order: the table (`map`) before any handle; a thread holding a handle's lock never
+/// takes the table's (`stored` is a leaf lock).
 #[derive(Default)]
 pub struct Handles {
     map: Mutex<HashMap<u64, Shared>>,
     next: AtomicU64,
+    /// A clock for opens and stores.
+    clock: AtomicU64,
+    /// ino → clock of the last value stored for it while it had open handles.
+    stored: Mutex<HashMap<u64, u64>>,
 }
 
 impl Handles {
-    pub fn insert(&self, h: Handle) -> u64 {
+    pub fn insert(&self, mut h: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        h.opened_seq = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         self.lock().insert(fh, Arc::new(Mutex::new(h)));
         fh
     }
     pub fn get(&self, fh: u64) -> Option<Shared> {
         self.lock().get(&fh).cloned()
     }
+    /// Take a handle out of the table (at release; call it without holding any handle lock).
     pub fn remove(&self, fh: u64) -> Option<Shared> {
-        self.lock().remove(&fh)
+        let mut map = self.lock();
+        let h = map.remove(&fh)?;
+        let ino = h.lock().unwrap_or_else(|p| p.into_inner()).ino;
+        let still_open = map
+            .values()
+            .any(|o| o.lock().unwrap_or_else(|p| p.into_inner()).ino == ino);
+        if !still_open {
+            self.stored_lock().remove(&ino);
+        }
+        Some(h)
     }
+
+    /// A value was stored for `ino` (by a commit or a truncate by path).
+    pub fn stored_now(&self, ino: u64) {
+        let t = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stored_lock().insert(ino, t);
+    }
+
+    /// Was a value stored for `ino` after `since` (a handle's `opened_seq`)?
+    pub fn stored_since(&self, ino: u64, since: u64) -> bool {
+        self.stored_lock().get(&ino).is_some_and(|&t| t > since)
+    }
+
+    /// `ino` was unlinked or replaced: its open handles will store nothing.
+    /// Call without holding any handle lock.
+    pub fn unlinked(&self, ino: u64) {
+        for h in self.lock().values() {
+            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+            if h.ino == ino {
+                h.orphaned = true;
+            }
+        }
+    }
+
+    /// After a rename: handles open under `from` (or inside it) now commit under `to`.
+    /// Call without holding any handle lock.
+    pub fn renamed(&self, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        for h in self.lock().values() {
+            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+            if h.path == from || h.path.starts_with(&prefix) {
+                h.path = format!("{to}{}", h.path.get(from.len()..).unwrap_or_default());
+            }
+        }
+    }
+
+    /// Does an open handle hold a created, not yet stored file inside folder `dir`? (Then
+    /// the folder is not empty, though the store has nothing in it yet.)
+    pub fn pending_under(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.lock().values().any(|h| {
+            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+            !h.orphaned && h.path.starts_with(&prefix) && h.pending_len().is_some()
+        })
+    }
+
+    /// Is `ino` open for writing (by a handle that will still store)?
+    pub fn has_writer(&self, ino: u64) -> bool {
+        self.lock().values().any(|h| {
+            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+            h.ino == ino && !h.orphaned && h.write.is_some()
+        })
+    }
+
     /// Size of a file created but not yet committed (no stored entry exists yet).
     pub fn pending_size(&self, ino: u64) -> Option<u64> {
         self.lock().values().find_map(|h| {
@@ -121,6 +228,24 @@ impl Handles {
                 None
             }
         })
+    }
+    /// The size the process of thread `pid` sees for `ino`: the size of its own uncommitted
+    /// write buffer, if it has one (its writes are not stored until close, but its own
+    /// `fstat`/`lseek(SEEK_END)`/`O_APPEND` must see them, as on any filesystem).
+    pub fn own_pending_size(&self, ino: u64, pid: u32) -> Option<u64> {
+        let candidates: Vec<Shared> = self
+            .lock()
+            .values()
+            .filter(|h| h.lock().unwrap_or_else(|p| p.into_inner()).ino == ino)
+            .cloned()
+            .collect();
+        candidates.iter().find_map(|h| {
+            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+            h.pending_len().filter(|_| h.same_process(pid))
+        })
+    }
+    fn stored_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.stored.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Shared>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())

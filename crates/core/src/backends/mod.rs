@@ -7,7 +7,7 @@ pub mod sys;
 
 use crate::backend::Backend;
 use crate::barrier::View;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::lease::LeaseManager;
 use std::sync::Arc;
 
@@ -50,10 +50,14 @@ pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Back
 /// A file or folder name users may create: not empty, no '/', not starting with '.', at most
 /// 255 bytes, no NUL or control characters.
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 255 {
-        return Err(Error::invalid(format!(
-            "name length must be 1..=255 bytes: {name:?}"
-        )));
+    if name.is_empty() {
+        return Err(Error::invalid("names cannot be empty"));
+    }
+    if name.len() > 255 {
+        return Err(Error::new(
+            ErrorKind::NameTooLong,
+            format!("name of {} bytes: at most 255", name.len()),
+        ));
     }
     if name.starts_with('.') {
         return Err(Error::invalid(format!(
