@@ -356,6 +356,20 @@ impl Filesystem for NomadFs {
                     format!("{path}: is a folder"),
                 ));
             }
+            if node.exchange {
+                // Read-after-write: nothing is read at open or committed at close.
+                crate::exchange::check_open(&path, &node, is_read(flags), is_write(flags))?;
+                return Ok(self.handles.insert(Handle {
+                    ino: ino.0,
+                    path,
+                    snapshot: None,
+                    write: None,
+                    immediate: false,
+                    opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
+                    opener: c.clone(),
+                    exchange: Some(Default::default()),
+                }));
+            }
             if is_read(flags) && node.mode & 0o400 == 0 {
                 return Err(Error::denied(format!("{path} is write-only")));
             }
@@ -393,6 +407,7 @@ impl Filesystem for NomadFs {
                 immediate: node.dynamic,
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
+                exchange: None,
             }))
         })();
         match res {
@@ -431,6 +446,7 @@ impl Filesystem for NomadFs {
                 immediate: node.dynamic,
                 opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
                 opener: c.clone(),
+                exchange: None,
             });
             Ok((ino, fh))
         })();
@@ -451,7 +467,7 @@ impl Filesystem for NomadFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -463,7 +479,16 @@ impl Filesystem for NomadFs {
         let Some(h) = self.handles.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let hm = &mut *h;
+        if let Some(x) = hm.exchange.as_mut() {
+            let (c, path) = (caller(req), &hm.path);
+            let run = |input| self.engine.exchange(&c, path, input);
+            return match x.read(path, offset, size, run) {
+                Ok(data) => reply.data(data),
+                Err(e) => reply.error(fail("read", path, &e)),
+            };
+        }
         let data = match (&h.write, &h.snapshot) {
             (Some(w), _) if w.dirty || h.snapshot.is_none() => w.data.expose(),
             (_, Some(s)) => s.expose(),
@@ -493,6 +518,13 @@ impl Filesystem for NomadFs {
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.engine.limits().max_value_size as u64;
         let path = h.path.clone();
+        if let Some(x) = h.exchange.as_mut() {
+            let limit = crate::exchange::input_limit(&self.engine);
+            return match x.write(&path, offset, data, limit) {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(fail("write", &path, &e)),
+            };
+        }
         let immediate = h.immediate;
         let Some(w) = h.write.as_mut() else {
             return reply.error(Errno::EBADF);

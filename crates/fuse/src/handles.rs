@@ -85,6 +85,9 @@ pub struct Handle {
     pub opener_tgid: u32,
     /// Who opened it (`opener.pid` is the opening thread): commits at release (where the kernel names no caller) act as them.
     pub opener: nomadfs_core::Caller,
+    /// An exchange file (`transit/encrypt/NAME`): input and output live here, never in
+    /// `snapshot`/`write`, so nothing of it is committed at flush or release.
+    pub exchange: Option<crate::exchange::Exchange>,
 }
 
 pub type Shared = Arc<Mutex<Handle>>;
