@@ -248,12 +248,16 @@ impl Transit {
 
     /// The cipher of `version` of key `name`.
     fn cipher(&self, name: &str, version: u32) -> Result<Aes256Gcm> {
-        let key = self.view.get(&version_key(name, version))?.ok_or_else(|| {
-            Error::new(
+        let Some(key) = self.view.get(&version_key(name, version))? else {
+            // Deleted since its settings were read: the key is gone, not damaged.
+            if !self.exists(name)? {
+                return Err(Error::not_found(&format!("keys/{name}")));
+            }
+            return Err(Error::new(
                 ErrorKind::Integrity,
                 format!("keys/{name}: version {version} is missing from the store"),
-            )
-        })?;
+            ));
+        };
         if key.len() != KEY_LEN {
             return Err(Error::new(
                 ErrorKind::Integrity,

@@ -387,3 +387,32 @@ fn parser_never_panics_on_prefixes() {
     }
     assert!(max_ciphertext_len(usize::MAX) >= usize::MAX / 2);
 }
+
+#[test]
+fn concurrent_rotations_lose_no_version() {
+    let (e, _) = engine();
+    e.mkdir(&root(), "transit/keys/k").expect("mkdir");
+    let e = Arc::new(e);
+    let cts: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let e = e.clone();
+                s.spawn(move || {
+                    ctl(&e, "k", "rotate").expect("rotate");
+                    enc(&e, "k", format!("p{i}").as_bytes()).expect("enc")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(info(&e, "k")["latest_version"], 9);
+    for (i, ct) in cts.iter().enumerate() {
+        assert_eq!(
+            dec(&e, "k", ct).expect("every ciphertext decrypts"),
+            format!("p{i}").as_bytes()
+        );
+    }
+}
