@@ -6,8 +6,10 @@
 //! offset 0 after a read starts a new input. Must never: run an exchange at open, at close, or
 //! twice for one input; keep an input or output past the handle (both zeroize on drop).
 
-use crate::handles::WriteBuf;
+use crate::handles::{Handles, WriteBuf};
+use fuser::FopenFlags;
 use nomadfs_core::{Engine, Error, ErrorKind, Node, SecretBytes};
+use std::time::Duration;
 
 /// How far past the value size limit an exchange input may go (a ciphertext of a plaintext at
 /// the limit is ~4/3 of it); the backend enforces the exact limits.
@@ -15,6 +17,37 @@ pub fn input_limit(engine: &Engine) -> u64 {
     (engine.limits().max_value_size as u64)
         .saturating_mul(2)
         .saturating_add(4096)
+}
+
+/// How long the kernel may keep an exchange node's name → inode mapping (its attributes are
+/// never cached). Safe to cache: `open` and every exchange re-check the key and the caller's
+/// policy, and a name cached for one caller resolves to ENOENT/EACCES at open for another.
+/// Saves one LOOKUP per encrypt/decrypt.
+const ENTRY_TTL: Duration = Duration::from_secs(1);
+
+/// The entry TTL for `node` (`default` unless it is an exchange node).
+pub fn entry_ttl(node: &Node, default: Duration) -> Duration {
+    if node.exchange {
+        ENTRY_TTL
+    } else {
+        default
+    }
+}
+
+/// Open flags for handle `fh`: direct I/O always; exchange handles also skip FLUSH (there is
+/// nothing to commit at close), one round trip less per operation.
+pub fn open_flags(handles: &Handles, fh: u64) -> FopenFlags {
+    let exchange = handles.get(fh).is_some_and(|h| {
+        h.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .exchange
+            .is_some()
+    });
+    if exchange {
+        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+    } else {
+        FopenFlags::FOPEN_DIRECT_IO
+    }
 }
 
 /// One open exchange file.

@@ -151,7 +151,8 @@ impl Filesystem for NomadFs {
         match res {
             Ok((path, node)) => {
                 let ino = self.inodes.lookup(&path);
-                reply.entry(&TTL, &self.attr(ino, &node, &c), Generation(0));
+                let entry_ttl = crate::exchange::entry_ttl(&node, TTL);
+                reply.entry_with_ttls(&TTL, &entry_ttl, &self.attr(ino, &node, &c), Generation(0));
             }
             Err(e) => reply.error(fail("lookup", &name.to_string_lossy(), &e)),
         }
@@ -411,7 +412,10 @@ impl Filesystem for NomadFs {
             }))
         })();
         match res {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                crate::exchange::open_flags(&self.handles, fh),
+            ),
             Err(e) => reply.error(fail("open", &ino.0.to_string(), &e)),
         }
     }
