@@ -9,6 +9,8 @@ Record kinds, told apart by the prefix of "name" (WORKLOAD:TARGET):
   rss:LABEL                  {"rss_kib": N}
   startup:LABEL              {"secs": S, "secrets": N}
   shutdown:LABEL             {"secs": S}  (SIGTERM to exit)
+  transit-encrypt:T / transit-decrypt:T
+                             nbench exchange (nomadfs) / bao-post (OpenBao transit) loops
   fill:T                     nbench fill loops (100k secrets)
   any record may carry "status" (e.g. "missing binary") instead of numbers.
 """
@@ -116,6 +118,41 @@ def main():
                     f"{'1.00×' if target == 'floorfs-dio' else ratio(ops, dio_ops)} |"
                 )
     out.append("")
+
+    # --- transit loops ------------------------------------------------------------------------
+    transit_threads = sorted({r.get("threads") for r in recs
+                              if r.get("name", "").startswith("transit-")
+                              and isinstance(r.get("threads"), int)})
+    if transit_threads:
+        out.append("## Transit encrypt / decrypt (64-byte plaintext)\n")
+        out.append(
+            "nomadfs = open(`transit/encrypt/bench`, O_RDWR) + write + pread at 0 + close per "
+            "operation (decrypt: the same with a ciphertext in); OpenBao = POST "
+            "/v1/transit/{encrypt,decrypt}/bench over one keep-alive HTTP/1.1 connection per "
+            "thread. Ratio = ops/s against OpenBao (same operation, same threads).\n"
+        )
+        out.append("| Workload | Target | Threads | ops/s | p50 µs | p99 µs | errors | vs OpenBao |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        for wl in ("transit-encrypt", "transit-decrypt"):
+            for t in transit_threads:
+                bao = by_name.get((f"{wl}:openbao", t))
+                bao_ops = bao["ops_per_s"] if good(bao) else None
+                for target in ("nomadfs-dev", "nomadfs-file", "openbao"):
+                    r = by_name.get((f"{wl}:{target}", t))
+                    if r is None:
+                        continue
+                    label = TARGET_LABEL.get(target, target)
+                    if "status" in r:
+                        out.append(f"| {wl} | {label} | {t} | {r['status']} | | | | |")
+                        continue
+                    ops = r.get("ops_per_s")
+                    note = f" ({r.get('first_error', '')[:60]})" if r.get("errors") else ""
+                    out.append(
+                        f"| {wl} | {label} | {t} | {fmt_num(ops)} | {fmt_num(r.get('p50_us'), 1)} | "
+                        f"{fmt_num(r.get('p99_us'), 1)} | {r.get('errors', 0)}{note} | "
+                        f"{'1.00×' if target == 'openbao' else ratio(ops, bao_ops)} |"
+                    )
+        out.append("")
 
     # --- one-shot process cost ---------------------------------------------------------------
     oneshots = [r for r in recs if r.get("name", "").startswith("oneshot:")]

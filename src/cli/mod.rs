@@ -2,6 +2,7 @@
 //! running mount (nothing more), printed like the getting-started guide.
 
 mod output;
+mod transit;
 
 use crate::config::Config;
 use crate::daemon::{self, ServerArgs};
@@ -82,6 +83,13 @@ enum Cmd {
         id: String,
         increment: Option<String>,
     },
+    /// Encrypt stdin with transit key KEY (`NAME`, or `MOUNT/NAME`; default mount transit/)
+    /// and print the ciphertext.
+    Encrypt { key: String },
+    /// Decrypt a ciphertext from stdin with transit key KEY and write the plaintext bytes.
+    Decrypt { key: String },
+    /// Re-encrypt a ciphertext from stdin under KEY's newest version and print it.
+    Rewrap { key: String },
     /// Audit log tools (work on files; no mount needed).
     Audit {
         #[command(subcommand)]
@@ -279,6 +287,9 @@ fn client(cli: &Cli) -> Result<(), String> {
             output::kv_table(&rows_of(&data));
             Ok(())
         }
+        Cmd::Encrypt { key } => transit::run(&mnt, transit::Op::Encrypt, key),
+        Cmd::Decrypt { key } => transit::run(&mnt, transit::Op::Decrypt, key),
+        Cmd::Rewrap { key } => transit::run(&mnt, transit::Op::Rewrap, key),
         Cmd::Status => {
             let p = at("sys/health");
             let data = std::fs::read(&p).map_err(|e| io_err("reading", &p, e))?;

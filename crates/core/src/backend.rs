@@ -25,6 +25,9 @@ pub struct Node {
     pub mode: u16,
     /// Content is generated at open (credentials, status): never cached, size unknown.
     pub dynamic: bool,
+    /// An exchange file (`transit/encrypt/NAME`): opened read-write, the bytes written are the
+    /// input of `Backend::exchange` and its output is what reads of the same open see.
+    pub exchange: bool,
 }
 
 impl Node {
@@ -34,6 +37,7 @@ impl Node {
             size: 0,
             mode: 0o700,
             dynamic: false,
+            exchange: false,
         }
     }
     pub const fn file(size: u64) -> Self {
@@ -42,6 +46,7 @@ impl Node {
             size,
             mode: 0o600,
             dynamic: false,
+            exchange: false,
         }
     }
     /// Generated on read, e.g. `sys/health`, `creds/NAME`.
@@ -51,6 +56,7 @@ impl Node {
             size: 0,
             mode,
             dynamic: true,
+            exchange: false,
         }
     }
     /// Control file that only accepts writes (`sys/seal`, `config/root`).
@@ -60,6 +66,17 @@ impl Node {
             size: 0,
             mode: 0o200,
             dynamic: true,
+            exchange: false,
+        }
+    }
+    /// An exchange file: write the input, read the output in the same open.
+    pub const fn exchange() -> Self {
+        Self {
+            kind: NodeKind::File,
+            size: 0,
+            mode: 0o600,
+            dynamic: true,
+            exchange: true,
         }
     }
     pub fn is_dir(&self) -> bool {
@@ -137,6 +154,12 @@ pub trait Backend: Send + Sync {
     fn rename(&self, ctx: &Ctx<'_>, from: &str, to: &str) -> Result<()> {
         let _ = (ctx, to);
         Err(unsupported("rename", from))
+    }
+    /// Run the exchange of an exchange node (`Node::exchange`): `input` is every byte written in
+    /// one open, the answer is what that open reads back. Called once per input.
+    fn exchange(&self, ctx: &Ctx<'_>, path: &str, input: SecretBytes) -> Result<SecretBytes> {
+        let _ = (ctx, input);
+        Err(unsupported("exchange", path))
     }
     /// Revoke a secret this backend issued under `lease` (expiry, `rm` of the lease file,
     /// unmount). Must be idempotent: a retry after a partial failure or a crash succeeds.

@@ -70,6 +70,9 @@ pub enum Op<'a> {
     Rename(&'a str),
     /// `touch` (times set to now): renews a lease file; nothing elsewhere.
     Touch,
+    /// The input of an exchange node (`Node::exchange`); answers `Reply::Data`. Needs `update`
+    /// on the path; audited with the input and output as HMACs.
+    Exchange(SecretBytes),
 }
 
 /// What an operation answers.
@@ -597,7 +600,7 @@ impl Engine {
         // HMACs only when a log will carry them (not on the hot path with audit off).
         let hashing = matches!(audit_mode, AuditMode::Log(_));
         let mut values: Vec<(&'static str, String)> = Vec::new();
-        if let (true, Op::Write(data)) = (hashing, &op) {
+        if let (true, Op::Write(data) | Op::Exchange(data)) = (hashing, &op) {
             if let Ok(h) = self.barrier.audit_hmac(data.expose()) {
                 values.push(("request", h));
             }
@@ -686,6 +689,7 @@ impl Engine {
             Op::Rmdir => "rmdir",
             Op::Rename(_) => "rename",
             Op::Touch => "touch",
+            Op::Exchange(_) => "exchange",
         };
         let (head, rest) = path.split_once('/').unwrap_or((path, ""));
         let free = path.is_empty()
@@ -700,7 +704,11 @@ impl Engine {
                 Op::List => Need::Cap(gate::folder(path), C::Sudo),
                 _ => Need::Cap(path.to_string(), C::Sudo),
             };
-            return (name, need, matches!(op, Op::Read | Op::Write(_)));
+            return (
+                name,
+                need,
+                matches!(op, Op::Read | Op::Write(_) | Op::Exchange(_)),
+            );
         }
         let need = match op {
             Op::Stat => Need::Free,
@@ -709,13 +717,17 @@ impl Engine {
             Op::Create | Op::Write(_) => Need::Write(path.to_string()),
             Op::Delete | Op::Rmdir => Need::Cap(path.to_string(), C::Delete),
             Op::Mkdir => Need::Cap(path.to_string(), C::Create),
-            Op::Touch => Need::Cap(path.to_string(), C::Update),
+            Op::Touch | Op::Exchange(_) => Need::Cap(path.to_string(), C::Update),
             Op::Rename(to) => Need::Two(
                 Box::new(Need::Cap(path.to_string(), C::Delete)),
                 Box::new(Need::Write((*to).to_string())),
             ),
         };
-        (name, need, matches!(op, Op::Read | Op::Write(_)))
+        (
+            name,
+            need,
+            matches!(op, Op::Read | Op::Write(_) | Op::Exchange(_)),
+        )
     }
 
     /// Narrow an answer to what a (non-admin) caller may see and do.
@@ -849,6 +861,9 @@ impl Engine {
                 Op::Mkdir => Err(Error::not_permitted(format!(
                     "{path}: folders under sys/ are fixed"
                 ))),
+                Op::Exchange(_) => Err(Error::not_permitted(format!(
+                    "{path} is not an exchange file"
+                ))),
             },
             Target::Mount(m, rest) => {
                 let ctx = Ctx {
@@ -872,6 +887,7 @@ impl Engine {
                     Op::Mkdir => b.mkdir(&ctx, rest).map(|_| Reply::Done),
                     Op::Rmdir => b.rmdir(&ctx, rest).map(|_| Reply::Done),
                     Op::Touch => Ok(Reply::Done),
+                    Op::Exchange(input) => b.exchange(&ctx, rest, input).map(Reply::Data),
                     Op::Rename(to) => {
                         let prefix = format!("{}/", m.entry.path);
                         match to.strip_prefix(&prefix) {
@@ -923,6 +939,14 @@ impl Engine {
     }
     pub fn rmdir(&self, caller: &Caller, path: &str) -> Result<()> {
         self.dispatch(caller, path, Op::Rmdir).map(|_| ())
+    }
+    /// Run an exchange node's operation on `input` (everything written in one open) and answer
+    /// its output (what reads of that open see).
+    pub fn exchange(&self, caller: &Caller, path: &str, input: SecretBytes) -> Result<SecretBytes> {
+        match self.dispatch(caller, path, Op::Exchange(input))? {
+            Reply::Data(d) => Ok(d),
+            _ => Err(Error::io("internal: exchange answered without data")),
+        }
     }
     pub fn touch(&self, caller: &Caller, path: &str) -> Result<()> {
         self.dispatch(caller, path, Op::Touch).map(|_| ())

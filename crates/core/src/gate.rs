@@ -47,6 +47,12 @@ pub(crate) fn folder(path: &str) -> String {
 pub(crate) fn mask_mode(node: &mut Node, caps: CapSet) {
     let mut allowed: u16 = 0;
     match node.kind {
+        // An exchange file (transit/encrypt/NAME) is opened read-write; `update` grants both.
+        NodeKind::File if node.exchange => {
+            if caps.contains(Capability::Update) {
+                allowed |= 0o600;
+            }
+        }
         NodeKind::File => {
             if caps.contains(Capability::Read) {
                 allowed |= 0o400;

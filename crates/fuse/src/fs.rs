@@ -220,8 +220,11 @@ impl Filesystem for NomadFs {
         match res {
             Ok((path, node)) => {
                 let ino = self.inodes.lookup(&path);
-                reply.entry(
-                    &self.ttl(ino, &node),
+                let attr_ttl = self.ttl(ino, &node);
+                let entry_ttl = crate::exchange::entry_ttl(&node, attr_ttl);
+                reply.entry_with_ttls(
+                    &attr_ttl,
+                    &entry_ttl,
                     &self.attr(ino, &node, &c),
                     Generation(0),
                 );
@@ -476,6 +479,24 @@ impl Filesystem for NomadFs {
                     format!("{path}: is a folder"),
                 ));
             }
+            if node.exchange {
+                // Read-after-write: nothing is read at open or committed at close.
+                crate::exchange::check_open(&path, &node, is_read(flags), is_write(flags))?;
+                let fh = self.handles.insert(Handle {
+                    ino: ino.0,
+                    path,
+                    snapshot: None,
+                    write: None,
+                    immediate: false,
+                    opener_tgid: crate::caller::tgid(req.uid(), req.pid()),
+                    opener: c.clone(),
+                    orphaned: false,
+                    opened_seq: 0,
+                    exchange: Some(Default::default()),
+                });
+                // Nothing to commit at close: no FLUSH round trip.
+                return Ok((fh, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH));
+            }
             if is_read(flags) && node.mode & 0o400 == 0 {
                 return Err(Error::denied(format!("{path} is write-only")));
             }
@@ -522,6 +543,7 @@ impl Filesystem for NomadFs {
                 opener: c.clone(),
                 orphaned: false,
                 opened_seq: 0,
+                exchange: None,
             });
             Ok((fh, fopen))
         })();
@@ -563,6 +585,7 @@ impl Filesystem for NomadFs {
                 opener: c.clone(),
                 orphaned: false,
                 opened_seq: 0,
+                exchange: None,
             });
             Ok((ino, fh))
         })();
@@ -584,7 +607,7 @@ impl Filesystem for NomadFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -596,7 +619,16 @@ impl Filesystem for NomadFs {
         let Some(h) = self.handles.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let hm = &mut *h;
+        if let Some(x) = hm.exchange.as_mut() {
+            let (c, path) = (caller(req), &hm.path);
+            let run = |input| self.engine.exchange(&c, path, input);
+            return match x.read(path, offset, size, run) {
+                Ok(data) => reply.data(data),
+                Err(e) => reply.error(fail("read", path, &e)),
+            };
+        }
         let Some(data) = h.readable() else {
             return reply.error(Errno::EBADF);
         };
@@ -623,6 +655,13 @@ impl Filesystem for NomadFs {
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.engine.limits().max_value_size as u64;
         let path = h.path.clone();
+        if let Some(x) = h.exchange.as_mut() {
+            let limit = crate::exchange::input_limit(&self.engine);
+            return match x.write(&path, offset, data, limit) {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(fail("write", &path, &e)),
+            };
+        }
         let immediate = h.immediate;
         let Some(w) = h.write.as_mut() else {
             return reply.error(Errno::EBADF);

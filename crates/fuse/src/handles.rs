@@ -91,6 +91,9 @@ pub struct Handle {
     /// When it was opened, on the `Handles` clock (set by `insert`): a created or truncated
     /// file whose value was stored by someone else since is not emptied at release.
     pub opened_seq: u64,
+    /// An exchange file (`transit/encrypt/NAME`): input and output live here, never in
+    /// `snapshot`/`write`, so nothing of it is committed at flush or release.
+    pub exchange: Option<crate::exchange::Exchange>,
 }
 
 impl Handle {

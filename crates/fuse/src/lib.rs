@@ -6,6 +6,7 @@
 
 mod caller;
 pub mod errno;
+mod exchange;
 mod fs;
 mod handles;
 mod inodes;

@@ -9,6 +9,9 @@
 //! nbench kv-write  PATH           [opts]   open(O_WRONLY|O_TRUNC) + write 64 bytes + close
 //! nbench bao-read  URL TOKEN PATH [opts]   GET  /v1/PATH   (KV v2, keep-alive HTTP/1.1)
 //! nbench bao-write URL TOKEN PATH [opts]   POST /v1/PATH   {"data":{"v":"<64 bytes>"}}
+//! nbench exchange  PATH [INPUT]   [opts]   open(O_RDWR) + write INPUT (default: 64 bytes) +
+//!                                          pread at 0 + close (transit encrypt/decrypt)
+//! nbench bao-post  URL TOKEN PATH BODY [opts]  POST /v1/PATH with the JSON BODY (transit)
 //! nbench fill      DIR N          [opts]   create DIR/k0 .. DIR/k{N-1}, 64 bytes each
 //! nbench exec      [opts] -- CMD ARGS..    run CMD repeatedly (stdout to /dev/null), time each
 //! opts: --threads N (1)  --seconds S (5)  --max-ops M (10000000; fill: N; exec: 200)
@@ -36,9 +39,19 @@ const PAYLOAD: &[u8; 64] = b"nbench-v-0123456789abcdef0123456789abcdef0123456789
 #[derive(Clone)]
 enum Workload {
     KvRead(PathBuf),
-    KvWrite { path: PathBuf, create: bool },
+    KvWrite {
+        path: PathBuf,
+        create: bool,
+    },
     BaoRead(Bao),
     BaoWrite(Bao),
+    /// POST a fixed JSON body (OpenBao transit encrypt/decrypt).
+    BaoPost(Bao, String),
+    /// Read-after-write in one open (nomadfs transit exchange files).
+    Exchange {
+        path: PathBuf,
+        input: Vec<u8>,
+    },
     Fill(PathBuf),
     Exec(Vec<String>),
 }
@@ -59,7 +72,8 @@ struct Opts {
 
 fn usage() -> String {
     "usage: nbench {kv-read PATH | kv-write PATH | bao-read URL TOKEN PATH | \
-     bao-write URL TOKEN PATH | fill DIR N | exec [opts] -- CMD ARGS..} \
+     bao-write URL TOKEN PATH | bao-post URL TOKEN PATH BODY | exchange PATH [INPUT] | \
+     fill DIR N | exec [opts] -- CMD ARGS..} \
      [--threads N] [--seconds S] [--max-ops M] [--name NAME] [--create]"
         .to_string()
 }
@@ -141,6 +155,17 @@ fn parse(args: Vec<String>) -> BoxResult<(Workload, Opts)> {
         ),
         "bao-read" => (Workload::BaoRead(bao(&mut next)?), 10_000_000),
         "bao-write" => (Workload::BaoWrite(bao(&mut next)?), 10_000_000),
+        "bao-post" => {
+            let b = bao(&mut next)?;
+            (Workload::BaoPost(b, next("BODY")?), 10_000_000)
+        }
+        "exchange" => {
+            let path = next("PATH")?.into();
+            let input = next("INPUT")
+                .ok()
+                .map_or_else(|| PAYLOAD.to_vec(), String::into_bytes);
+            (Workload::Exchange { path, input }, 10_000_000)
+        }
         "fill" => {
             let dir = next("DIR")?;
             let n: u64 = next("N")?.parse()?;
@@ -200,11 +225,18 @@ impl Worker {
                 b.token
             )
             .into_bytes(),
-            Workload::BaoWrite(b) => {
-                let body = format!(
-                    "{{\"data\":{{\"v\":\"{}\"}}}}",
-                    String::from_utf8_lossy(PAYLOAD)
-                );
+            Workload::BaoWrite(_) | Workload::BaoPost(..) => {
+                let (b, body) = match workload {
+                    Workload::BaoPost(b, body) => (b, body.clone()),
+                    Workload::BaoWrite(b) => (
+                        b,
+                        format!(
+                            "{{\"data\":{{\"v\":\"{}\"}}}}",
+                            String::from_utf8_lossy(PAYLOAD)
+                        ),
+                    ),
+                    _ => return Vec::new(),
+                };
                 format!(
                     "POST /v1/{} HTTP/1.1\r\nHost: {}\r\nX-Vault-Token: {}\r\n\
                      Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
@@ -259,7 +291,18 @@ impl Worker {
                 nix::unistd::close(f)?;
                 Ok(())
             }
-            Workload::BaoRead(b) | Workload::BaoWrite(b) => {
+            Workload::Exchange { path, input } => {
+                use std::os::unix::fs::FileExt;
+                let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+                f.write_all(input)?;
+                let n = f.read_at(&mut self.buf, 0)?;
+                if n == 0 {
+                    return Err("exchange answered 0 bytes".into());
+                }
+                nix::unistd::close(f)?;
+                Ok(())
+            }
+            Workload::BaoRead(b) | Workload::BaoWrite(b) | Workload::BaoPost(b, _) => {
                 if b.path.contains("{i}") {
                     self.request = Self::request(&self.workload, index);
                 }
@@ -530,6 +573,30 @@ mod tests {
             }
             _ => panic!("wrong workload"),
         }
+    }
+
+    #[test]
+    fn parses_exchange_and_bao_post() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (w, _) = parse(args(&["exchange", "/m/transit/encrypt/k"])).unwrap();
+        assert!(matches!(w, Workload::Exchange { ref input, .. } if input == PAYLOAD));
+        let (w, _) = parse(args(&["exchange", "/m/transit/decrypt/k", "nomadfs:v1:x"])).unwrap();
+        assert!(matches!(w, Workload::Exchange { ref input, .. } if input == b"nomadfs:v1:x"));
+        let (w, _) = parse(args(&[
+            "bao-post",
+            "http://127.0.0.1:8200",
+            "root",
+            "transit/encrypt/k",
+            "{\"plaintext\":\"aGk=\"}",
+        ]))
+        .unwrap();
+        let req = String::from_utf8(Worker::request(&w, 0)).unwrap();
+        assert!(
+            req.starts_with("POST /v1/transit/encrypt/k HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("Content-Length: 20\r\n"), "{req}");
+        assert!(req.ends_with("{\"plaintext\":\"aGk=\"}"), "{req}");
     }
 
     #[test]

@@ -438,6 +438,7 @@ impl Backend for Aws {
                 size: 0,
                 mode: 0o200,
                 dynamic: false,
+                exchange: false,
             },
             Route::ConfigLease => Node::file(self.view.size("config/lease")?.unwrap_or(0)),
             Route::Role => match self.view.size(&Self::role_key(caps[0])?)? {

@@ -4,6 +4,7 @@ pub mod aws;
 pub mod aws_iam;
 pub mod generic;
 pub mod sys;
+pub mod transit;
 
 use crate::backend::Backend;
 use crate::barrier::View;
@@ -19,7 +20,7 @@ pub struct Services {
 }
 
 /// Types `sys/mounts` accepts.
-pub const KNOWN_TYPES: &[&str] = &["generic", "aws"];
+pub const KNOWN_TYPES: &[&str] = &["generic", "aws", "transit"];
 
 /// Limits shared by every backend.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +41,7 @@ pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Back
     match kind {
         "generic" => Ok(Arc::new(generic::Generic::new(view, services.limits))),
         "aws" => Ok(Arc::new(aws::Aws::new(view, services))),
+        "transit" => Ok(Arc::new(transit::Transit::new(view, services))),
         other => Err(Error::invalid(format!(
             "unknown backend type {other:?} (known: {})",
             KNOWN_TYPES.join(", ")
