@@ -59,7 +59,8 @@ sys/: the control plane.
   revoke-uid      write a uid: revoke every lease that uid created
   policies/NAME   a policy (TOML or JSON: uids, gids, users, groups, cgroups, exes, rules);
                   write to add or replace (a bad one is refused, the old one stays), rm deletes
-  audit-hash      write a value, read back (same open file) the HMAC the audit log shows for it
+  audit-hash      write a value (it is hashed when that file is closed), then read the file: the
+                  HMAC the audit log shows for it (the last value you wrote; per uid)
 ";
 
 /// What may be written to `sys/mounts/NAME`: a bare type, or TOML/JSON with type and description.
