@@ -4,8 +4,11 @@
 //! Owns: lease records (persisted encrypted through the barrier at `core/leases/<id>`, with
 //! wall-clock deadlines), the in-memory index and expiry queue (an ordered set + a condvar + a
 //! timed wait), restore at unseal (leases that expired while the daemon was down are due at
-//! once), revocation with bounded concurrency, retry with exponential backoff and jitter, and
-//! the irrevocable state (kept and listed with its reason, never silently dropped).
+//! once), revocation with bounded concurrency (a pool of `concurrency` scheduler workers, each
+//! taking the earliest due lease the moment it is due), retry with exponential backoff and
+//! jitter, cleanup leases (`issue_cleanup`: upstream leftovers of a failed creation, retried in
+//! the background like a failed revocation), and the irrevocable state (kept and listed with
+//! its reason, never silently dropped).
 //! Must never: forget a lease whose upstream revocation has not succeeded, hold the index lock
 //! across an upstream call, or log the secret data a record carries.
 
@@ -14,7 +17,7 @@ pub mod clock;
 use crate::backend::{Backend, DirEntry};
 use crate::barrier::Barrier;
 use crate::error::{Error, ErrorKind, Result};
-pub use clock::{parse_duration, rfc3339, Clock, ManualClock, SystemClock};
+pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -115,7 +118,7 @@ pub struct NewLease {
 /// Tuning of revocation.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseConfig {
-    /// Upstream revocations in flight at once.
+    /// Upstream revocations in flight at once (expiry workers; also the fan-out of `rm -r`).
     pub concurrency: usize,
     /// Failed attempts before a lease is marked irrevocable.
     pub max_attempts: u32,
@@ -198,8 +201,10 @@ pub struct LeaseManager {
     config: LeaseConfig,
     lookup: Mutex<Option<BackendLookup>>,
     index: Mutex<Index>,
-    /// Wakes the scheduler (new earlier deadline, restore, stop) and waiters on in-flight ids.
+    /// Wakes waiters on in-flight ids (`claim`).
     changed: Condvar,
+    /// Wakes the expiry workers: a new earliest deadline, a rescheduled lease, restore, seal.
+    due: Condvar,
     loaded: AtomicBool,
 }
 
@@ -216,6 +221,7 @@ impl LeaseManager {
             lookup: Mutex::new(None),
             index: Mutex::new(Index::default()),
             changed: Condvar::new(),
+            due: Condvar::new(),
             loaded: AtomicBool::new(false),
         }
     }
@@ -286,8 +292,38 @@ impl LeaseManager {
         ix.set(&rec.id, Meta::of(&rec));
         drop(ix);
         if earliest.is_none_or(|e| rec.expires_ms < e) {
-            self.changed.notify_all();
+            self.due.notify_all();
         }
+        Ok(rec)
+    }
+
+    /// Record the upstream leftovers of a creation that failed part way (e.g. an IAM user that
+    /// may exist after a timed-out call) as a lease already being revoked: not renewable, state
+    /// "retrying" with `reason`, first attempt after the backoff. The scheduler retries it like
+    /// any failed revocation, so the leftover goes away once the upstream answers again, and a
+    /// restart keeps it (it is persisted before this returns).
+    pub fn issue_cleanup(&self, new: NewLease, reason: &str) -> Result<LeaseRecord> {
+        self.check_loaded()?;
+        let now = self.now_ms();
+        let rec = LeaseRecord {
+            id: new.id,
+            path: new.path,
+            issued_ms: now,
+            expires_ms: now,
+            max_expires_ms: now,
+            increment_secs: 0,
+            renewable: false,
+            uid: new.uid,
+            secret: new.secret,
+            attempts: 1,
+            retry_at_ms: Some(now.saturating_add(self.backoff_ms(1))),
+            last_error: Some(reason.to_string()),
+            irrevocable: false,
+        };
+        self.store(&rec)?;
+        lock(&self.index).set(&rec.id, Meta::of(&rec));
+        self.due.notify_all();
+        tracing::warn!(lease = %rec.id, "creation failed part way; its upstream leftovers will be revoked in the background: {reason}");
         Ok(rec)
     }
 
@@ -398,7 +434,7 @@ impl LeaseManager {
             .min(rec.max_expires_ms);
         self.store(&rec)?;
         lock(&self.index).set(id, Meta::of(&rec));
-        self.changed.notify_all();
+        self.due.notify_all();
         Ok(rec)
     }
 
@@ -424,6 +460,9 @@ impl LeaseManager {
     fn release(&self, id: &str) {
         lock(&self.index).inflight.remove(id);
         self.changed.notify_all();
+        // A due lease a worker skipped because it was in flight may still be due (e.g. a
+        // renewal of an expired lease was refused): one idle worker looks again.
+        self.due.notify_one();
     }
 
     fn backoff_ms(&self, attempts: u32) -> u64 {
@@ -493,6 +532,7 @@ impl LeaseManager {
                 }
                 self.store(&rec)?;
                 lock(&self.index).set(id, Meta::of(&rec));
+                self.due.notify_all();
                 Err(Error::io(format!("revoking {id}: {}", e.message)))
             }
         }
@@ -631,6 +671,7 @@ impl LeaseManager {
         *lock(&self.index) = ix;
         self.loaded.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+        self.due.notify_all();
         tracing::info!(leases = n, "leases restored");
         Ok(n)
     }
@@ -644,29 +685,65 @@ impl LeaseManager {
         ix.emptied.clear();
         drop(ix);
         self.changed.notify_all();
+        self.due.notify_all();
     }
 
-    /// Start the expiry scheduler thread. It ends when the manager is dropped.
+    /// Take the earliest due lease that nobody is revoking, claiming it. Err: nothing is due;
+    /// the value is how long to wait (ms) before looking again.
+    fn take_due(&self, ix: &mut Index) -> std::result::Result<String, u64> {
+        if !self.loaded.load(Ordering::SeqCst) {
+            return Err(1000);
+        }
+        let now = self.now_ms();
+        let mut pick = None;
+        let mut wait = 1000;
+        for (d, id) in &ix.queue {
+            if *d > now {
+                wait = d - now;
+                break;
+            }
+            if !ix.inflight.contains(id) {
+                pick = Some(id.clone());
+                break;
+            }
+        }
+        match pick {
+            Some(id) => {
+                ix.inflight.insert(id.clone());
+                Ok(id)
+            }
+            // Wait at least 1 ms (in-flight ones end with a notify), at most 1 s (a clock step).
+            None => Err(wait.clamp(1, 1000)),
+        }
+    }
+
+    /// Start the expiry scheduler: `concurrency` worker threads. Each takes the earliest due
+    /// lease the moment it is due (no batches: a slow revocation never holds back the next
+    /// due one while another worker is free) and sleeps on a condvar until the next deadline.
+    /// They end when the manager is dropped.
     pub fn start(self: &Arc<Self>) {
-        let weak: Weak<Self> = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("nomadfs-leases".into())
-            .spawn(move || loop {
-                let Some(m) = weak.upgrade() else { break };
-                m.process_due();
-                let ix = lock(&m.index);
-                // Computed under the lock, so an earlier deadline added meanwhile is seen.
-                let now = m.now_ms();
-                let wait = ix
-                    .queue
-                    .first()
-                    .map(|(d, _)| d.saturating_sub(now))
-                    .unwrap_or(1000)
-                    .clamp(5, 1000);
-                let _ = m.changed.wait_timeout(ix, Duration::from_millis(wait));
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the lease scheduler: {e}");
+        for n in 0..self.config.concurrency.max(1) {
+            let weak: Weak<Self> = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name(format!("nomadfs-lease-{n}"))
+                .spawn(move || loop {
+                    let Some(m) = weak.upgrade() else { break };
+                    let mut ix = lock(&m.index);
+                    match m.take_due(&mut ix) {
+                        Ok(id) => {
+                            drop(ix);
+                            // Failures are recorded on the lease (retry or irrevocable).
+                            let _ = m.revoke_claimed(&id);
+                            m.release(&id);
+                        }
+                        Err(wait) => {
+                            let _ = m.due.wait_timeout(ix, Duration::from_millis(wait));
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a lease scheduler worker: {e}");
+            }
         }
     }
 }
