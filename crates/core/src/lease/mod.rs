@@ -489,11 +489,20 @@ impl LeaseManager {
     }
 
     fn revoke_claimed(&self, id: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        // How late this starts after the lease was due (0 for an early `rm`): the scheduler's
+        // share of expiry lateness, logged with the revocation for scripts/bench-leases.
+        let late_ms = lock(&self.index)
+            .leases
+            .get(id)
+            .and_then(|m| m.due)
+            .map_or(0, |d| self.now_ms().saturating_sub(d));
         let Some(mut rec) = self.load(id)? else {
             lock(&self.index).remove(id);
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         };
         let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
+        let upstream_started = std::time::Instant::now();
         let upstream = match backend {
             Some(b) => b.revoke(&rec),
             None => Err(Error::io(format!(
@@ -501,11 +510,18 @@ impl LeaseManager {
                 rec.mount()
             ))),
         };
+        let upstream_ms = upstream_started.elapsed().as_millis();
         match upstream {
             Ok(()) => {
                 self.barrier.delete(&Self::key(id))?;
                 lock(&self.index).remove(id);
-                tracing::info!(lease = %id, "revoked");
+                tracing::info!(
+                    lease = %id,
+                    late_ms,
+                    upstream_ms,
+                    total_ms = started.elapsed().as_millis(),
+                    "revoked"
+                );
                 Ok(())
             }
             Err(e) => {
