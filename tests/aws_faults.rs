@@ -104,7 +104,8 @@ fn iam_outage_fails_creation_cleanly_and_revocations_resume() {
     // and a long one that must survive everything.
     let (rm_id, rm_user) = creds(&d, "ttl=1h\nmax_ttl=2h\n");
     let (keep_id, keep_user) = creds(&d, "ttl=1h\nmax_ttl=2h\n");
-    let short: Vec<(String, String)> = (0..3).map(|_| creds(&d, "ttl=2\nmax_ttl=2\n")).collect();
+    // 8 s: they fall due while IAM is frozen (the failed `cat` and `rm` below take >= 15 s).
+    let short: Vec<(String, String)> = (0..3).map(|_| creds(&d, "ttl=8\nmax_ttl=8\n")).collect();
     assert_eq!(iam.list_users().expect("list").len(), 5);
 
     m.pause();
