@@ -34,6 +34,28 @@ pub struct Config {
     pub policies: Vec<nomadfs_core::policy::PolicyDoc>,
     #[serde(default)]
     pub admins: Option<Vec<u32>>,
+    /// `[leases]`: revocation tuning (retry backoff, attempts, concurrency).
+    #[serde(default)]
+    pub leases: Option<LeasesConfig>,
+}
+
+/// `[leases]`: how failed revocations are retried. All optional; defaults in
+/// `nomadfs_core::lease::LeaseConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesConfig {
+    /// First retry delay after a failed revocation (`"200ms"`, `"1s"`); doubles per attempt.
+    #[serde(default)]
+    pub retry_min: Option<String>,
+    /// Largest retry delay (`"10m"`).
+    #[serde(default)]
+    pub retry_max: Option<String>,
+    /// Failed attempts before a lease is marked irrevocable.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Revocations in flight at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
 }
 
 /// Where an etcd store keeps its keys unless `prefix` says otherwise.
@@ -140,7 +162,46 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_string())
     }
 
+    /// The lease manager's tuning from `[leases]` (defaults where absent).
+    pub fn lease_config(&self) -> Result<nomadfs_core::lease::LeaseConfig, String> {
+        use nomadfs_core::lease::{parse_duration_ms, LeaseConfig};
+        let mut c = LeaseConfig::default();
+        let Some(l) = &self.leases else {
+            return Ok(c);
+        };
+        let ms = |key: &str, v: &str| {
+            parse_duration_ms(v)
+                .filter(|ms| (1..=86_400_000).contains(ms))
+                .ok_or_else(|| {
+                    format!("[leases] {key} = {v:?}: use a duration from 1ms to 24h (\"200ms\", \"5s\")")
+                })
+        };
+        if let Some(v) = &l.retry_min {
+            c.backoff_base_ms = ms("retry_min", v)?;
+        }
+        if let Some(v) = &l.retry_max {
+            c.backoff_max_ms = ms("retry_max", v)?;
+        }
+        if c.backoff_base_ms > c.backoff_max_ms {
+            return Err("[leases] retry_min is larger than retry_max".into());
+        }
+        if let Some(n) = l.max_attempts {
+            if n == 0 {
+                return Err("[leases] max_attempts must be at least 1".into());
+            }
+            c.max_attempts = n;
+        }
+        if let Some(n) = l.concurrency {
+            if !(1..=256).contains(&n) {
+                return Err("[leases] concurrency must be between 1 and 256".into());
+            }
+            c.concurrency = n;
+        }
+        Ok(c)
+    }
+
     fn validate(&self) -> Result<(), String> {
+        self.lease_config()?;
         match self.storage.kind.as_str() {
             "file" => {
                 if self.storage.path.is_none() {
@@ -277,6 +338,37 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
         assert!(Config::parse(&bad)
             .expect_err("prefix on file")
             .contains("etcd"));
+    }
+
+    #[test]
+    fn leases_table_tunes_retries() {
+        let c = Config::parse(&format!(
+            "{GOOD}\n[leases]\nretry_min = \"200ms\"\nretry_max = \"2s\"\nmax_attempts = 50\nconcurrency = 4\n"
+        ))
+        .expect("leases table");
+        let l = c.lease_config().expect("lease config");
+        assert_eq!(
+            (
+                l.backoff_base_ms,
+                l.backoff_max_ms,
+                l.max_attempts,
+                l.concurrency
+            ),
+            (200, 2000, 50, 4)
+        );
+        for bad in [
+            "retry_min = \"soon\"",
+            "retry_min = \"0ms\"",
+            "retry_min = \"5s\"\nretry_max = \"1s\"",
+            "max_attempts = 0",
+            "concurrency = 0",
+            "bogus = 1",
+        ] {
+            assert!(
+                Config::parse(&format!("{GOOD}\n[leases]\n{bad}\n")).is_err(),
+                "accepted: {bad}"
+            );
+        }
     }
 
     #[test]

@@ -230,6 +230,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         kdf.validate().map_err(|e| e.message)?;
         let mut engine_cfg = EngineConfig {
             kdf,
+            lease: cfg.lease_config()?,
             limits: Limits {
                 max_value_size: cfg
                     .max_value_size

@@ -37,7 +37,11 @@ fn free_port() -> u16 {
 
 impl Moto {
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// A moto server on `port` (e.g. the port of one that was killed: same endpoint, empty state).
+    pub fn start_on(port: u16) -> Self {
         let child = Command::new(server_path())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -67,6 +71,40 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("moto_server did not start on port {port}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in endpoint")
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig} moto");
+    }
+
+    /// Freeze the server (SIGSTOP): the kernel still accepts connections but nothing answers,
+    /// as with a hung service or a network black hole. State is kept; requests sent meanwhile
+    /// are processed after `resume`, as a real service may process a request whose caller
+    /// timed out.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kill the server (connections refused from now on; its state is lost).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The `config/root` body that points nomadfs at this server.

@@ -137,6 +137,72 @@ fn create_then_delete_user() {
 }
 
 #[test]
+fn revoke_user_with_known_parts_is_idempotent() {
+    let moto = Moto::start();
+    let iam = iam(&moto);
+    let sdk = Sdk::new(&moto);
+    // Known key id and policy name (what a lease records): targeted deletes, then the user.
+    let user = user_name("known", 1);
+    let key = iam.create_user(&user, "nomadfs", POLICY).expect("create");
+    iam.revoke_user(&user, Some(&key.access_key_id), Some("nomadfs"))
+        .expect("revoke");
+    assert_eq!(sdk.user_path(&user), None, "user left behind");
+    // Again (a retry after a crash mid-way): every NoSuchEntity counts as done.
+    iam.revoke_user(&user, Some(&key.access_key_id), Some("nomadfs"))
+        .expect("revoke again");
+    // A stale key id (that key is gone already): the rest still goes.
+    let user = user_name("stale", 2);
+    iam.create_user(&user, "nomadfs", POLICY).expect("create");
+    iam.revoke_user(&user, Some("AKIAIOSFODNN7EXAMPLE"), Some("nomadfs"))
+        .expect("revoke with a stale key id");
+    assert_eq!(sdk.user_path(&user), None, "user left behind");
+    // Nothing known (a lease recorded before key ids were kept): IAM's DeleteConflict sends it
+    // to the full sweep.
+    let user = user_name("old", 3);
+    iam.create_user(&user, "nomadfs", POLICY).expect("create");
+    iam.revoke_user(&user, None, None)
+        .expect("revoke by name only");
+    assert_eq!(sdk.user_path(&user), None, "user left behind");
+}
+
+#[test]
+fn revoke_user_sweeps_what_it_did_not_know() {
+    let moto = Moto::start();
+    let iam = iam(&moto);
+    let sdk = Sdk::new(&moto);
+    let user = user_name("decorated", 4);
+    let key = iam.create_user(&user, "nomadfs", POLICY).expect("create");
+    // Hung on the user behind nomadfs's back: another inline policy and a managed one.
+    let c = &sdk.client;
+    sdk.rt
+        .block_on(async {
+            c.put_user_policy()
+                .user_name(&user)
+                .policy_name("other")
+                .policy_document(POLICY)
+                .send()
+                .await?;
+            let p = c
+                .create_policy()
+                .policy_name("managed4")
+                .policy_document(POLICY)
+                .send()
+                .await?;
+            let arn = p.policy().and_then(|p| p.arn()).unwrap_or_default();
+            c.attach_user_policy()
+                .user_name(&user)
+                .policy_arn(arn)
+                .send()
+                .await?;
+            Ok::<_, aws_sdk_iam::Error>(())
+        })
+        .expect("decorate user");
+    iam.revoke_user(&user, Some(&key.access_key_id), Some("nomadfs"))
+        .expect("revoke falls back to the sweep");
+    assert_eq!(sdk.user_path(&user), None, "user left behind");
+}
+
+#[test]
 fn delete_of_missing_user_is_ok() {
     let moto = Moto::start();
     iam(&moto)
@@ -192,6 +258,8 @@ fn failed_policy_undoes_the_user() {
     let err = iam
         .create_user(&user, "nomadfs", "{ this is not a policy")
         .expect_err("moto refuses a malformed policy");
+    assert!(!err.maybe_left, "the undo worked, nothing is left");
+    let err = err.error;
     assert_eq!(err.kind, ErrorKind::Io);
     assert!(err.message.contains("PutUserPolicy"), "{}", err.message);
     assert!(
@@ -215,6 +283,8 @@ fn someone_elses_user_is_not_undone() {
     let err = iam
         .create_user(&user, "nomadfs", POLICY)
         .expect_err("name taken");
+    assert!(!err.maybe_left, "a refusal makes nothing of ours");
+    let err = err.error;
     assert_eq!(err.kind, ErrorKind::Io);
     assert!(
         err.message.contains("EntityAlreadyExists"),
@@ -236,6 +306,10 @@ fn unreachable_endpoint_fails_fast_without_the_secret() {
         iam.user_exists(&user).map(|_| ()).expect_err("exists"),
         iam.create_user(&user, "nomadfs", POLICY)
             .map(|_| ())
+            .map_err(|e| {
+                assert!(!e.maybe_left, "a refused connection sent nothing");
+                e.error
+            })
             .expect_err("create"),
         iam.delete_user(&user).expect_err("delete"),
     ];

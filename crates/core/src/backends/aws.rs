@@ -4,7 +4,10 @@
 //! `roles/NAME` (IAM policy documents), `wal/<uuid>` (intent records for IAM users being made) —
 //! and the order of side effects: intent logged → IAM user made → lease stored → intent cleared.
 //! At unseal, `recover` deletes every user whose intent was never completed, so a crash between
-//! "user created" and "lease stored" leaves no orphan.
+//! "user created" and "lease stored" leaves no orphan. A creation that fails while IAM cannot
+//! say what it made (timeout, outage) becomes a cleanup lease (`LeaseManager::issue_cleanup`),
+//! retried with backoff until IAM answers; the caller gets EIO and no credential. Revocation
+//! uses what the lease recorded (user, access key id, policy name): 3 IAM calls.
 //! Must never: return the root keys (config/root is write-only), create anything on `stat` or
 //! lookup, or log a credential.
 
@@ -334,15 +337,43 @@ impl Aws {
         self.view.put(&intent_key, &intent)?;
         let key = match client.create_user(&user, POLICY_NAME, &policy) {
             Ok(k) => k,
-            Err(e) => {
-                // Keep the intent unless IAM says the user does not exist: if the client's
-                // own undo failed, `recover` deletes what is left at the next unseal.
-                if matches!(client.user_exists(&user), Ok(false)) {
-                    let _ = self.view.delete(&intent_key);
+            Err(f) => {
+                let e = f.error.context(format!("creating IAM user for {path}"));
+                if f.maybe_left {
+                    // The user may exist or still come to exist (a timed-out request): hand
+                    // it to the lease manager as a cleanup lease, retried with backoff until
+                    // IAM answers. Only if that cannot be stored does the intent stay, for
+                    // `recover` at the next unseal.
+                    let cleanup = self.leases().issue_cleanup(
+                        NewLease {
+                            id: lease_id.clone(),
+                            path: path.clone(),
+                            ttl_secs: 0,
+                            max_ttl_secs: 0,
+                            renewable: false,
+                            uid: ctx.caller.uid,
+                            secret: serde_json::json!({
+                                "user_name": user,
+                                "policy_name": POLICY_NAME,
+                                "cleanup": true,
+                            }),
+                        },
+                        &e.message,
+                    );
+                    match cleanup {
+                        Ok(_) => {
+                            let _ = self.view.delete(&intent_key);
+                        }
+                        Err(c) => tracing::error!(
+                            user = %user,
+                            "creation failed and its cleanup could not be scheduled, left for recovery at unseal: {}",
+                            c.message
+                        ),
+                    }
                 } else {
-                    tracing::warn!(user = %user, "creation failed; the user may exist, left for recovery");
+                    let _ = self.view.delete(&intent_key);
                 }
-                return Err(e.context(format!("creating IAM user for {path}")));
+                return Err(e);
             }
         };
         failpoint("aws-after-create-user");
@@ -353,7 +384,12 @@ impl Aws {
             max_ttl_secs: cfg.max_ttl,
             renewable: true,
             uid: ctx.caller.uid,
-            secret: serde_json::json!({ "user_name": user }),
+            // What revocation needs: with the key id and policy name it takes 3 IAM calls.
+            secret: serde_json::json!({
+                "user_name": user,
+                "access_key_id": key.access_key_id,
+                "policy_name": POLICY_NAME,
+            }),
         });
         let lease = match lease {
             Ok(l) => l,
@@ -553,7 +589,11 @@ impl Backend for Aws {
             .get("user_name")
             .and_then(|v| v.as_str())
             .ok_or_else(|| Error::new(ErrorKind::Integrity, "lease has no IAM user name"))?;
-        self.client()?.delete_user(user)
+        // Leases recorded before the key id and policy name were kept have only the user name:
+        // `revoke_user` then finds the rest itself (DeleteConflict → full sweep).
+        let field = |k: &str| lease.secret.get(k).and_then(|v| v.as_str());
+        self.client()?
+            .revoke_user(user, field("access_key_id"), field("policy_name"))
     }
 
     fn recover(&self) -> Result<()> {

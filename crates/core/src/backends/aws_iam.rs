@@ -73,21 +73,44 @@ pub struct IssuedKey {
     pub secret_access_key: SecretBytes,
 }
 
+/// Why `create_user` failed, and whether anything of it may be left in IAM.
+#[derive(Debug)]
+pub struct CreateError {
+    /// `ErrorKind::Io` with the reason.
+    pub error: Error,
+    /// false: IAM holds nothing of this attempt (it refused, the connection was refused, or
+    /// the half-made user was removed). true: the user may exist, or may still come to exist
+    /// (a timed-out request can be processed later), so the caller must delete it later.
+    pub maybe_left: bool,
+}
+
 /// What the `aws` backend needs from IAM. A trait so the backend can be tested without moto.
 pub trait IamApi: Send + Sync {
     /// Create user `user_name` (with path "/nomadfs/"), attach inline policy `policy_name` =
-    /// `policy_json`, create one access key. If any step fails, undo what was made (best
-    /// effort, logged) and return `ErrorKind::Io` with the reason.
+    /// `policy_json`, create one access key. If a step after CreateUser fails, undo what was
+    /// made (best effort, logged). CreateUser itself is tried once: a retry after a timeout
+    /// could meet our own half-processed user and be mistaken for someone else's.
     fn create_user(
         &self,
         user_name: &str,
         policy_name: &str,
         policy_json: &str,
-    ) -> Result<IssuedKey>;
+    ) -> std::result::Result<IssuedKey, CreateError>;
     /// Delete every access key, every inline policy (and detach managed ones), then the user.
     /// A user that does not exist (NoSuchEntity) counts as done (Ok). Other failures:
     /// `ErrorKind::Io` with the reason.
     fn delete_user(&self, user_name: &str) -> Result<()>;
+    /// Revoke a user whose parts are known (from its lease): delete the access key and the
+    /// inline policy (at once), then the user — 3 calls instead of a listing sweep. Each
+    /// NoSuchEntity counts as done (idempotent, so safe to repeat after a crash); if IAM says
+    /// the user still has something attached (DeleteConflict: a key or policy nomadfs does not
+    /// know of), falls back to `delete_user`'s full sweep.
+    fn revoke_user(
+        &self,
+        user_name: &str,
+        access_key_id: Option<&str>,
+        policy_name: Option<&str>,
+    ) -> Result<()>;
     /// Whether the user exists (for tests and the write-ahead-log rollback).
     fn user_exists(&self, user_name: &str) -> Result<bool>;
 }
@@ -272,20 +295,46 @@ impl IamApi for AwsIam {
         user_name: &str,
         policy_name: &str,
         policy_json: &str,
-    ) -> Result<IssuedKey> {
+    ) -> std::result::Result<IssuedKey, CreateError> {
         let inner = self.inner.clone();
         let (user, policy_name, policy_json) = (
             user_name.to_string(),
             policy_name.to_string(),
             policy_json.to_string(),
         );
-        self.run(async move { inner.create_user(&user, &policy_name, &policy_json).await })
+        // `run` fails only if the runtime is gone, before anything was sent.
+        let res =
+            self.run(async move { Ok(inner.create_user(&user, &policy_name, &policy_json).await) });
+        match res {
+            Ok(r) => r,
+            Err(error) => Err(CreateError {
+                error,
+                maybe_left: false,
+            }),
+        }
     }
 
     fn delete_user(&self, user_name: &str) -> Result<()> {
         let inner = self.inner.clone();
         let user = user_name.to_string();
         self.run(async move { inner.delete_user(&user).await })
+    }
+
+    fn revoke_user(
+        &self,
+        user_name: &str,
+        access_key_id: Option<&str>,
+        policy_name: Option<&str>,
+    ) -> Result<()> {
+        let inner = self.inner.clone();
+        let user = user_name.to_string();
+        let key = access_key_id.map(str::to_string);
+        let policy = policy_name.map(str::to_string);
+        self.run(async move {
+            inner
+                .revoke_user(&user, key.as_deref(), policy.as_deref())
+                .await
+        })
     }
 
     fn user_exists(&self, user_name: &str) -> Result<bool> {
@@ -297,6 +346,31 @@ impl IamApi for AwsIam {
 
 fn is_no_such_entity<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     err.code() == Some("NoSuchEntity")
+}
+
+/// Whether a failed call certainly made nothing upstream: IAM answered with a refusal (4xx),
+/// the request was never built, or the TCP connection was refused (nothing was sent).
+fn certainly_not_applied<E>(err: &SdkError<E, aws_sdk_iam::config::http::HttpResponse>) -> bool
+where
+    E: std::error::Error + 'static,
+{
+    match err {
+        SdkError::ConstructionFailure(_) => true,
+        SdkError::ServiceError(se) => se.raw().status().is_client_error(),
+        SdkError::DispatchFailure(_) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
+            while let Some(e) = src {
+                if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                    if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                        return true;
+                    }
+                }
+                src = e.source();
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 impl Inner {
@@ -313,24 +387,41 @@ impl Inner {
         ))
     }
 
-    async fn create_user(&self, user: &str, policy_name: &str, policy: &str) -> Result<IssuedKey> {
+    async fn create_user(
+        &self,
+        user: &str,
+        policy_name: &str,
+        policy: &str,
+    ) -> std::result::Result<IssuedKey, CreateError> {
         let created = self
             .client
             .create_user()
             .user_name(user)
             .path(USER_PATH)
+            .customize()
+            .config_override(
+                aws_sdk_iam::config::Builder::new().retry_config(RetryConfig::disabled()),
+            )
             .send()
             .await;
         if let Err(e) = created {
-            let err = self.upstream("CreateUser", user, &e);
-            // After a timeout or an unreadable answer the user may exist after all. A refusal
-            // from IAM (e.g. EntityAlreadyExists: someone else's user) or a failed connection
-            // made nothing, and there is nothing of ours to undo.
-            return Err(match e {
-                SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                    self.undo(user, err).await
-                }
-                _ => err,
+            let error = self.upstream("CreateUser", user, &e);
+            // A refusal from IAM (e.g. EntityAlreadyExists: someone else's user) or a refused
+            // connection made nothing. An unreadable answer means IAM did answer: undo now, and
+            // only a failed undo leaves anything. After a timeout or a 5xx the request may
+            // still be applied later, so an undo now proves nothing: the caller deletes later.
+            if certainly_not_applied(&e) {
+                return Err(CreateError {
+                    error,
+                    maybe_left: false,
+                });
+            }
+            if let SdkError::ResponseError(_) = e {
+                return Err(self.undo(user, error).await);
+            }
+            return Err(CreateError {
+                error,
+                maybe_left: true,
             });
         }
 
@@ -374,11 +465,14 @@ impl Inner {
     }
 
     /// Best-effort removal of a half-made user after `err`; returns `err` saying how it went.
-    async fn undo(&self, user: &str, err: Error) -> Error {
+    async fn undo(&self, user: &str, err: Error) -> CreateError {
         match self.delete_user(user).await {
             Ok(()) => {
                 tracing::warn!(user, "create failed, undid the half-made IAM user: {err}");
-                err.context("(half-made user removed)")
+                CreateError {
+                    error: err.context("(half-made user removed)"),
+                    maybe_left: false,
+                }
             }
             Err(undo) => {
                 tracing::error!(
@@ -391,8 +485,68 @@ impl Inner {
                     "{}; removing the half-made user failed too: {}",
                     err.message, undo.message
                 );
-                err
+                CreateError {
+                    error: err,
+                    maybe_left: true,
+                }
             }
+        }
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &str,
+        access_key_id: Option<&str>,
+        policy_name: Option<&str>,
+    ) -> Result<()> {
+        let key = async {
+            let Some(id) = access_key_id else {
+                return Ok(());
+            };
+            match self
+                .client
+                .delete_access_key()
+                .user_name(user)
+                .access_key_id(id)
+                .send()
+                .await
+            {
+                Err(e) if !is_no_such_entity(&e) => Err(self.upstream("DeleteAccessKey", user, &e)),
+                _ => Ok(()),
+            }
+        };
+        let policy = async {
+            let Some(name) = policy_name else {
+                return Ok(());
+            };
+            match self
+                .client
+                .delete_user_policy()
+                .user_name(user)
+                .policy_name(name)
+                .send()
+                .await
+            {
+                Err(e) if !is_no_such_entity(&e) => {
+                    Err(self.upstream("DeleteUserPolicy", user, &e))
+                }
+                _ => Ok(()),
+            }
+        };
+        let (k, p) = tokio::join!(key, policy);
+        k?;
+        p?;
+        match self.client.delete_user().user_name(user).send().await {
+            Ok(_) => {
+                tracing::info!(user, "deleted IAM user");
+                Ok(())
+            }
+            Err(e) if is_no_such_entity(&e) => Ok(()),
+            Err(e) if e.code() == Some("DeleteConflict") => {
+                tracing::info!(user, "IAM user has parts nomadfs did not record; sweeping");
+                self.delete_user(user).await
+            }
+            Err(e) => Err(self.upstream("DeleteUser", user, &e)),
         }
     }
 

@@ -101,6 +101,43 @@ pub fn parse_duration(text: &str) -> Option<u64> {
     Some(total)
 }
 
+/// Parse a short duration in milliseconds, for tuning knobs: `250ms`, `2s`, `1m`, `1h`, or a
+/// bare number of seconds; `1s500ms` adds up.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return n.checked_mul(1000);
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest.get(..digits)?.parse().ok()?;
+        rest = rest.get(digits..)?;
+        let (mult, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            match rest.chars().next()? {
+                's' => (1000, 1),
+                'm' => (60_000, 1),
+                'h' => (3_600_000, 1),
+                _ => return None,
+            }
+        };
+        rest = rest.get(len..)?;
+        total = total.checked_add(n.checked_mul(mult)?)?;
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +154,15 @@ mod tests {
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("10h5"), None);
         assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration_ms("200ms"), Some(200));
+        assert_eq!(parse_duration_ms("2s"), Some(2000));
+        assert_eq!(parse_duration_ms("3"), Some(3000));
+        assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
+        assert_eq!(parse_duration_ms("1s500ms"), Some(1500));
+        assert_eq!(parse_duration_ms("10x"), None);
+        assert_eq!(parse_duration_ms("ms"), None);
+        assert_eq!(parse_duration_ms("5m5"), None);
+        assert_eq!(parse_duration_ms(""), None);
+        assert_eq!(parse_duration_ms("99999999999999999999ms"), None);
     }
 }

@@ -4,8 +4,11 @@
 //! Owns: lease records (persisted encrypted through the barrier at `core/leases/<id>`, with
 //! wall-clock deadlines), the in-memory index and expiry queue (an ordered set + a condvar + a
 //! timed wait), restore at unseal (leases that expired while the daemon was down are due at
-//! once), revocation with bounded concurrency, retry with exponential backoff and jitter, and
-//! the irrevocable state (kept and listed with its reason, never silently dropped).
+//! once), revocation with bounded concurrency (a pool of `concurrency` scheduler workers, each
+//! taking the earliest due lease the moment it is due), retry with exponential backoff and
+//! jitter, cleanup leases (`issue_cleanup`: upstream leftovers of a failed creation, retried in
+//! the background like a failed revocation), and the irrevocable state (kept and listed with
+//! its reason, never silently dropped).
 //! Must never: forget a lease whose upstream revocation has not succeeded, hold the index lock
 //! across an upstream call, or log the secret data a record carries.
 
@@ -14,7 +17,7 @@ pub mod clock;
 use crate::backend::{Backend, DirEntry};
 use crate::barrier::{Barrier, Version};
 use crate::error::{Error, ErrorKind, Result};
-pub use clock::{parse_duration, rfc3339, Clock, ManualClock, SystemClock};
+pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -115,7 +118,7 @@ pub struct NewLease {
 /// Tuning of revocation.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseConfig {
-    /// Upstream revocations in flight at once.
+    /// Upstream revocations in flight at once (expiry workers; also the fan-out of `rm -r`).
     pub concurrency: usize,
     /// Failed attempts before a lease is marked irrevocable.
     pub max_attempts: u32,
@@ -223,8 +226,10 @@ pub struct LeaseManager {
     config: LeaseConfig,
     lookup: Mutex<Option<BackendLookup>>,
     index: Mutex<Index>,
-    /// Wakes the scheduler (new earlier deadline, restore, stop) and waiters on in-flight ids.
+    /// Wakes waiters on in-flight ids (`claim`).
     changed: Condvar,
+    /// Wakes the expiry workers: a new earliest deadline, a rescheduled lease, restore, seal.
+    due: Condvar,
     loaded: AtomicBool,
 }
 
@@ -241,6 +246,7 @@ impl LeaseManager {
             lookup: Mutex::new(None),
             index: Mutex::new(Index::default()),
             changed: Condvar::new(),
+            due: Condvar::new(),
             loaded: AtomicBool::new(false),
         }
     }
@@ -345,8 +351,38 @@ impl LeaseManager {
         ix.set(&rec.id, Meta::of(&rec));
         drop(ix);
         if earliest.is_none_or(|e| rec.expires_ms < e) {
-            self.changed.notify_all();
+            self.due.notify_all();
         }
+        Ok(rec)
+    }
+
+    /// Record the upstream leftovers of a creation that failed part way (e.g. an IAM user that
+    /// may exist after a timed-out call) as a lease already being revoked: not renewable, state
+    /// "retrying" with `reason`, first attempt after the backoff. The scheduler retries it like
+    /// any failed revocation, so the leftover goes away once the upstream answers again, and a
+    /// restart keeps it (it is persisted before this returns).
+    pub fn issue_cleanup(&self, new: NewLease, reason: &str) -> Result<LeaseRecord> {
+        self.check_loaded()?;
+        let now = self.now_ms();
+        let rec = LeaseRecord {
+            id: new.id,
+            path: new.path,
+            issued_ms: now,
+            expires_ms: now,
+            max_expires_ms: now,
+            increment_secs: 0,
+            renewable: false,
+            uid: new.uid,
+            secret: new.secret,
+            attempts: 1,
+            retry_at_ms: Some(now.saturating_add(self.backoff_ms(1))),
+            last_error: Some(reason.to_string()),
+            irrevocable: false,
+        };
+        self.store(&rec)?;
+        lock(&self.index).set(&rec.id, Meta::of(&rec));
+        self.due.notify_all();
+        tracing::warn!(lease = %rec.id, "creation failed part way; its upstream leftovers will be revoked in the background: {reason}");
         Ok(rec)
     }
 
@@ -469,6 +505,7 @@ impl LeaseManager {
         ix.set(id, meta);
         drop(ix);
         self.changed.notify_all();
+        self.due.notify_all();
         Ok(rec)
     }
 
@@ -497,6 +534,9 @@ impl LeaseManager {
     fn release(&self, id: &str) {
         lock(&self.index).inflight.remove(id);
         self.changed.notify_all();
+        // A due lease a worker skipped because it was in flight may still be due (e.g. a
+        // renewal of an expired lease was refused): one idle worker looks again.
+        self.due.notify_one();
     }
 
     fn backoff_ms(&self, attempts: u32) -> u64 {
@@ -530,6 +570,14 @@ impl LeaseManager {
     }
 
     fn revoke_claimed(&self, id: &str, only_due: bool) -> Result<bool> {
+        let started = std::time::Instant::now();
+        // How late this starts after the lease was due (0 for an early `rm`): the scheduler's
+        // share of expiry lateness, logged with the revocation for scripts/bench-leases.
+        let late_ms = lock(&self.index)
+            .leases
+            .get(id)
+            .and_then(|m| m.due)
+            .map_or(0, |d| self.now_ms().saturating_sub(d));
         let Some((mut rec, version)) = self.load_versioned(id)? else {
             lock(&self.index).remove(id);
             return Err(Error::not_found(&format!("sys/leases/{id}")));
@@ -543,6 +591,7 @@ impl LeaseManager {
             }
         }
         let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
+        let upstream_started = std::time::Instant::now();
         let upstream = match backend {
             Some(b) => b.revoke(&rec),
             None => Err(Error::io(format!(
@@ -550,12 +599,19 @@ impl LeaseManager {
                 rec.mount()
             ))),
         };
+        let upstream_ms = upstream_started.elapsed().as_millis();
         match upstream {
             Ok(()) => {
                 // Deleting is idempotent: another daemon revoking it too is harmless.
                 self.barrier.delete(&Self::key(id))?;
                 lock(&self.index).remove(id);
-                tracing::info!(lease = %id, "revoked");
+                tracing::info!(
+                    lease = %id,
+                    late_ms,
+                    upstream_ms,
+                    total_ms = started.elapsed().as_millis(),
+                    "revoked"
+                );
                 Ok(true)
             }
             Err(e) => {
@@ -600,6 +656,7 @@ impl LeaseManager {
                 let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
                 ix.set(id, meta);
                 drop(ix);
+                self.due.notify_all();
                 Err(Error::io(format!("revoking {id}: {}", e.message)))
             }
         }
@@ -740,6 +797,7 @@ impl LeaseManager {
         *lock(&self.index) = ix;
         self.loaded.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+        self.due.notify_all();
         tracing::info!(leases = n, "leases restored");
         Ok(n)
     }
@@ -796,6 +854,18 @@ impl LeaseManager {
         Ok((added, removed))
     }
 
+    /// `sync_shared`, its outcome logged (the scheduler's periodic call).
+    fn sync_shared_logged(&self) {
+        match self.sync_shared() {
+            Ok((0, 0)) => {}
+            Ok((added, removed)) => {
+                tracing::info!(added, removed, "lease index synced with the shared store")
+            }
+            Err(e) if e.kind == ErrorKind::Sealed => {}
+            Err(e) => tracing::warn!("lease index sync failed: {}", e.message),
+        }
+    }
+
     /// Forget the in-memory index (at seal); nothing is revoked.
     pub fn clear(&self) {
         self.loaded.store(false, Ordering::SeqCst);
@@ -805,47 +875,80 @@ impl LeaseManager {
         ix.emptied.clear();
         drop(ix);
         self.changed.notify_all();
+        self.due.notify_all();
     }
 
-    /// Start the expiry scheduler thread. It ends when the manager is dropped.
+    /// Take the earliest due lease that nobody is revoking, claiming it. Err: nothing is due;
+    /// the value is how long to wait (ms) before looking again.
+    fn take_due(&self, ix: &mut Index) -> std::result::Result<String, u64> {
+        if !self.loaded.load(Ordering::SeqCst) {
+            return Err(1000);
+        }
+        let now = self.now_ms();
+        let mut pick = None;
+        let mut wait = 1000;
+        for (d, id) in &ix.queue {
+            if *d > now {
+                wait = d - now;
+                break;
+            }
+            if !ix.inflight.contains(id) {
+                pick = Some(id.clone());
+                break;
+            }
+        }
+        match pick {
+            Some(id) => {
+                ix.inflight.insert(id.clone());
+                Ok(id)
+            }
+            // Wait at least 1 ms (in-flight ones end with a notify), at most 1 s (a clock step).
+            None => Err(wait.clamp(1, 1000)),
+        }
+    }
+
+    /// Start the expiry scheduler: `concurrency` worker threads. Each takes the earliest due
+    /// lease the moment it is due (no batches: a slow revocation never holds back the next
+    /// due one while another worker is free) and sleeps on a condvar until the next deadline.
+    /// They end when the manager is dropped.
     pub fn start(self: &Arc<Self>) {
-        let weak: Weak<Self> = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("nomadfs-leases".into())
-            .spawn(move || {
-                let mut synced = std::time::Instant::now();
-                loop {
-                    let Some(m) = weak.upgrade() else { break };
-                    if m.barrier.storage().shared() && synced.elapsed() >= SHARED_SYNC {
-                        synced = std::time::Instant::now();
-                        match m.sync_shared() {
-                            Ok((0, 0)) => {}
-                            Ok((added, removed)) => {
-                                tracing::info!(
-                                    added,
-                                    removed,
-                                    "lease index synced with the shared store"
-                                )
+        for n in 0..self.config.concurrency.max(1) {
+            let weak: Weak<Self> = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name(format!("nomadfs-lease-{n}"))
+                .spawn(move || {
+                    let mut synced = std::time::Instant::now();
+                    loop {
+                        let Some(m) = weak.upgrade() else { break };
+                        // Worker 0 also keeps the index in step with a shared store.
+                        if n == 0 && m.barrier.storage().shared() && synced.elapsed() >= SHARED_SYNC
+                        {
+                            synced = std::time::Instant::now();
+                            m.sync_shared_logged();
+                        }
+                        let mut ix = lock(&m.index);
+                        match m.take_due(&mut ix) {
+                            Ok(id) => {
+                                drop(ix);
+                                // Failures are recorded on the lease (retry or irrevocable);
+                                // Ok(false): another daemon renewed it, rescheduled.
+                                let _ = m.revoke_claimed(&id, true);
+                                m.release(&id);
                             }
-                            Err(e) if e.kind == ErrorKind::Sealed => {}
-                            Err(e) => tracing::warn!("lease index sync failed: {}", e.message),
+                            Err(wait) => {
+                                let wait = if n == 0 && m.barrier.storage().shared() {
+                                    wait.min(SHARED_SYNC.as_millis() as u64)
+                                } else {
+                                    wait
+                                };
+                                let _ = m.due.wait_timeout(ix, Duration::from_millis(wait));
+                            }
                         }
                     }
-                    m.process_due();
-                    let ix = lock(&m.index);
-                    // Computed under the lock, so an earlier deadline added meanwhile is seen.
-                    let now = m.now_ms();
-                    let wait = ix
-                        .queue
-                        .first()
-                        .map(|(d, _)| d.saturating_sub(now))
-                        .unwrap_or(1000)
-                        .clamp(5, 1000);
-                    let _ = m.changed.wait_timeout(ix, Duration::from_millis(wait));
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the lease scheduler: {e}");
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a lease scheduler worker: {e}");
+            }
         }
     }
 }

@@ -425,3 +425,78 @@ fn revocation_failure_does_not_resurrect_a_lease_another_daemon_revoked() {
     assert_eq!(b.count(), 0);
     assert_eq!(a.count(), 0);
 }
+
+#[test]
+fn cleanup_lease_is_retried_until_upstream_answers() {
+    let (_b, clock, rec, m) = setup();
+    let id = LeaseManager::new_id("aws/creds/deploy");
+    let r = m
+        .issue_cleanup(
+            NewLease {
+                id: id.clone(),
+                path: "aws/creds/deploy".into(),
+                ttl_secs: 0,
+                max_ttl_secs: 0,
+                renewable: false,
+                uid: 7,
+                secret: serde_json::json!({"user": "u"}),
+            },
+            "CreateUser timed out",
+        )
+        .expect("cleanup lease");
+    assert_eq!(r.state(), "retrying");
+    assert_eq!(r.last_error.as_deref(), Some("CreateUser timed out"));
+    // Listed, owned by the uid that tried, never renewable.
+    assert!(m.exists(&id));
+    assert_eq!(
+        m.renew(&id, None).map_err(|e| e.kind).err(),
+        Some(ErrorKind::NotPermitted)
+    );
+    // Not before the backoff; upstream still down at the first try; gone at the second.
+    assert_eq!(m.process_due(), 0);
+    rec.failures.store(1, Ordering::SeqCst);
+    clock.advance(1_000);
+    assert_eq!(m.process_due(), 0);
+    assert_eq!(m.get(&id).expect("still there").attempts, 2);
+    clock.advance(2_000);
+    assert_eq!(m.process_due(), 1);
+    assert!(!m.exists(&id));
+    assert_eq!(*lock(&rec.revoked), vec![id]);
+}
+
+#[test]
+fn scheduler_workers_drain_a_burst_and_retry_failures() {
+    let storage = Arc::new(MemoryStorage::new());
+    let barrier = Arc::new(Barrier::new(storage, KdfParams::minimum()));
+    barrier.unseal(b"pw").expect("unseal");
+    let rec = Arc::new(Recorder::default());
+    // 3 failures spread over the burst: each is retried after a 10-20 ms backoff.
+    rec.failures.store(3, Ordering::SeqCst);
+    let m = Arc::new(LeaseManager::new(
+        barrier,
+        Arc::new(SystemClock),
+        LeaseConfig {
+            concurrency: 4,
+            max_attempts: 5,
+            backoff_base_ms: 20,
+            backoff_max_ms: 100,
+        },
+    ));
+    let b: Arc<dyn Backend> = rec.clone();
+    m.set_lookup(Box::new(move |_| Some(b.clone())));
+    m.restore().expect("restore");
+    m.start();
+    for i in 0..200 {
+        issue(&m, &format!("b{}", i % 5), 1, 1, i);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while m.count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(m.count(), 0, "every lease revoked by the workers");
+    let mut revoked = lock(&rec.revoked).clone();
+    assert_eq!(revoked.len(), 200);
+    revoked.sort();
+    revoked.dedup();
+    assert_eq!(revoked.len(), 200, "no lease revoked twice");
+}
