@@ -3,6 +3,8 @@
 pub mod aws;
 pub mod aws_iam;
 pub mod generic;
+pub mod pg_client;
+pub mod postgres;
 pub mod sys;
 
 use crate::backend::Backend;
@@ -19,7 +21,7 @@ pub struct Services {
 }
 
 /// Types `sys/mounts` accepts.
-pub const KNOWN_TYPES: &[&str] = &["generic", "aws"];
+pub const KNOWN_TYPES: &[&str] = &["generic", "aws", "postgresql"];
 
 /// Limits shared by every backend.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +42,7 @@ pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Back
     match kind {
         "generic" => Ok(Arc::new(generic::Generic::new(view, services.limits))),
         "aws" => Ok(Arc::new(aws::Aws::new(view, services))),
+        "postgresql" => Ok(Arc::new(postgres::Postgres::new(view, services))),
         other => Err(Error::invalid(format!(
             "unknown backend type {other:?} (known: {})",
             KNOWN_TYPES.join(", ")

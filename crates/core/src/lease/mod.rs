@@ -396,6 +396,12 @@ impl LeaseManager {
         rec.expires_ms = now
             .saturating_add(inc.saturating_mul(1000))
             .min(rec.max_expires_ms);
+        // Upstream first (e.g. a database role's VALID UNTIL): if that fails, nothing changes.
+        let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
+        if let Some(b) = backend {
+            b.renew(&rec)
+                .map_err(|e| Error::new(e.kind, format!("renewing {id}: {}", e.message)))?;
+        }
         self.store(&rec)?;
         lock(&self.index).set(id, Meta::of(&rec));
         self.changed.notify_all();

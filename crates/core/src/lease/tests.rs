@@ -13,6 +13,9 @@ struct Recorder {
     revoked: Mutex<Vec<String>>,
     /// Fail this many revocations before succeeding (u32::MAX: always).
     failures: AtomicU32,
+    /// (lease id, new expiry) of every renewal the manager asked for.
+    renewed: Mutex<Vec<(String, u64)>>,
+    renew_fails: AtomicBool,
 }
 
 impl Backend for Recorder {
@@ -40,6 +43,13 @@ impl Backend for Recorder {
             return Err(Error::io("upstream refused"));
         }
         lock(&self.revoked).push(lease.id.clone());
+        Ok(())
+    }
+    fn renew(&self, lease: &LeaseRecord) -> Result<()> {
+        if self.renew_fails.load(Ordering::SeqCst) {
+            return Err(Error::io("upstream refused the extension"));
+        }
+        lock(&self.renewed).push((lease.id.clone(), lease.expires_ms));
         Ok(())
     }
 }
@@ -319,4 +329,19 @@ fn issue_with_huge_ttl_never_panics() {
     assert_eq!(m.process_due(), 0);
     assert!(lock(&rec.revoked).is_empty());
     m.renew(&id, None).expect("renew");
+}
+
+#[test]
+fn renew_extends_upstream_first_and_a_refusal_changes_nothing() {
+    let (_b, clock, rec, m) = setup();
+    let id = issue(&m, "r", 10, 100, 1);
+    clock.advance(5_000);
+    let r = m.renew(&id, Some(30)).expect("renew");
+    assert_eq!(r.expires_ms, T0 + 35_000);
+    assert_eq!(*lock(&rec.renewed), vec![(id.clone(), T0 + 35_000)]);
+    rec.renew_fails.store(true, Ordering::SeqCst);
+    let e = m.renew(&id, Some(60)).err().map(|e| e.kind);
+    assert_eq!(e, Some(ErrorKind::Io));
+    assert_eq!(m.get(&id).expect("lease").expires_ms, T0 + 35_000);
+    assert_eq!(m.next_due_in(), Some(30_000));
 }
