@@ -171,7 +171,7 @@ def main():
             "client sending `CREATE ROLE … LOGIN PASSWORD … VALID UNTIL …` itself, one connection "
             "per thread; OpenBao = `GET database/creds/bench` on its dev server. Revocations: "
             f"{info.get('revoke_n', '?')} leases by one prefix revocation (`rmdir "
-            "sys/leases/pg/creds/bench` vs `bao lease revoke -prefix`), each side's default "
+            "sys/leases/pg/creds/bench` vs `bao lease revoke -sync -prefix`), each side's default "
             "revocation statements.\n")
         out.append("| Measure | Target | Threads | ops/s | p50 µs | p99 µs | errors | ratio |")
         out.append("|---|---|---:|---:|---:|---:|---:|---:|")

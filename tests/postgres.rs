@@ -294,28 +294,43 @@ fn leases_expired_while_down_are_revoked_at_unseal() {
     );
 }
 
+/// The lease is stored (held) before the role is made: a crash on either side of CREATE ROLE
+/// leaves a lease that tracks the role (or its absence), never an untracked role.
 #[test]
-fn crash_between_role_and_lease_leaves_no_orphan() {
+fn crash_around_create_role_leaves_no_untracked_role() {
     let pg = Pg::start();
     let mut d = Daemon::start();
     setup(&d, &pg, None);
-    d.stop();
-    d.env = vec![("NOMADFS_FAILPOINT".into(), "pg-after-create-role".into())];
-    d.spawn(true);
-    assert!(
-        std::fs::read(d.p("pg/creds/app")).is_err(),
-        "the daemon should have died"
-    );
-    assert_eq!(pg.nomadfs_roles().len(), 1, "the role was made upstream");
-    d.kill9();
-    d.env.clear();
-    d.spawn(true);
-    assert!(
-        pg.nomadfs_roles().is_empty(),
-        "orphan role after restart; log:\n{}",
-        d.log_text()
-    );
-    assert!(d.sh_ok("ls sys/leases").is_empty());
+    for (failpoint, role_made) in [("pg-after-create-role", true), ("pg-after-lease", false)] {
+        d.stop();
+        d.env = vec![("NOMADFS_FAILPOINT".into(), failpoint.into())];
+        d.spawn(true);
+        assert!(
+            std::fs::read(d.p("pg/creds/app")).is_err(),
+            "the daemon should have died at {failpoint}"
+        );
+        assert_eq!(
+            pg.nomadfs_roles().len(),
+            usize::from(role_made),
+            "{failpoint}"
+        );
+        d.kill9();
+        d.env.clear();
+        d.spawn(true);
+        // Restored with the lease: it names the role (made or not).
+        let ids = d.sh_ok("ls sys/leases/pg/creds/app");
+        let ids: Vec<&str> = ids.lines().collect();
+        assert_eq!(ids.len(), 1, "{failpoint}: {ids:?}");
+        let lease = json(
+            &std::fs::read(d.p(&format!("sys/leases/pg/creds/app/{}", ids[0]))).expect("lease"),
+        );
+        let user = lease["upstream"]["username"].as_str().expect("username");
+        assert_eq!(pg.role_exists(user), role_made, "{failpoint}");
+        // Revocation drops it, or finds nothing to drop: both succeed.
+        d.sh_ok("rm -r sys/leases/pg");
+        assert!(pg.nomadfs_roles().is_empty(), "{failpoint}");
+        assert!(d.sh_ok("ls sys/leases").is_empty());
+    }
 }
 
 #[test]

@@ -77,6 +77,14 @@ pub fn password() -> SecretBytes {
     SecretBytes::new(bytes)
 }
 
+/// A failed `create_role`.
+#[derive(Debug)]
+pub struct CreateFailed {
+    pub error: Error,
+    /// The statements went out and no verdict came back: the role may exist.
+    pub maybe_created: bool,
+}
+
 /// A checked connection URL. `Debug` shows no password.
 pub struct Target {
     config: tokio_postgres::Config,
@@ -272,13 +280,31 @@ impl PgClient {
         })
     }
 
-    /// Run the creation statements for `name` in one transaction.
+    /// Run the creation statements for `name` in one transaction. On failure, the error says
+    /// whether the role may exist after all (the statements were sent and no answer came back)
+    /// or certainly does not (no connection, or the server refused them).
     pub fn create_role(
         &self,
         statements: &[String],
         name: &str,
         password: &SecretBytes,
         expiration: &str,
+    ) -> std::result::Result<(), CreateFailed> {
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = self.create_role_inner(statements, name, password, expiration, sent.clone());
+        r.map_err(|error| CreateFailed {
+            error,
+            maybe_created: sent.load(std::sync::atomic::Ordering::SeqCst),
+        })
+    }
+
+    fn create_role_inner(
+        &self,
+        statements: &[String],
+        name: &str,
+        password: &SecretBytes,
+        expiration: &str,
+        sent: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<()> {
         let pw = password
             .text()
@@ -299,9 +325,14 @@ impl PgClient {
         let name = name.to_string();
         self.run("create role", async move {
             let c = inner.conn().await?;
-            c.batch_execute(&sql)
-                .await
-                .map_err(|e| inner.err(&format!("creating role {name}"), &e, Some(&scrub)))?;
+            sent.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) = c.batch_execute(&sql).await {
+                if e.as_db_error().is_some() {
+                    // Refused: the implicit transaction was rolled back.
+                    sent.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+                return Err(inner.err(&format!("creating role {name}"), &e, Some(&scrub)));
+            }
             inner.put_back(c);
             Ok(())
         })

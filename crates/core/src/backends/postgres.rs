@@ -3,10 +3,11 @@
 //!
 //! Owns: its view's layout — `config/connection` (the admin connection URL, JSON), `config/lease`
 //! (TTLs), `roles/NAME` (role documents: the statements and TTLs, TOML or JSON, stored as
-//! written), `wal/<uuid>` (intent records for roles being made) — and the order of side effects:
-//! intent logged → role created (one transaction) → lease stored → intent cleared. At unseal,
-//! `recover` drops every role whose intent was never completed, so a crash between "role
-//! created" and "lease stored" leaves no orphan. Revocation drops the role (the role document's
+//! written) — and the order of side effects: lease stored (held) → role created (one
+//! transaction) → lease released. The lease is its own intent record: it names the role before
+//! the role exists, so a crash at any point leaves no untracked role (its revocation, at expiry
+//! or `rm`, drops the role or finds none); a certain failure discards the lease, an uncertain
+//! one revokes it. One durable write per credential. Revocation drops the role (the role document's
 //! `revocation_statements` at revocation time, or the default that ends access, see
 //! `pg_client::PgClient::drop_role`); renewal moves its `VALID UNTIL` to the new expiry.
 //! Must never: return the connection URL (config/connection is write-only), create anything on
@@ -85,13 +86,6 @@ impl Drop for StoredConnection {
 struct LeaseCfg {
     ttl: u64,
     max_ttl: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Intent {
-    username: String,
-    role: String,
-    lease_id: String,
 }
 
 /// One statement or a list of them.
@@ -466,55 +460,41 @@ impl Postgres {
             .saturating_add(999);
         let expiration = rfc3339(expires_ms);
 
-        let intent_key = format!("wal/{}", uuid::Uuid::new_v4());
-        let intent = serde_json::to_vec(&Intent {
-            username: username.clone(),
-            role: role_doc.to_string(),
-            lease_id: lease_id.clone(),
-        })
-        .map_err(|e| Error::io(e.to_string()))?;
-        self.view.put(&intent_key, &intent)?;
-        if let Err(e) = conn
+        // The lease first (held: nothing revokes it until we are done), then the role: a crash
+        // at any point leaves a durable lease whose revocation drops the role or finds none.
+        let lease = self
+            .leases()
+            .issue_held(NewLease {
+                id: lease_id,
+                path: path.clone(),
+                ttl_secs: ttl,
+                max_ttl_secs: max_ttl,
+                renewable: true,
+                uid: ctx.caller.uid,
+                secret: serde_json::json!({ "username": username, "role": role_doc }),
+            })
+            .map_err(|e| e.context(format!("storing the lease for {path}")))?;
+        failpoint("pg-after-lease");
+        let created = conn
             .client
-            .create_role(&role.creation, &username, &pass, &expiration)
-        {
-            // One transaction: nothing was made unless the commit's answer was lost. Keep the
-            // intent unless the server says the role does not exist.
-            if matches!(conn.client.role_exists(&username), Ok(false)) {
-                let _ = self.view.delete(&intent_key);
-            } else {
-                tracing::warn!(role = %username, "creation failed; the role may exist, left for recovery");
+            .create_role(&role.creation, &username, &pass, &expiration);
+        if let Err(f) = created {
+            if f.maybe_created {
+                // The answer was lost: revoke now (drops the role if it exists); if that fails
+                // too, the lease stays and is retried like any other.
+                self.leases().release(&lease.id);
+                if let Err(e) = self.leases().revoke(&lease.id) {
+                    tracing::warn!(role = %username, "creation outcome unknown; revocation will be retried: {}", e.message);
+                }
+            } else if let Err(e) = self.leases().discard(&lease.id) {
+                tracing::error!(lease = %lease.id, "discarding the lease of a role never made failed: {}", e.message);
             }
-            return Err(e.context(format!("creating a PostgreSQL role for {path}")));
+            return Err(f
+                .error
+                .context(format!("creating a PostgreSQL role for {path}")));
         }
         failpoint("pg-after-create-role");
-        let lease = self.leases().issue(NewLease {
-            id: lease_id,
-            path: path.clone(),
-            ttl_secs: ttl,
-            max_ttl_secs: max_ttl,
-            renewable: true,
-            uid: ctx.caller.uid,
-            secret: serde_json::json!({ "username": username, "role": role_doc }),
-        });
-        let lease = match lease {
-            Ok(l) => l,
-            Err(e) => {
-                match conn.client.drop_role(&role.revocation, &username) {
-                    Ok(()) => {
-                        let _ = self.view.delete(&intent_key);
-                    }
-                    Err(d) => {
-                        tracing::error!(role = %username, "undo failed, left for recovery: {}", d.message)
-                    }
-                }
-                return Err(e.context(format!("storing the lease for {path}")));
-            }
-        };
-        if let Err(e) = self.view.delete(&intent_key) {
-            // Harmless: recovery sees the lease exists and only clears the intent.
-            tracing::warn!("clearing an intent record failed: {}", e.message);
-        }
+        self.leases().release(&lease.id);
         tracing::info!(lease = %lease.id, role = %username, uid = ctx.caller.uid, "issued PostgreSQL credentials");
         let duration = lease.expires_ms.saturating_sub(lease.issued_ms) / 1000;
         let pw = pass
@@ -717,46 +697,6 @@ impl Backend for Postgres {
         self.conn()?
             .client
             .renew_role(&statements, &username, &expiration)
-    }
-
-    fn recover(&self) -> Result<()> {
-        let intents = self.view.list("wal/")?;
-        if intents.is_empty() {
-            return Ok(());
-        }
-        let mut first_err = None;
-        for key in intents {
-            let Some(raw) = self.view.get(&key)? else {
-                continue;
-            };
-            let intent: Intent = match serde_json::from_slice(raw.expose()) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::error!("unreadable intent record, removed: {e}");
-                    self.view.delete(&key)?;
-                    continue;
-                }
-            };
-            if self.leases().exists(&intent.lease_id) {
-                self.view.delete(&key)?;
-                continue;
-            }
-            let statements = self.revocation_of(&intent.role);
-            match self
-                .conn()
-                .and_then(|c| c.client.drop_role(&statements, &intent.username))
-            {
-                Ok(()) => {
-                    tracing::warn!(role = %intent.username, "rolled back a PostgreSQL role whose lease was never stored");
-                    self.view.delete(&key)?;
-                }
-                Err(e) => {
-                    tracing::error!(role = %intent.username, "rollback failed, will retry at next unseal: {}", e.message);
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
     }
 }
 

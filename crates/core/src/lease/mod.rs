@@ -261,6 +261,28 @@ impl LeaseManager {
 
     /// Record a new lease (persisted before this returns).
     pub fn issue(&self, new: NewLease) -> Result<LeaseRecord> {
+        self.issue_inner(new, false)
+    }
+
+    /// Record a new lease before its secret exists upstream, held: nothing revokes or renews it
+    /// (expiry, `rm`, prefix revocation wait) until the caller calls `release` — after making
+    /// the secret — or `discard` — when making it certainly failed. A crash in between leaves a
+    /// durable lease whose revocation finds nothing or the secret: never an untracked secret.
+    pub fn issue_held(&self, new: NewLease) -> Result<LeaseRecord> {
+        self.issue_inner(new, true)
+    }
+
+    /// Forget a lease held with `issue_held` whose secret was never made (no upstream call).
+    pub fn discard(&self, id: &str) -> Result<()> {
+        let res = self.barrier.delete(&Self::key(id));
+        if res.is_ok() {
+            lock(&self.index).remove(id);
+        }
+        self.release(id);
+        res
+    }
+
+    fn issue_inner(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
         self.check_loaded()?;
         let now = self.now_ms();
         let max_ttl = new.max_ttl_secs.max(1);
@@ -284,6 +306,9 @@ impl LeaseManager {
         let mut ix = lock(&self.index);
         let earliest = ix.queue.first().map(|(d, _)| *d);
         ix.set(&rec.id, Meta::of(&rec));
+        if held {
+            ix.inflight.insert(rec.id.clone());
+        }
         drop(ix);
         if earliest.is_none_or(|e| rec.expires_ms < e) {
             self.changed.notify_all();
@@ -427,7 +452,8 @@ impl LeaseManager {
         }
     }
 
-    fn release(&self, id: &str) {
+    /// Give back a lease taken by `claim` or `issue_held`.
+    pub fn release(&self, id: &str) {
         lock(&self.index).inflight.remove(id);
         self.changed.notify_all();
     }

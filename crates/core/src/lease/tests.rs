@@ -345,3 +345,26 @@ fn renew_extends_upstream_first_and_a_refusal_changes_nothing() {
     assert_eq!(m.get(&id).expect("lease").expires_ms, T0 + 35_000);
     assert_eq!(m.next_due_in(), Some(30_000));
 }
+
+#[test]
+fn held_leases_wait_for_release_and_discard_forgets_without_upstream() {
+    let (_b, clock, rec, m) = setup();
+    let new = |name: &str| NewLease {
+        id: LeaseManager::new_id(&format!("aws/creds/{name}")),
+        path: format!("aws/creds/{name}"),
+        ttl_secs: 1,
+        max_ttl_secs: 10,
+        renewable: true,
+        uid: 1,
+        secret: serde_json::json!({}),
+    };
+    let kept = m.issue_held(new("kept")).expect("issue").id;
+    let gone = m.issue_held(new("gone")).expect("issue").id;
+    clock.advance(5_000);
+    assert_eq!(m.process_due(), 0, "a held lease was revoked");
+    m.discard(&gone).expect("discard");
+    assert!(!m.exists(&gone));
+    m.release(&kept);
+    assert_eq!(m.process_due(), 1);
+    assert_eq!(*lock(&rec.revoked), vec![kept]);
+}
