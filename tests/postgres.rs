@@ -344,6 +344,19 @@ fn stopped_server_gives_eio_with_the_reason_and_unmount_revokes() {
     std::fs::remove_file(d.p("sys/mounts/pg")).expect("unmount");
     assert!(pg.nomadfs_roles().is_empty());
     setup(&d, &pg, None);
+    // Statements the server refuses: EIO, the reason logged, no lease, no role (one transaction).
+    write_synced(
+        d.p("pg/roles/bad"),
+        "creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN\", \"GRANT SELECT ON no_such_table TO \\\"{{name}}\\\"\"]",
+    )
+    .expect("role bad");
+    assert_eq!(
+        errno_of(std::fs::read(d.p("pg/creds/bad"))),
+        Some(libc::EIO)
+    );
+    assert!(d.log_text().contains("no_such_table"), "reason not logged");
+    assert!(pg.nomadfs_roles().is_empty());
+    assert!(d.sh_ok("ls sys/leases").is_empty());
     pg.stop();
     assert_eq!(
         errno_of(std::fs::read(d.p("pg/creds/app"))),

@@ -85,6 +85,35 @@ pub struct CreateFailed {
     pub maybe_created: bool,
 }
 
+/// A role being made (see `PgClient::create_role_begin`). Dropping it rolls back.
+pub struct PendingRole {
+    decide: Option<tokio::sync::oneshot::Sender<bool>>,
+    done: std::sync::mpsc::Receiver<std::result::Result<(), CreateFailed>>,
+}
+
+impl PendingRole {
+    /// Commit (`true`) or roll back, and wait for the outcome.
+    pub fn finish(mut self, commit: bool) -> std::result::Result<(), CreateFailed> {
+        if let Some(tx) = self.decide.take() {
+            let _ = tx.send(commit);
+        }
+        self.done.recv().unwrap_or_else(|_| {
+            Err(CreateFailed {
+                error: Error::io("PostgreSQL client: the call ended without an answer"),
+                maybe_created: commit,
+            })
+        })
+    }
+}
+
+impl Drop for PendingRole {
+    fn drop(&mut self) {
+        if let Some(tx) = self.decide.take() {
+            let _ = tx.send(false);
+        }
+    }
+}
+
 /// A checked connection URL. `Debug` shows no password.
 pub struct Target {
     config: tokio_postgres::Config,
@@ -280,9 +309,8 @@ impl PgClient {
         })
     }
 
-    /// Run the creation statements for `name` in one transaction. On failure, the error says
-    /// whether the role may exist after all (the statements were sent and no answer came back)
-    /// or certainly does not (no connection, or the server refused them).
+    /// Run the creation statements for `name` in one transaction and commit it. On failure,
+    /// the error says whether the role may exist after all.
     pub fn create_role(
         &self,
         statements: &[String],
@@ -290,26 +318,34 @@ impl PgClient {
         password: &SecretBytes,
         expiration: &str,
     ) -> std::result::Result<(), CreateFailed> {
-        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let r = self.create_role_inner(statements, name, password, expiration, sent.clone());
-        r.map_err(|error| CreateFailed {
-            error,
-            maybe_created: sent.load(std::sync::atomic::Ordering::SeqCst),
-        })
+        self.create_role_begin(statements, name, password, expiration)
+            .map_err(|error| CreateFailed {
+                error,
+                maybe_created: false,
+            })?
+            .finish(true)
     }
 
-    fn create_role_inner(
+    /// Start making role `name`: on the client's runtime, `BEGIN` and the creation statements
+    /// run in an open transaction, which then waits for `PendingRole::finish` (commit or roll
+    /// back; dropping it rolls back). The caller makes its own record durable meanwhile, so the
+    /// role can only commit after it — and a crash before the commit rolls the role back.
+    pub fn create_role_begin(
         &self,
         statements: &[String],
         name: &str,
         password: &SecretBytes,
         expiration: &str,
-        sent: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Result<()> {
+    ) -> Result<PendingRole> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::io("PostgreSQL client: its runtime is shut down"))?;
         let pw = password
             .text()
             .ok_or_else(|| Error::io("generated password is not UTF-8"))?;
-        let sql = zeroize::Zeroizing::new(join(
+        let body = join(
             &statements
                 .iter()
                 .map(|s| {
@@ -319,22 +355,66 @@ impl PgClient {
                     )
                 })
                 .collect::<Vec<_>>(),
-        ));
+        );
+        let sql = zeroize::Zeroizing::new(format!("BEGIN;\n{body}"));
+        drop(zeroize::Zeroizing::new(body));
         let scrub = zeroize::Zeroizing::new(pw.to_string());
         let inner = self.inner.clone();
         let name = name.to_string();
-        self.run("create role", async move {
-            let c = inner.conn().await?;
-            sent.store(true, std::sync::atomic::Ordering::SeqCst);
-            if let Err(e) = c.batch_execute(&sql).await {
-                if e.as_db_error().is_some() {
-                    // Refused: the implicit transaction was rolled back.
-                    sent.store(false, std::sync::atomic::Ordering::SeqCst);
+        let (decide_tx, decide_rx) = tokio::sync::oneshot::channel::<bool>();
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let commit_sent = Arc::new(AtomicBool::new(false));
+        runtime.spawn(async move {
+            let what = format!("creating role {name}");
+            let flag = commit_sent.clone();
+            let work = async {
+                let failed = |error| CreateFailed {
+                    error,
+                    maybe_created: false,
+                };
+                let c = inner.conn().await.map_err(failed)?;
+                if let Err(e) = c.batch_execute(&sql).await {
+                    // Refused or cut off before COMMIT: nothing is committed (the connection is
+                    // dropped, which ends an open transaction).
+                    return Err(failed(inner.err(&what, &e, Some(&scrub))));
                 }
-                return Err(inner.err(&format!("creating role {name}"), &e, Some(&scrub)));
-            }
-            inner.put_back(c);
-            Ok(())
+                if !decide_rx.await.unwrap_or(false) {
+                    if c.batch_execute("ROLLBACK").await.is_ok() {
+                        inner.put_back(c);
+                    }
+                    return Err(failed(Error::io(format!(
+                        "PostgreSQL at {}: {what}: rolled back",
+                        inner.display
+                    ))));
+                }
+                flag.store(true, Ordering::SeqCst);
+                match c.batch_execute("COMMIT").await {
+                    Ok(()) => {
+                        inner.put_back(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(CreateFailed {
+                        error: inner.err(&what, &e, Some(&scrub)),
+                        maybe_created: e.as_db_error().is_none(),
+                    }),
+                }
+            };
+            let outcome = match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+                Ok(r) => r,
+                Err(_) => Err(CreateFailed {
+                    error: Error::io(format!(
+                        "PostgreSQL at {}: {what}: no answer within {}s",
+                        inner.display,
+                        OPERATION_TIMEOUT.as_secs()
+                    )),
+                    maybe_created: commit_sent.load(Ordering::SeqCst),
+                }),
+            };
+            let _ = done_tx.send(outcome);
+        });
+        Ok(PendingRole {
+            decide: Some(decide_tx),
+            done: done_rx,
         })
     }
 

@@ -3,11 +3,13 @@
 //!
 //! Owns: its view's layout — `config/connection` (the admin connection URL, JSON), `config/lease`
 //! (TTLs), `roles/NAME` (role documents: the statements and TTLs, TOML or JSON, stored as
-//! written) — and the order of side effects: lease stored (held) → role created (one
-//! transaction) → lease released. The lease is its own intent record: it names the role before
-//! the role exists, so a crash at any point leaves no untracked role (its revocation, at expiry
-//! or `rm`, drops the role or finds none); a certain failure discards the lease, an uncertain
-//! one revokes it. One durable write per credential. Revocation drops the role (the role document's
+//! written) — and the order of side effects: the role's statements run in an open transaction
+//! while the lease is stored (held) → the transaction commits → the lease is released. The
+//! lease is the intent record: it names the role before the role can exist, so a crash at any
+//! point leaves no untracked role (before the commit PostgreSQL rolls the role back; after it,
+//! the lease's revocation at expiry or `rm` drops it); a certain failure discards the lease, an
+//! uncertain one revokes it. One durable write per credential, overlapped with the statements.
+//! Revocation drops the role (the role document's
 //! `revocation_statements` at revocation time, or the default that ends access, see
 //! `pg_client::PgClient::drop_role`); renewal moves its `VALID UNTIL` to the new expiry.
 //! Must never: return the connection URL (config/connection is write-only), create anything on
@@ -460,8 +462,12 @@ impl Postgres {
             .saturating_add(999);
         let expiration = rfc3339(expires_ms);
 
-        // The lease first (held: nothing revokes it until we are done), then the role: a crash
-        // at any point leaves a durable lease whose revocation drops the role or finds none.
+        // The role's statements run in an open transaction while the lease (held: nothing
+        // revokes it until we are done) is made durable; the role commits only after that. A
+        // crash before the commit rolls the role back; after it, the lease tracks the role.
+        let pending =
+            conn.client
+                .create_role_begin(&role.creation, &username, &pass, &expiration)?;
         let lease = self
             .leases()
             .issue_held(NewLease {
@@ -475,9 +481,7 @@ impl Postgres {
             })
             .map_err(|e| e.context(format!("storing the lease for {path}")))?;
         failpoint("pg-after-lease");
-        let created = conn
-            .client
-            .create_role(&role.creation, &username, &pass, &expiration);
+        let created = pending.finish(true);
         if let Err(f) = created {
             if f.maybe_created {
                 // The answer was lost: revoke now (drops the role if it exists); if that fails
