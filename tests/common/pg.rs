@@ -22,7 +22,13 @@ pub struct Pg {
 /// The newest `/usr/lib/postgresql/<version>/bin` (or `$NOMADFS_PG_BIN`).
 pub fn pg_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NOMADFS_PG_BIN") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(
+            p.join("initdb").exists(),
+            "NOMADFS_PG_BIN={} has no initdb: point it at PostgreSQL's bin folder",
+            p.display()
+        );
+        return p;
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| {
