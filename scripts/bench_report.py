@@ -12,6 +12,7 @@ Record kinds, told apart by the prefix of "name" (WORKLOAD:TARGET):
   transit-encrypt:T / transit-decrypt:T
                              nbench exchange (nomadfs) / bao-post (OpenBao transit) loops
   fill:T                     nbench fill loops (100k secrets)
+  pg-creds:T / pg-revoke:T   scripts/bench-pg (T = nomadfs, raw, openbao); pg-info
   any record may carry "status" (e.g. "missing binary") instead of numbers.
 """
 
@@ -201,6 +202,41 @@ def main():
                 note = (f"{r.get('ops', 0):,} secrets in {r.get('secs', 0):.1f} s, "
                         f"{r.get('threads')} threads, {r.get('errors', 0)} errors") + (f"; {note}" if note else "")
             out.append(f"| {r.get('what', kind)} | {label} | {val} | {note} |")
+        out.append("")
+
+    # --- PostgreSQL dynamic credentials --------------------------------------------------------
+    pg = [r for r in recs if r.get("name", "").startswith(("pg-creds:", "pg-revoke:"))]
+    if pg:
+        info = next((r for r in recs if r.get("name") == "pg-info"), {})
+        out.append("## PostgreSQL dynamic credentials\n")
+        out.append(
+            f"One throwaway cluster ({info.get('postgres', 'PostgreSQL')}, fsync on) for all three. "
+            "Creds: nomadfs = `cat pg/creds/bench` (role + lease + JSON, durable store); raw = a "
+            "client sending `CREATE ROLE … LOGIN PASSWORD … VALID UNTIL …` itself, one connection "
+            "per thread; OpenBao = `GET database/creds/bench` on its dev server. Revocations: "
+            f"{info.get('revoke_n', '?')} leases by one prefix revocation (`rmdir "
+            "sys/leases/pg/creds/bench` vs `bao lease revoke -sync -prefix`), each side's default "
+            "revocation statements.\n")
+        out.append("| Measure | Target | Threads | ops/s | p50 µs | p99 µs | errors | ratio |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        for kind, base, what in (("pg-creds", "raw", "vs raw CREATE ROLE"),
+                                 ("pg-revoke", "openbao", "vs OpenBao")):
+            for t in sorted({r.get("threads") for r in pg if r["name"].startswith(kind + ":")
+                             and isinstance(r.get("threads"), int)}):
+                b = by_name.get((f"{kind}:{base}", t))
+                b_ops = b["ops_per_s"] if good(b) else None
+                for target in ("nomadfs", "raw", "openbao"):
+                    r = by_name.get((f"{kind}:{target}", t))
+                    if r is None:
+                        continue
+                    if "status" in r:
+                        out.append(f"| {kind} | {target} | {t} | {r['status']} | | | | |")
+                        continue
+                    ops = r.get("ops_per_s")
+                    rat = "1.00×" if target == base else ratio(ops, b_ops)
+                    out.append(
+                        f"| {kind} | {target} | {t} | {fmt_num(ops)} | {fmt_num(r.get('p50_us'), 1)} | "
+                        f"{fmt_num(r.get('p99_us'), 1)} | {r.get('errors', 0)} | {rat} {what} |")
         out.append("")
 
     # --- not yet measurable ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ pub fn bin() -> &'static str {
 }
 
 pub mod moto;
+pub mod pg;
 
 pub struct Daemon {
     pub dir: tempfile::TempDir,

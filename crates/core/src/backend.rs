@@ -166,6 +166,13 @@ pub trait Backend: Send + Sync {
     fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
         Err(unsupported("revoke", &lease.path))
     }
+    /// Extend upstream a secret whose lease is being renewed to `lease.expires_ms` (called
+    /// before the new expiry is stored; an error leaves the lease as it was). Default: nothing
+    /// upstream expires by itself, so there is nothing to extend.
+    fn renew(&self, lease: &LeaseRecord) -> Result<()> {
+        let _ = lease;
+        Ok(())
+    }
     /// Roll back upstream side effects whose intent was logged but never completed (called at
     /// unseal, after the leases are restored).
     fn recover(&self) -> Result<()> {

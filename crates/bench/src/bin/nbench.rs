@@ -14,6 +14,10 @@
 //! nbench bao-post  URL TOKEN PATH BODY [opts]  POST /v1/PATH with the JSON BODY (transit)
 //! nbench fill      DIR N          [opts]   create DIR/k0 .. DIR/k{N-1}, 64 bytes each
 //! nbench exec      [opts] -- CMD ARGS..    run CMD repeatedly (stdout to /dev/null), time each
+//! nbench pg-create-role URL       [opts]   CREATE ROLE "nbench-raw-…" LOGIN PASSWORD '<32 chars>'
+//!                                          VALID UNTIL '<now + 1h>' (one simple query; one
+//!                                          connection per thread): the raw floor under
+//!                                          dynamic PostgreSQL credentials
 //! opts: --threads N (1)  --seconds S (5)  --max-ops M (10000000; fill: N; exec: 200)
 //!       --name NAME (the subcommand)  --create (kv-write: add O_CREAT)
 //! ```
@@ -54,6 +58,7 @@ enum Workload {
     },
     Fill(PathBuf),
     Exec(Vec<String>),
+    PgCreateRole(String),
 }
 
 #[derive(Clone)]
@@ -73,7 +78,7 @@ struct Opts {
 fn usage() -> String {
     "usage: nbench {kv-read PATH | kv-write PATH | bao-read URL TOKEN PATH | \
      bao-write URL TOKEN PATH | bao-post URL TOKEN PATH BODY | exchange PATH [INPUT] | \
-     fill DIR N | exec [opts] -- CMD ARGS..} \
+     fill DIR N | exec [opts] -- CMD ARGS.. | pg-create-role URL} \
      [--threads N] [--seconds S] [--max-ops M] [--name NAME] [--create]"
         .to_string()
 }
@@ -166,6 +171,7 @@ fn parse(args: Vec<String>) -> BoxResult<(Workload, Opts)> {
                 .map_or_else(|| PAYLOAD.to_vec(), String::into_bytes);
             (Workload::Exchange { path, input }, 10_000_000)
         }
+        "pg-create-role" => (Workload::PgCreateRole(next("URL")?), 10_000_000),
         "fill" => {
             let dir = next("DIR")?;
             let n: u64 = next("N")?.parse()?;
@@ -203,6 +209,65 @@ struct Worker {
     buf: Vec<u8>,
     conn: Option<BufReader<TcpStream>>,
     request: Vec<u8>,
+    pg: Option<PgWorker>,
+}
+
+/// One PostgreSQL connection on its own current-thread runtime, and VALID UNTIL for its roles.
+struct PgWorker {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    valid_until: String,
+    tag: u64,
+    rng: u64,
+}
+
+impl PgWorker {
+    fn connect(url: &str) -> BoxResult<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (client, conn) = rt.block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))?;
+        rt.spawn(async move {
+            let _ = conn.await;
+        });
+        let row = rt.block_on(client.query_one("SELECT (now() + interval '1 hour')::text", &[]))?;
+        let valid_until: String = row.try_get(0)?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        Ok(PgWorker {
+            rt,
+            client,
+            valid_until,
+            tag: seed % 1_000_000_007,
+            rng: seed,
+        })
+    }
+
+    /// 32 alphanumerics (xorshift; the cost PostgreSQL pays for a password is the same).
+    fn password(&mut self) -> String {
+        const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        (0..32)
+            .map(|_| {
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                char::from(ABC[(self.rng % ABC.len() as u64) as usize])
+            })
+            .collect()
+    }
+
+    fn create_role(&mut self, index: u64) -> BoxResult<()> {
+        let password = self.password();
+        let sql = format!(
+            "CREATE ROLE \"nbench-raw-{}-{index}\" LOGIN PASSWORD '{password}' VALID UNTIL '{}'",
+            self.tag, self.valid_until
+        );
+        self.rt.block_on(self.client.batch_execute(&sql))?;
+        Ok(())
+    }
 }
 
 impl Worker {
@@ -213,6 +278,7 @@ impl Worker {
             buf: vec![0u8; 64 * 1024],
             conn: None,
             request,
+            pg: None,
         }
     }
 
@@ -312,6 +378,17 @@ impl Worker {
                     self.conn = None;
                 }
                 result
+            }
+            Workload::PgCreateRole(url) => {
+                if self.pg.is_none() {
+                    self.pg = Some(PgWorker::connect(url)?);
+                }
+                let pg = self.pg.as_mut().ok_or("no connection")?;
+                let r = pg.create_role(index);
+                if r.is_err() && pg.client.is_closed() {
+                    self.pg = None;
+                }
+                r
             }
             Workload::Exec(cmd) => {
                 let status = Command::new(&cmd[0])

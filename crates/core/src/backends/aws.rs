@@ -449,7 +449,7 @@ impl Aws {
 
 /// Test hook: `NOMADFS_FAILPOINT=<name>` makes the daemon exit abruptly at that point, as a
 /// crash would (the crash-recovery tests use it). Read on each call; absent in normal runs.
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     if std::env::var_os("NOMADFS_FAILPOINT").is_some_and(|v| v == name) {
         tracing::warn!(failpoint = name, "failpoint hit: exiting abruptly");
         std::process::abort();

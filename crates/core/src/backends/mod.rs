@@ -3,6 +3,8 @@
 pub mod aws;
 pub mod aws_iam;
 pub mod generic;
+pub mod pg_client;
+pub mod postgres;
 pub mod sys;
 pub mod transit;
 
@@ -20,7 +22,7 @@ pub struct Services {
 }
 
 /// Types `sys/mounts` accepts.
-pub const KNOWN_TYPES: &[&str] = &["generic", "aws", "transit"];
+pub const KNOWN_TYPES: &[&str] = &["generic", "aws", "postgresql", "transit"];
 
 /// Limits shared by every backend.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +43,7 @@ pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Back
     match kind {
         "generic" => Ok(Arc::new(generic::Generic::new(view, services.limits))),
         "aws" => Ok(Arc::new(aws::Aws::new(view, services))),
+        "postgresql" => Ok(Arc::new(postgres::Postgres::new(view, services))),
         "transit" => Ok(Arc::new(transit::Transit::new(view, services))),
         other => Err(Error::invalid(format!(
             "unknown backend type {other:?} (known: {})",

@@ -326,6 +326,28 @@ impl LeaseManager {
 
     /// Record a new lease (persisted before this returns).
     pub fn issue(&self, new: NewLease) -> Result<LeaseRecord> {
+        self.issue_inner(new, false)
+    }
+
+    /// Record a new lease before its secret exists upstream, held: nothing revokes or renews it
+    /// (expiry, `rm`, prefix revocation wait) until the caller calls `release` — after making
+    /// the secret — or `discard` — when making it certainly failed. A crash in between leaves a
+    /// durable lease whose revocation finds nothing or the secret: never an untracked secret.
+    pub fn issue_held(&self, new: NewLease) -> Result<LeaseRecord> {
+        self.issue_inner(new, true)
+    }
+
+    /// Forget a lease held with `issue_held` whose secret was never made (no upstream call).
+    pub fn discard(&self, id: &str) -> Result<()> {
+        let res = self.barrier.delete(&Self::key(id));
+        if res.is_ok() {
+            lock(&self.index).remove(id);
+        }
+        self.release(id);
+        res
+    }
+
+    fn issue_inner(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
         self.check_loaded()?;
         let now = self.now_ms();
         let max_ttl = new.max_ttl_secs.max(1);
@@ -349,6 +371,9 @@ impl LeaseManager {
         let mut ix = lock(&self.index);
         let earliest = ix.queue.first().map(|(d, _)| *d);
         ix.set(&rec.id, Meta::of(&rec));
+        if held {
+            ix.inflight.insert(rec.id.clone());
+        }
         drop(ix);
         if earliest.is_none_or(|e| rec.expires_ms < e) {
             self.due.notify_all();
@@ -494,6 +519,12 @@ impl LeaseManager {
         rec.expires_ms = now
             .saturating_add(inc.saturating_mul(1000))
             .min(rec.max_expires_ms);
+        // Upstream first (e.g. a database role's VALID UNTIL): if that fails, nothing changes.
+        let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
+        if let Some(b) = backend {
+            b.renew(&rec)
+                .map_err(|e| Error::new(e.kind, format!("renewing {id}: {}", e.message)))?;
+        }
         if !self.store_if(&rec, &version)? {
             return Err(Error::new(
                 ErrorKind::Busy,
@@ -531,7 +562,8 @@ impl LeaseManager {
         }
     }
 
-    fn release(&self, id: &str) {
+    /// Give back a lease taken by `claim` or `issue_held`.
+    pub fn release(&self, id: &str) {
         lock(&self.index).inflight.remove(id);
         self.changed.notify_all();
         // A due lease a worker skipped because it was in flight may still be due (e.g. a

@@ -15,6 +15,9 @@ struct Recorder {
     failures: AtomicU32,
     /// Run once inside the next revocation (what another daemon does meanwhile).
     during: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// (lease id, new expiry) of every renewal the manager asked for.
+    renewed: Mutex<Vec<(String, u64)>>,
+    renew_fails: AtomicBool,
 }
 
 impl Backend for Recorder {
@@ -46,6 +49,13 @@ impl Backend for Recorder {
             return Err(Error::io("upstream refused"));
         }
         lock(&self.revoked).push(lease.id.clone());
+        Ok(())
+    }
+    fn renew(&self, lease: &LeaseRecord) -> Result<()> {
+        if self.renew_fails.load(Ordering::SeqCst) {
+            return Err(Error::io("upstream refused the extension"));
+        }
+        lock(&self.renewed).push((lease.id.clone(), lease.expires_ms));
         Ok(())
     }
 }
@@ -499,4 +509,42 @@ fn scheduler_workers_drain_a_burst_and_retry_failures() {
     revoked.sort();
     revoked.dedup();
     assert_eq!(revoked.len(), 200, "no lease revoked twice");
+}
+
+#[test]
+fn renew_extends_upstream_first_and_a_refusal_changes_nothing() {
+    let (_b, clock, rec, m) = setup();
+    let id = issue(&m, "r", 10, 100, 1);
+    clock.advance(5_000);
+    let r = m.renew(&id, Some(30)).expect("renew");
+    assert_eq!(r.expires_ms, T0 + 35_000);
+    assert_eq!(*lock(&rec.renewed), vec![(id.clone(), T0 + 35_000)]);
+    rec.renew_fails.store(true, Ordering::SeqCst);
+    let e = m.renew(&id, Some(60)).err().map(|e| e.kind);
+    assert_eq!(e, Some(ErrorKind::Io));
+    assert_eq!(m.get(&id).expect("lease").expires_ms, T0 + 35_000);
+    assert_eq!(m.next_due_in(), Some(30_000));
+}
+
+#[test]
+fn held_leases_wait_for_release_and_discard_forgets_without_upstream() {
+    let (_b, clock, rec, m) = setup();
+    let new = |name: &str| NewLease {
+        id: LeaseManager::new_id(&format!("aws/creds/{name}")),
+        path: format!("aws/creds/{name}"),
+        ttl_secs: 1,
+        max_ttl_secs: 10,
+        renewable: true,
+        uid: 1,
+        secret: serde_json::json!({}),
+    };
+    let kept = m.issue_held(new("kept")).expect("issue").id;
+    let gone = m.issue_held(new("gone")).expect("issue").id;
+    clock.advance(5_000);
+    assert_eq!(m.process_due(), 0, "a held lease was revoked");
+    m.discard(&gone).expect("discard");
+    assert!(!m.exists(&gone));
+    m.release(&kept);
+    assert_eq!(m.process_due(), 1);
+    assert_eq!(*lock(&rec.revoked), vec![kept]);
 }

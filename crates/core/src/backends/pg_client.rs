@@ -1,0 +1,667 @@
+//! The upstream PostgreSQL client the `postgresql` backend uses to make and drop login roles.
+//!
+//! Owns: parsing and checking a connection URL (`postgres://user:pass@host:port/db`), talking to
+//! that server with tokio-postgres (plain TCP or a Unix socket; no TLS), a small pool of idle
+//! connections, and the SQL of the three upstream acts: create a role (the role's statements
+//! with `{{name}}`, `{{password}}`, `{{expiration}}` substituted, one transaction), extend it
+//! (`ALTER ROLE … VALID UNTIL`, or the role's renew statements) and drop it (the role's
+//! revocation statements, or the default that really ends access: `NOLOGIN`, terminate its
+//! sessions, `REASSIGN OWNED`/`DROP OWNED`, `DROP ROLE`). Identifiers and literals of the default
+//! statements are quoted by the server (`format('%I')`/`format('%L')`), since DDL takes no bind
+//! parameters. Also owns `role_name` and `password`, the names and passwords nomadfs makes.
+//! It is a synchronous facade over its own small tokio runtime (like `aws_iam`): any thread may
+//! call it, many at once. Every call is bounded by a connect timeout and an operation timeout.
+//!
+//! Must never: log the connection password or a generated password, or put either in an error
+//! message (server messages are scrubbed of the generated password before they are returned);
+//! leave a role half-made (creation is one transaction: all statements or none).
+
+use crate::error::{Error, Result};
+use crate::secret::SecretBytes;
+use rand::Rng;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::types::Type;
+use tokio_postgres::NoTls;
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1) in bytes.
+pub const NAME_MAX: usize = 63;
+/// Length of generated passwords (alphanumeric: ~190 bits).
+pub const PASSWORD_LEN: usize = 32;
+/// Time to open a connection (TCP + startup + authentication).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for one upstream act, connecting included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// Idle connections kept for reuse.
+const POOL_MAX: usize = 16;
+/// How long the default revocation waits for each terminated session to end (ms).
+const TERMINATE_WAIT_MS: i64 = 5000;
+
+/// A role name for `role` and `uid`: `nomadfs-<role>-u<uid>-<8 random hex>`, at most 63 bytes
+/// (the role part is cut to fit), only `[a-z0-9_-]` (anything else in `role` becomes '-', upper
+/// case is lowered), so it is safe inside `"{{name}}"` in a statement.
+pub fn role_name(role: &str, uid: u32) -> String {
+    role_name_with_suffix(role, uid, &format!("{:08x}", rand::random::<u32>()))
+}
+
+fn role_name_with_suffix(role: &str, uid: u32, suffix: &str) -> String {
+    const PREFIX: &str = "nomadfs-";
+    let tail = format!("-u{uid}-{suffix}");
+    let budget = NAME_MAX.saturating_sub(PREFIX.len() + tail.len());
+    let role: String = role
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(budget)
+        .collect();
+    format!("{PREFIX}{role}{tail}")
+}
+
+/// A fresh password: `PASSWORD_LEN` random alphanumerics from the OS generator (safe inside
+/// `'{{password}}'` without quoting).
+pub fn password() -> SecretBytes {
+    let rng = rand::rngs::OsRng;
+    let bytes: Vec<u8> = rng
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(PASSWORD_LEN)
+        .collect();
+    SecretBytes::new(bytes)
+}
+
+/// A failed `create_role`.
+#[derive(Debug)]
+pub struct CreateFailed {
+    pub error: Error,
+    /// The statements went out and no verdict came back: the role may exist.
+    pub maybe_created: bool,
+}
+
+/// A role being made (see `PgClient::create_role_begin`). Dropping it rolls back.
+pub struct PendingRole {
+    decide: Option<tokio::sync::oneshot::Sender<bool>>,
+    done: std::sync::mpsc::Receiver<std::result::Result<(), CreateFailed>>,
+}
+
+impl PendingRole {
+    /// Commit (`true`) or roll back, and wait for the outcome.
+    pub fn finish(mut self, commit: bool) -> std::result::Result<(), CreateFailed> {
+        if let Some(tx) = self.decide.take() {
+            let _ = tx.send(commit);
+        }
+        self.done.recv().unwrap_or_else(|_| {
+            Err(CreateFailed {
+                error: Error::io("PostgreSQL client: the call ended without an answer"),
+                maybe_created: commit,
+            })
+        })
+    }
+}
+
+impl Drop for PendingRole {
+    fn drop(&mut self) {
+        if let Some(tx) = self.decide.take() {
+            let _ = tx.send(false);
+        }
+    }
+}
+
+/// A checked connection URL. `Debug` shows no password.
+pub struct Target {
+    config: tokio_postgres::Config,
+    /// `host:port/db` for messages.
+    pub display: String,
+    /// For `.env` output: the first host (or socket folder), port and database.
+    pub host: String,
+    pub port: u16,
+    pub dbname: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("display", &self.display)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// Parse and check `url`. Errors are `InvalidInput` and never quote the password.
+    pub fn parse(url: &str) -> Result<Target> {
+        let url = url.trim();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(Error::invalid(
+                "config/connection: expected a URL postgres://user:password@host:port/database",
+            ));
+        }
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            Error::invalid(format!(
+                "config/connection: not a valid URL ({})",
+                chain(&e)
+            ))
+        })?;
+        if config.get_user().is_none_or(str::is_empty) {
+            return Err(Error::invalid("config/connection: the URL names no user"));
+        }
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(Error::invalid(
+                "config/connection: sslmode=require is not supported: nomadfs connects to \
+                 PostgreSQL without TLS (use a Unix socket or loopback, see SECURITY.md)",
+            ));
+        }
+        // No TLS support, so don't ask the server for it.
+        config.ssl_mode(SslMode::Disable);
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.to_string_lossy().into_owned(),
+            None => return Err(Error::invalid("config/connection: the URL names no host")),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let dbname = config.get_dbname().map(str::to_string);
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("nomadfs");
+        let display = format!(
+            "{host}:{port}/{}",
+            dbname.as_deref().or(config.get_user()).unwrap_or("")
+        );
+        Ok(Target {
+            config,
+            display,
+            host,
+            port,
+            dbname,
+        })
+    }
+}
+
+/// The error text of `e` with its causes ("db error: ERROR: role … already exists").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Replace every `{{key}}` by its value. Unknown placeholders stay as they are (roles are
+/// checked for them when written).
+pub fn substitute(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    out
+}
+
+/// Join statements into one simple-query text: PostgreSQL runs a multi-statement simple query
+/// as one implicit transaction (all or nothing).
+fn join(statements: &[String]) -> String {
+    statements
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(";\n")
+}
+
+/// The PostgreSQL client. Cheap to share behind an `Arc`; calls may run concurrently.
+pub struct PgClient {
+    inner: Arc<Inner>,
+    /// `Option` only so `Drop` can take it and shut it down without blocking.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+struct Inner {
+    config: tokio_postgres::Config,
+    display: String,
+    idle: Mutex<Vec<tokio_postgres::Client>>,
+}
+
+impl std::fmt::Debug for PgClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgClient")
+            .field("target", &self.inner.display)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so dropping is safe from any thread, async ones included.
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PgClient {
+    /// A client for `target`; starts its runtime, does not connect (the first call does).
+    pub fn new(target: &Target) -> Result<PgClient> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nomadfs-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io(format!("PostgreSQL client: cannot start its runtime: {e}")))?;
+        Ok(PgClient {
+            inner: Arc::new(Inner {
+                config: target.config.clone(),
+                display: target.display.clone(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Run `fut` on the client's runtime, bounded by the operation timeout, and wait for it
+    /// from this (any) thread.
+    fn run<T, F>(&self, what: &str, fut: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::io("PostgreSQL client: its runtime is shut down"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let r = tokio::time::timeout(OPERATION_TIMEOUT, fut).await;
+            let _ = tx.send(r);
+        });
+        match rx.recv() {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::io(format!(
+                "PostgreSQL at {}: {what}: no answer within {}s",
+                self.inner.display,
+                OPERATION_TIMEOUT.as_secs()
+            ))),
+            Err(_) => Err(Error::io(
+                "PostgreSQL client: the call ended without an answer",
+            )),
+        }
+    }
+
+    /// Connect and run `SELECT 1` (a new connection, so a changed password is really tried).
+    pub fn ping(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        self.run("connect", async move {
+            let c = inner.connect().await?;
+            c.batch_execute("SELECT 1")
+                .await
+                .map_err(|e| inner.err("SELECT 1", &e, None))?;
+            inner.put_back(c);
+            Ok(())
+        })
+    }
+
+    /// Run the creation statements for `name` in one transaction and commit it. On failure,
+    /// the error says whether the role may exist after all.
+    pub fn create_role(
+        &self,
+        statements: &[String],
+        name: &str,
+        password: &SecretBytes,
+        expiration: &str,
+    ) -> std::result::Result<(), CreateFailed> {
+        self.create_role_begin(statements, name, password, expiration)
+            .map_err(|error| CreateFailed {
+                error,
+                maybe_created: false,
+            })?
+            .finish(true)
+    }
+
+    /// Start making role `name`: on the client's runtime, `BEGIN` and the creation statements
+    /// run in an open transaction, which then waits for `PendingRole::finish` (commit or roll
+    /// back; dropping it rolls back). The caller makes its own record durable meanwhile, so the
+    /// role can only commit after it — and a crash before the commit rolls the role back.
+    pub fn create_role_begin(
+        &self,
+        statements: &[String],
+        name: &str,
+        password: &SecretBytes,
+        expiration: &str,
+    ) -> Result<PendingRole> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::io("PostgreSQL client: its runtime is shut down"))?;
+        let pw = password
+            .text()
+            .ok_or_else(|| Error::io("generated password is not UTF-8"))?;
+        let body = join(
+            &statements
+                .iter()
+                .map(|s| {
+                    substitute(
+                        s,
+                        &[("name", name), ("password", pw), ("expiration", expiration)],
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        let sql = zeroize::Zeroizing::new(format!("BEGIN;\n{body}"));
+        drop(zeroize::Zeroizing::new(body));
+        let scrub = zeroize::Zeroizing::new(pw.to_string());
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        let (decide_tx, decide_rx) = tokio::sync::oneshot::channel::<bool>();
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let commit_sent = Arc::new(AtomicBool::new(false));
+        runtime.spawn(async move {
+            let what = format!("creating role {name}");
+            let flag = commit_sent.clone();
+            let work = async {
+                let failed = |error| CreateFailed {
+                    error,
+                    maybe_created: false,
+                };
+                let c = inner.conn().await.map_err(failed)?;
+                if let Err(e) = c.batch_execute(&sql).await {
+                    // Refused or cut off before COMMIT: nothing is committed (the connection is
+                    // dropped, which ends an open transaction).
+                    return Err(failed(inner.err(&what, &e, Some(&scrub))));
+                }
+                if !decide_rx.await.unwrap_or(false) {
+                    if c.batch_execute("ROLLBACK").await.is_ok() {
+                        inner.put_back(c);
+                    }
+                    return Err(failed(Error::io(format!(
+                        "PostgreSQL at {}: {what}: rolled back",
+                        inner.display
+                    ))));
+                }
+                flag.store(true, Ordering::SeqCst);
+                match c.batch_execute("COMMIT").await {
+                    Ok(()) => {
+                        inner.put_back(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(CreateFailed {
+                        error: inner.err(&what, &e, Some(&scrub)),
+                        maybe_created: e.as_db_error().is_none(),
+                    }),
+                }
+            };
+            let outcome = match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+                Ok(r) => r,
+                Err(_) => Err(CreateFailed {
+                    error: Error::io(format!(
+                        "PostgreSQL at {}: {what}: no answer within {}s",
+                        inner.display,
+                        OPERATION_TIMEOUT.as_secs()
+                    )),
+                    maybe_created: commit_sent.load(Ordering::SeqCst),
+                }),
+            };
+            let _ = done_tx.send(outcome);
+        });
+        Ok(PendingRole {
+            decide: Some(decide_tx),
+            done: done_rx,
+        })
+    }
+
+    /// Extend role `name` to `expiration`: `ALTER ROLE … VALID UNTIL …`, or `statements`
+    /// (with `{{name}}` and `{{expiration}}`) when given.
+    pub fn renew_role(&self, statements: &[String], name: &str, expiration: &str) -> Result<()> {
+        let inner = self.inner.clone();
+        let custom = (!statements.is_empty()).then(|| {
+            join(
+                &statements
+                    .iter()
+                    .map(|s| substitute(s, &[("name", name), ("expiration", expiration)]))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let (name, expiration) = (name.to_string(), expiration.to_string());
+        self.run("renew", async move {
+            let c = inner.conn().await?;
+            let what = format!("extending role {name}");
+            let sql = match custom {
+                Some(sql) => sql,
+                None => {
+                    let row = c
+                        .query_typed_opt(
+                            "SELECT format('ALTER ROLE %I VALID UNTIL %L', rolname::text, $2::text) \
+                             FROM pg_roles WHERE rolname = $1",
+                            &[(&name, Type::TEXT), (&expiration, Type::TEXT)],
+                        )
+                        .await
+                        .map_err(|e| inner.err(&what, &e, None))?;
+                    match row {
+                        Some(r) => r.try_get(0).map_err(|e| inner.err(&what, &e, None))?,
+                        None => {
+                            inner.put_back(c);
+                            return Err(Error::io(format!(
+                                "PostgreSQL at {}: {what}: the role does not exist",
+                                inner.display
+                            )));
+                        }
+                    }
+                }
+            };
+            c.batch_execute(&sql)
+                .await
+                .map_err(|e| inner.err(&what, &e, None))?;
+            inner.put_back(c);
+            Ok(())
+        })
+    }
+
+    /// Drop role `name` so that it can no longer act. A role that does not exist counts as
+    /// done. With `statements` (and `{{name}}`), runs those in one transaction; otherwise the
+    /// default: `ALTER ROLE NOLOGIN` (committed first), then in one transaction terminate its
+    /// sessions (waiting for them to end), `REASSIGN OWNED BY` it to the connecting user,
+    /// `DROP OWNED BY` it (its privileges in this database) and `DROP ROLE`.
+    pub fn drop_role(&self, statements: &[String], name: &str) -> Result<()> {
+        let inner = self.inner.clone();
+        let custom = (!statements.is_empty()).then(|| {
+            join(
+                &statements
+                    .iter()
+                    .map(|s| substitute(s, &[("name", name)]))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let name = name.to_string();
+        self.run("revoke", async move {
+            let c = inner.conn().await?;
+            let what = format!("dropping role {name}");
+            let row = c
+                .query_typed_opt(
+                    "SELECT format('ALTER ROLE %I NOLOGIN', rolname::text), \
+                     format('SELECT count(pg_terminate_backend(pid, %s)) FROM pg_stat_activity \
+                             WHERE usename = %L AND pid <> pg_backend_pid(); \
+                             REASSIGN OWNED BY %I TO CURRENT_USER; DROP OWNED BY %I; \
+                             DROP ROLE %I', $2::bigint, rolname::text, rolname::text, \
+                             rolname::text, rolname::text) \
+                     FROM pg_roles WHERE rolname = $1",
+                    &[(&name, Type::TEXT), (&TERMINATE_WAIT_MS, Type::INT8)],
+                )
+                .await
+                .map_err(|e| inner.err(&what, &e, None))?;
+            let Some(row) = row else {
+                inner.put_back(c);
+                return Ok(()); // already gone
+            };
+            match custom {
+                Some(sql) => c
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| inner.err(&what, &e, None))?,
+                None => {
+                    let nologin: String = row.try_get(0).map_err(|e| inner.err(&what, &e, None))?;
+                    let rest: String = row.try_get(1).map_err(|e| inner.err(&what, &e, None))?;
+                    c.batch_execute(&nologin)
+                        .await
+                        .map_err(|e| inner.err(&what, &e, None))?;
+                    c.batch_execute(&rest)
+                        .await
+                        .map_err(|e| inner.err(&what, &e, None))?;
+                }
+            }
+            inner.put_back(c);
+            tracing::info!(role = %name, "dropped PostgreSQL role");
+            Ok(())
+        })
+    }
+
+    /// Whether role `name` exists (tests, recovery).
+    pub fn role_exists(&self, name: &str) -> Result<bool> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        self.run("role lookup", async move {
+            let c = inner.conn().await?;
+            let row = c
+                .query_typed_opt(
+                    "SELECT 1 FROM pg_roles WHERE rolname = $1",
+                    &[(&name, Type::TEXT)],
+                )
+                .await
+                .map_err(|e| inner.err("looking up a role", &e, None))?;
+            inner.put_back(c);
+            Ok(row.is_some())
+        })
+    }
+}
+
+impl Inner {
+    /// `ErrorKind::Io` naming the act, the server and its reason (with `scrub` redacted).
+    fn err(&self, what: &str, e: &tokio_postgres::Error, scrub: Option<&str>) -> Error {
+        let mut reason = match e.as_db_error() {
+            Some(db) => {
+                let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+                if let Some(d) = db.detail() {
+                    s.push_str(&format!(" ({d})"));
+                }
+                s
+            }
+            None => chain(e),
+        };
+        if let Some(secret) = scrub.filter(|s| !s.is_empty()) {
+            reason = reason.replace(secret, "<redacted>");
+        }
+        Error::io(format!("PostgreSQL at {}: {what}: {reason}", self.display))
+    }
+
+    /// A new connection; its driver task runs on the client's runtime.
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| self.err("connect", &e, None))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("PostgreSQL connection ended: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// An idle connection, or a new one.
+    async fn conn(&self) -> Result<tokio_postgres::Client> {
+        loop {
+            let c = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match c {
+                Some(c) if !c.is_closed() => return Ok(c),
+                Some(_) => continue,
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    /// Keep `c` for reuse (only after a call that succeeded: a failed one is dropped).
+    fn put_back(&self, c: tokio_postgres::Client) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_MAX && !c.is_closed() {
+            idle.push(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn role_name_shape_and_limit() {
+        let n = role_name("readonly", 1000);
+        assert!(n.starts_with("nomadfs-readonly-u1000-"), "{n}");
+        assert_eq!(n.len(), "nomadfs-readonly-u1000-".len() + 8);
+        assert_ne!(role_name("r", 1), role_name("r", 1));
+        let long = role_name_with_suffix(&"R".repeat(200), u32::MAX, "01234567");
+        assert_eq!(long.len(), NAME_MAX, "{long}");
+        assert!(
+            long.ends_with(&format!("-u{}-01234567", u32::MAX)),
+            "{long}"
+        );
+        assert!(long.starts_with("nomadfs-rrr"), "{long}");
+        let odd = role_name_with_suffix("a b\"c'dé", 7, "deadbeef");
+        assert_eq!(odd, "nomadfs-a-b-c-d--u7-deadbeef");
+        let n = role_name(&"é".repeat(100), 0);
+        assert!(n.len() <= NAME_MAX, "{n}");
+    }
+
+    #[test]
+    fn passwords_are_long_alphanumeric_and_differ() {
+        let a = password();
+        let b = password();
+        assert_eq!(a.len(), PASSWORD_LEN);
+        assert!(a.expose().iter().all(u8::is_ascii_alphanumeric));
+        assert_ne!(a.expose(), b.expose());
+    }
+
+    #[test]
+    fn substitute_and_join() {
+        let s = substitute(
+            "CREATE ROLE \"{{name}}\" PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' {{x}}",
+            &[("name", "n"), ("password", "p"), ("expiration", "e")],
+        );
+        assert_eq!(s, "CREATE ROLE \"n\" PASSWORD 'p' VALID UNTIL 'e' {{x}}");
+        assert_eq!(
+            join(&["a;".into(), " ".into(), "b -- c".into()]),
+            "a;;\nb -- c"
+        );
+    }
+
+    #[test]
+    fn target_parse() {
+        let t = Target::parse("postgres://admin:s3cr3t@127.0.0.1:5433/app").expect("parse");
+        assert_eq!(t.display, "127.0.0.1:5433/app");
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 5433));
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+        for bad in [
+            "",
+            "host=x user=y",
+            "mysql://a@b/c",
+            "postgres://host/db",
+            "postgres://u:p@h:notaport/db",
+            "postgres://u:s3cr3t@h/db?sslmode=require",
+            "postgres://u:p@h/db?bogus=1",
+        ] {
+            let e = Target::parse(bad).err().map(|e| (e.kind, e.message));
+            let (kind, msg) = e.unwrap_or((ErrorKind::Io, String::new()));
+            assert_eq!(kind, ErrorKind::InvalidInput, "{bad}");
+            assert!(!msg.contains("s3cr3t"), "{msg}");
+        }
+    }
+}
