@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backend;
 pub mod backends;
 pub mod barrier;
+mod blocking;
 pub mod caller;
 pub mod engine;
 pub mod error;

@@ -14,6 +14,7 @@
 //! half-made user behind when `create_user` fails part way (it undoes what it made, best effort,
 //! and says in the error whether the undo worked, so the write-ahead log can retry it).
 
+use crate::blocking::OwnRuntime;
 use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
 use aws_sdk_iam::config::retry::RetryConfig;
@@ -143,9 +144,9 @@ fn user_name_with_suffix(role: &str, uid: u32, suffix: &str) -> String {
 
 /// The IAM client over the AWS SDK. Cheap to share behind an `Arc`; calls may run concurrently.
 pub struct AwsIam {
+    /// First, so it shuts down before the client is dropped.
+    runtime: OwnRuntime,
     inner: Arc<Inner>,
-    /// `Option` only so `Drop` can take it and shut it down without blocking.
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 struct Inner {
@@ -190,12 +191,7 @@ impl AwsIam {
             }
         };
 
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("nomadfs-iam")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io(format!("IAM client: cannot start its runtime: {e}")))?;
+        let runtime = OwnRuntime::new("nomadfs-iam", "IAM client")?;
 
         // One TLS stack (rustls with ring); plain http:// endpoints work through it too.
         let http_client = aws_smithy_http_client::Builder::new()
@@ -227,8 +223,8 @@ impl AwsIam {
         let endpoint =
             endpoint.unwrap_or_else(|| format!("the AWS IAM endpoint (region {region})"));
         Ok(AwsIam {
+            runtime,
             inner: Arc::new(Inner { client, endpoint }),
-            runtime: Some(runtime),
         })
     }
 
@@ -238,18 +234,7 @@ impl AwsIam {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| Error::io("IAM client: its runtime is shut down"))?;
-        // A std channel rather than `block_on`: works from threads inside a tokio runtime too.
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            // The receiver only goes away if the caller is gone; nothing to do then.
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| Error::io("IAM client: the call ended without an answer"))?
+        self.runtime.run(fut)
     }
 }
 
@@ -277,15 +262,6 @@ impl AwsIam {
             }
             Ok(out)
         })
-    }
-}
-
-impl Drop for AwsIam {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            // Never blocks, so dropping is safe from any thread, async ones included.
-            rt.shutdown_background();
-        }
     }
 }
 

@@ -16,6 +16,7 @@
 //! message (server messages are scrubbed of the generated password before they are returned);
 //! leave a role half-made (creation is one transaction: all statements or none).
 
+use crate::blocking::OwnRuntime;
 use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
 use rand::Rng;
@@ -220,9 +221,9 @@ fn join(statements: &[String]) -> String {
 
 /// The PostgreSQL client. Cheap to share behind an `Arc`; calls may run concurrently.
 pub struct PgClient {
+    /// First, so it shuts down before the pool is dropped.
+    runtime: OwnRuntime,
     inner: Arc<Inner>,
-    /// `Option` only so `Drop` can take it and shut it down without blocking.
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 struct Inner {
@@ -239,31 +240,17 @@ impl std::fmt::Debug for PgClient {
     }
 }
 
-impl Drop for PgClient {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            // Never blocks, so dropping is safe from any thread, async ones included.
-            rt.shutdown_background();
-        }
-    }
-}
-
 impl PgClient {
     /// A client for `target`; starts its runtime, does not connect (the first call does).
     pub fn new(target: &Target) -> Result<PgClient> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("nomadfs-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io(format!("PostgreSQL client: cannot start its runtime: {e}")))?;
+        let runtime = OwnRuntime::new("nomadfs-pg", "PostgreSQL client")?;
         Ok(PgClient {
+            runtime,
             inner: Arc::new(Inner {
                 config: target.config.clone(),
                 display: target.display.clone(),
                 idle: Mutex::new(Vec::new()),
             }),
-            runtime: Some(runtime),
         })
     }
 
@@ -274,26 +261,13 @@ impl PgClient {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| Error::io("PostgreSQL client: its runtime is shut down"))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let r = tokio::time::timeout(OPERATION_TIMEOUT, fut).await;
-            let _ = tx.send(r);
-        });
-        match rx.recv() {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Error::io(format!(
+        self.runtime.run_within(OPERATION_TIMEOUT, fut, || {
+            Error::io(format!(
                 "PostgreSQL at {}: {what}: no answer within {}s",
                 self.inner.display,
                 OPERATION_TIMEOUT.as_secs()
-            ))),
-            Err(_) => Err(Error::io(
-                "PostgreSQL client: the call ended without an answer",
-            )),
-        }
+            ))
+        })
     }
 
     /// Connect and run `SELECT 1` (a new connection, so a changed password is really tried).
@@ -338,10 +312,7 @@ impl PgClient {
         expiration: &str,
     ) -> Result<PendingRole> {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| Error::io("PostgreSQL client: its runtime is shut down"))?;
+        let runtime = self.runtime.get()?;
         let pw = password
             .text()
             .ok_or_else(|| Error::io("generated password is not UTF-8"))?;

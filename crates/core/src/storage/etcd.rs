@@ -20,6 +20,7 @@
 //! bytes mean our write).
 
 use super::{Storage, WriteOp};
+use crate::blocking::OwnRuntime;
 use crate::error::{Error, ErrorKind, Result};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
@@ -66,9 +67,9 @@ impl EtcdConfig {
 
 /// The etcd storage. Calls may run concurrently from any thread.
 pub struct EtcdStorage {
+    /// First, so it shuts down before the shared state is dropped.
+    runtime: OwnRuntime,
     shared: Arc<Shared>,
-    /// `Option` only so `Drop` can take it and shut it down without blocking.
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 struct Shared {
@@ -168,13 +169,9 @@ impl EtcdStorage {
                 "etcd prefix must not be empty (it keeps nomadfs's keys apart from others')",
             ));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("nomadfs-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io(format!("etcd client: cannot start its runtime: {e}")))?;
+        let runtime = OwnRuntime::new("nomadfs-etcd", "etcd client")?;
         Ok(Self {
+            runtime,
             shared: Arc::new(Shared {
                 endpoints,
                 prefix: config.prefix,
@@ -185,7 +182,6 @@ impl EtcdStorage {
                     client: None,
                 }),
             }),
-            runtime: Some(runtime),
         })
     }
 
@@ -199,25 +195,7 @@ impl EtcdStorage {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| Error::io("etcd client: its runtime is shut down"))?;
-        // A std channel rather than `block_on`: works from threads inside a tokio runtime too.
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| Error::io("etcd client: the call ended without an answer"))?
-    }
-}
-
-impl Drop for EtcdStorage {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.runtime.run(fut)
     }
 }
 
