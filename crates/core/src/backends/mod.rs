@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod aws_iam;
+mod dynamic;
 pub mod generic;
 pub mod pg_client;
 pub mod postgres;

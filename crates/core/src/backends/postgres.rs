@@ -15,31 +15,19 @@
 //! Must never: return the connection URL (config/connection is write-only), create anything on
 //! `stat` or lookup, or log a password.
 
-use super::aws::{failpoint, parse_fields};
+use super::aws::failpoint;
+use super::dynamic::{self, Dynamic, SecretConfig, Upstream};
 use super::pg_client::{password, role_name, PgClient, Target};
-use super::{validate_name, Services};
-use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind};
+use super::Services;
+use crate::backend::{Backend, Ctx, DirEntry, Node};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{parse_duration, rfc3339, LeaseManager, LeaseRecord, NewLease};
-use crate::route::Router;
 use crate::secret::SecretBytes;
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
-    Root,
-    Config,
-    ConfigConnection,
-    ConfigLease,
-    Roles,
-    Role,
-    Creds,
-    Cred,
-}
 
 const HELP: &str = "\
 postgresql backend: dynamic PostgreSQL login roles, each under a lease.
@@ -68,9 +56,6 @@ Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it 
 role's VALID UNTIL).
 ";
 
-const DEFAULT_TTL: u64 = 3600;
-const DEFAULT_MAX_TTL: u64 = 24 * 3600;
-
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredConnection {
@@ -82,12 +67,6 @@ impl Drop for StoredConnection {
         use zeroize::Zeroize;
         self.url.zeroize();
     }
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy)]
-struct LeaseCfg {
-    ttl: u64,
-    max_ttl: u64,
 }
 
 /// One statement or a list of them.
@@ -257,10 +236,6 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("").trim()
 }
 
-fn not_dir(path: &str) -> Error {
-    Error::new(ErrorKind::NotADirectory, format!("{path}: not a folder"))
-}
-
 /// The client with what `.env` output needs of its target.
 struct Conn {
     client: Arc<PgClient>,
@@ -270,49 +245,28 @@ struct Conn {
 }
 
 pub struct Postgres {
-    view: View,
-    services: Services,
-    router: Router<Route>,
+    dynamic: Dynamic,
     conn: Mutex<Option<Arc<Conn>>>,
 }
 
 impl Postgres {
     pub fn new(view: View, services: &Services) -> Self {
         Self {
-            view,
-            services: services.clone(),
-            router: Router::new(&[
-                ("", Route::Root),
-                ("config", Route::Config),
-                ("config/connection", Route::ConfigConnection),
-                ("config/lease", Route::ConfigLease),
-                ("roles", Route::Roles),
-                ("roles/{name}", Route::Role),
-                ("creds", Route::Creds),
-                ("creds/{name}", Route::Cred),
-            ]),
+            dynamic: Dynamic::new(
+                view,
+                services,
+                SecretConfig {
+                    path: "config/connection",
+                    read_refusal:
+                        "config/connection is write-only: the connection URL is never read back",
+                },
+            ),
             conn: Mutex::new(None),
         }
     }
 
     fn leases(&self) -> &LeaseManager {
-        &self.services.leases
-    }
-
-    fn route<'p>(&self, path: &'p str) -> Result<(Route, Vec<&'p str>)> {
-        self.router
-            .route(path)
-            .ok_or_else(|| Error::not_found(path))
-    }
-
-    fn role_key(name: &str) -> Result<String> {
-        validate_name(name)?;
-        if name.ends_with(".env") {
-            return Err(Error::invalid(format!(
-                "role name {name:?}: names ending in .env are reserved for creds/NAME.env"
-            )));
-        }
-        Ok(format!("roles/{name}"))
+        &self.dynamic.services.leases
     }
 
     fn conn_of(target: &Target) -> Result<Conn> {
@@ -330,7 +284,7 @@ impl Postgres {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let raw = self.view.get("config/connection")?.ok_or_else(|| {
+        let raw = self.dynamic.view.get("config/connection")?.ok_or_else(|| {
             Error::io("config/connection is not set: write the connection URL first")
         })?;
         let stored: StoredConnection = serde_json::from_slice(raw.expose())
@@ -338,17 +292,6 @@ impl Postgres {
         let c = Arc::new(Self::conn_of(&Target::parse(&stored.url)?)?);
         *slot = Some(c.clone());
         Ok(c)
-    }
-
-    fn lease_cfg(&self) -> Result<LeaseCfg> {
-        match self.view.get("config/lease")? {
-            None => Ok(LeaseCfg {
-                ttl: DEFAULT_TTL,
-                max_ttl: DEFAULT_MAX_TTL,
-            }),
-            Some(raw) => serde_json::from_slice(raw.expose())
-                .map_err(|e| Error::new(ErrorKind::Integrity, format!("config/lease: {e}"))),
-        }
     }
 
     /// Check, test-connect, then store; a URL that fails keeps the previous one.
@@ -367,52 +310,14 @@ impl Postgres {
         let mut buf = Zeroizing::new(Vec::with_capacity(256));
         serde_json::to_writer(&mut *buf, &stored)
             .map_err(|e| Error::io(format!("config/connection: {e}")))?;
-        self.view.put("config/connection", &buf)?;
+        self.dynamic.view.put("config/connection", &buf)?;
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(conn));
         tracing::info!(target = %target.display, "PostgreSQL connection configured");
         Ok(())
     }
 
-    fn write_lease_cfg(&self, data: &SecretBytes) -> Result<()> {
-        let mut cfg = self.lease_cfg()?;
-        for (k, v) in parse_fields(data, "config/lease")? {
-            let secs = parse_duration(&v).filter(|s| *s > 0).ok_or_else(|| {
-                Error::invalid(format!(
-                    "config/lease: {k} = {:?} is not a duration",
-                    v.as_str()
-                ))
-            })?;
-            match k.as_str() {
-                "ttl" | "lease" | "default_ttl" => cfg.ttl = secs,
-                "max_ttl" | "lease_max" => cfg.max_ttl = secs,
-                other => {
-                    return Err(Error::invalid(format!(
-                        "config/lease: unknown key {other:?} (ttl, max_ttl)"
-                    )))
-                }
-            }
-        }
-        if cfg.ttl > cfg.max_ttl {
-            return Err(Error::invalid("config/lease: ttl is larger than max_ttl"));
-        }
-        let raw = serde_json::to_vec(&cfg).map_err(|e| Error::io(e.to_string()))?;
-        self.view.put("config/lease", &raw)
-    }
-
-    fn write_role(&self, name: &str, data: &SecretBytes) -> Result<()> {
-        let key = Self::role_key(name)?;
-        if data.len() > self.services.limits.max_value_size {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!("roles/{name}: too large"),
-            ));
-        }
-        parse_role(name, data.expose())?;
-        self.view.put(&key, data.expose())
-    }
-
     fn load_role(&self, name: &str) -> Result<Option<Role>> {
-        match self.view.get(&Self::role_key(name)?)? {
+        match self.dynamic.view.get(&dynamic::role_key(name)?)? {
             None => Ok(None),
             Some(raw) => parse_role(name, raw.expose())
                 .map(Some)
@@ -437,16 +342,12 @@ impl Postgres {
     }
 
     /// Make one credential: intent → role → lease → intent cleared.
-    fn issue(&self, ctx: &Ctx<'_>, name: &str) -> Result<SecretBytes> {
-        let (role_doc, env) = match name.strip_suffix(".env") {
-            Some(r) => (r, true),
-            None => (name, false),
-        };
+    fn mint(&self, ctx: &Ctx<'_>, role_doc: &str, env: bool) -> Result<SecretBytes> {
         let role = self
             .load_role(role_doc)?
             .ok_or_else(|| Error::not_found(&format!("roles/{role_doc}")))?;
         let conn = self.conn()?;
-        let cfg = self.lease_cfg()?;
+        let cfg = self.dynamic.lease_cfg()?;
         let max_ttl = role.max_ttl.unwrap_or(cfg.max_ttl).min(cfg.max_ttl).max(1);
         let ttl = role.default_ttl.unwrap_or(cfg.ttl).clamp(1, max_ttl);
         let path = format!("{}/creds/{role_doc}", ctx.mount);
@@ -558,6 +459,20 @@ impl Postgres {
     }
 }
 
+impl Upstream for Postgres {
+    fn write_config(&self, data: &SecretBytes) -> Result<()> {
+        self.write_connection(data)
+    }
+
+    fn check_role(&self, name: &str, data: &[u8]) -> Result<()> {
+        parse_role(name, data).map(|_| ())
+    }
+
+    fn issue(&self, ctx: &Ctx<'_>, role: &str, env: bool) -> Result<SecretBytes> {
+        self.mint(ctx, role, env)
+    }
+}
+
 impl Backend for Postgres {
     fn kind(&self) -> &'static str {
         "postgresql"
@@ -568,121 +483,27 @@ impl Backend for Postgres {
     }
 
     fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
-        let (route, caps) = self.route(path)?;
-        Ok(match route {
-            Route::Root | Route::Config | Route::Roles | Route::Creds => Node::dir(),
-            Route::ConfigConnection => Node {
-                kind: NodeKind::File,
-                size: 0,
-                mode: 0o200,
-                dynamic: false,
-                exchange: false,
-            },
-            Route::ConfigLease => Node::file(self.view.size("config/lease")?.unwrap_or(0)),
-            Route::Role => match self.view.size(&Self::role_key(caps[0])?)? {
-                Some(n) => Node::file(n),
-                None => return Err(Error::not_found(path)),
-            },
-            Route::Cred => {
-                let role = caps[0].strip_suffix(".env").unwrap_or(caps[0]);
-                match self.view.size(&Self::role_key(role)?)? {
-                    Some(_) => Node::generated(0o400),
-                    None => return Err(Error::not_found(path)),
-                }
-            }
-        })
+        self.dynamic.stat(path)
     }
 
     fn list(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>> {
-        let (route, _) = self.route(path)?;
-        let roles = || -> Result<Vec<String>> {
-            Ok(self
-                .view
-                .list("roles/")?
-                .into_iter()
-                .filter_map(|p| p.strip_prefix("roles/").map(str::to_string))
-                .collect())
-        };
-        match route {
-            Route::Root => Ok(vec![
-                DirEntry::dir("config"),
-                DirEntry::dir("roles"),
-                DirEntry::dir("creds"),
-            ]),
-            Route::Config => Ok(vec![DirEntry::file("connection"), DirEntry::file("lease")]),
-            Route::Roles => Ok(roles()?.into_iter().map(DirEntry::file).collect()),
-            Route::Creds => Ok(roles()?
-                .into_iter()
-                .flat_map(|r| {
-                    [
-                        DirEntry::file(r.clone()),
-                        DirEntry::file(format!("{r}.env")),
-                    ]
-                })
-                .collect()),
-            _ => Err(not_dir(path)),
-        }
+        self.dynamic.list(path)
     }
 
     fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes> {
-        let (route, caps) = self.route(path)?;
-        match route {
-            Route::ConfigConnection => Err(Error::denied(
-                "config/connection is write-only: the connection URL is never read back",
-            )),
-            Route::ConfigLease => {
-                let cfg = self.lease_cfg()?;
-                Ok(SecretBytes::from(format!(
-                    "ttl = {}\nmax_ttl = {}\n",
-                    cfg.ttl, cfg.max_ttl
-                )))
-            }
-            Route::Role => self
-                .view
-                .get(&Self::role_key(caps[0])?)?
-                .ok_or_else(|| Error::not_found(path)),
-            Route::Cred => self.issue(ctx, caps[0]),
-            Route::Root | Route::Config | Route::Roles | Route::Creds => Err(Error::new(
-                ErrorKind::IsADirectory,
-                format!("{path}: is a folder"),
-            )),
-        }
+        self.dynamic.read(self, ctx, path)
     }
 
     fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        match self.route(path)? {
-            (Route::ConfigConnection | Route::ConfigLease, _) => Ok(()),
-            (Route::Role, caps) => Self::role_key(caps[0]).map(|_| ()),
-            (Route::Cred, _) => Err(Error::denied(format!(
-                "{path}: credentials are read, not written"
-            ))),
-            _ => Err(Error::not_permitted(format!("{path} cannot be written"))),
-        }
+        self.dynamic.create(path)
     }
 
     fn write(&self, _ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
-        match self.route(path)? {
-            (Route::ConfigConnection, _) => self.write_connection(&data),
-            (Route::ConfigLease, _) => self.write_lease_cfg(&data),
-            (Route::Role, caps) => self.write_role(caps[0], &data),
-            (Route::Cred, _) => Err(Error::denied(format!(
-                "{path}: credentials are read, not written"
-            ))),
-            _ => Err(Error::not_permitted(format!("{path} cannot be written"))),
-        }
+        self.dynamic.write(self, path, data)
     }
 
     fn delete(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        match self.route(path)? {
-            (Route::Role, caps) => {
-                let key = Self::role_key(caps[0])?;
-                if self.view.size(&key)?.is_none() {
-                    return Err(Error::not_found(path));
-                }
-                self.view.delete(&key)
-            }
-            _ => Err(Error::not_permitted(format!("{path} cannot be removed"))),
-        }
+        self.dynamic.delete(path)
     }
 
     fn revoke(&self, lease: &LeaseRecord) -> Result<()> {

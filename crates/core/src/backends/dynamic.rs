@@ -1,0 +1,334 @@
+//! The layout common to dynamic-secret backends (`aws`, `postgresql`): `config/<secret>` (the
+//! backend's write-only upstream settings), `config/lease` (TTLs), `roles/NAME` (role documents,
+//! stored as written) and `creds/NAME[.env]` (a credential minted per open).
+//!
+//! Owns: routing those paths; stat/list/read/create/write/delete on them (modes, errnos,
+//! messages); role-name checks; the storage and parsing of the lease settings; the
+//! `key=value`/JSON field parser for config files. The backend supplies, through `Upstream`,
+//! what differs: storing its upstream settings, checking a role document, minting a credential.
+//! Must never: talk to an upstream itself, or return the write-only settings.
+
+use super::{validate_name, Services};
+use crate::backend::{Ctx, DirEntry, Node, NodeKind};
+use crate::barrier::View;
+use crate::error::{Error, ErrorKind, Result};
+use crate::lease::parse_duration;
+use crate::route::Router;
+use crate::secret::SecretBytes;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+const DEFAULT_TTL: u64 = 3600;
+const DEFAULT_MAX_TTL: u64 = 24 * 3600;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Root,
+    Config,
+    ConfigSecret,
+    ConfigLease,
+    Roles,
+    Role,
+    Creds,
+    Cred,
+}
+
+/// The lease settings in `config/lease`.
+#[derive(Serialize, Deserialize, Clone, Copy)]
+pub(crate) struct LeaseCfg {
+    pub ttl: u64,
+    pub max_ttl: u64,
+}
+
+/// The backend's write-only settings file.
+pub(crate) struct SecretConfig {
+    /// Its path, `config/<name>`.
+    pub path: &'static str,
+    /// The message a read is refused with (EACCES).
+    pub read_refusal: &'static str,
+}
+
+/// What a dynamic-secret backend adds to the common layout.
+pub(crate) trait Upstream {
+    /// Check and store a write to the write-only settings file.
+    fn write_config(&self, data: &SecretBytes) -> Result<()>;
+    /// Check role document `roles/name` before it is stored (its size is already checked).
+    fn check_role(&self, name: &str, data: &[u8]) -> Result<()>;
+    /// Mint one credential for role `role` (`env`: as `creds/NAME.env`).
+    fn issue(&self, ctx: &Ctx<'_>, role: &str, env: bool) -> Result<SecretBytes>;
+}
+
+/// One mount's view and services, and the routes of the common layout.
+pub(crate) struct Dynamic {
+    pub view: View,
+    pub services: Services,
+    router: Router<Route>,
+    secret: SecretConfig,
+}
+
+/// Parse `key=value` lines (blank lines and `#` comments skipped) or a JSON object of strings.
+pub(crate) fn parse_fields(
+    data: &SecretBytes,
+    what: &str,
+) -> Result<Vec<(String, Zeroizing<String>)>> {
+    let text = std::str::from_utf8(data.expose())
+        .map_err(|_| Error::invalid(format!("{what}: not UTF-8 text")))?
+        .trim();
+    let mut out = Vec::new();
+    if text.starts_with('{') {
+        let v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| {
+                Error::invalid(format!(
+                    "{what}: invalid JSON at line {} column {}",
+                    e.line(),
+                    e.column()
+                ))
+            })?;
+        for (k, v) in v {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return Err(Error::invalid(format!("{what}: {k} must be a string"))),
+            };
+            out.push((k, Zeroizing::new(s)));
+        }
+        return Ok(out);
+    }
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(Error::invalid(format!(
+                "{what}: line {} is not key=value",
+                i + 1
+            )));
+        };
+        let v = v.trim().trim_matches('"');
+        out.push((k.trim().to_string(), Zeroizing::new(v.to_string())));
+    }
+    Ok(out)
+}
+
+/// The storage key of role `name`, after checking the name.
+pub(crate) fn role_key(name: &str) -> Result<String> {
+    validate_name(name)?;
+    if name.ends_with(".env") {
+        return Err(Error::invalid(format!(
+            "role name {name:?}: names ending in .env are reserved for creds/NAME.env"
+        )));
+    }
+    Ok(format!("roles/{name}"))
+}
+
+fn not_dir(path: &str) -> Error {
+    Error::new(ErrorKind::NotADirectory, format!("{path}: not a folder"))
+}
+
+impl Dynamic {
+    pub(crate) fn new(view: View, services: &Services, secret: SecretConfig) -> Self {
+        Self {
+            view,
+            services: services.clone(),
+            router: Router::new(&[
+                ("", Route::Root),
+                ("config", Route::Config),
+                (secret.path, Route::ConfigSecret),
+                ("config/lease", Route::ConfigLease),
+                ("roles", Route::Roles),
+                ("roles/{name}", Route::Role),
+                ("creds", Route::Creds),
+                ("creds/{name}", Route::Cred),
+            ]),
+            secret,
+        }
+    }
+
+    fn route<'p>(&self, path: &'p str) -> Result<(Route, Vec<&'p str>)> {
+        self.router
+            .route(path)
+            .ok_or_else(|| Error::not_found(path))
+    }
+
+    /// The lease settings (the defaults until `config/lease` is written).
+    pub(crate) fn lease_cfg(&self) -> Result<LeaseCfg> {
+        match self.view.get("config/lease")? {
+            None => Ok(LeaseCfg {
+                ttl: DEFAULT_TTL,
+                max_ttl: DEFAULT_MAX_TTL,
+            }),
+            Some(raw) => serde_json::from_slice(raw.expose())
+                .map_err(|e| Error::new(ErrorKind::Integrity, format!("config/lease: {e}"))),
+        }
+    }
+
+    fn write_lease_cfg(&self, data: &SecretBytes) -> Result<()> {
+        let mut cfg = self.lease_cfg()?;
+        for (k, v) in parse_fields(data, "config/lease")? {
+            let secs = parse_duration(&v).filter(|s| *s > 0).ok_or_else(|| {
+                Error::invalid(format!(
+                    "config/lease: {k} = {:?} is not a duration",
+                    v.as_str()
+                ))
+            })?;
+            match k.as_str() {
+                "ttl" | "lease" | "default_ttl" => cfg.ttl = secs,
+                "max_ttl" | "lease_max" => cfg.max_ttl = secs,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "config/lease: unknown key {other:?} (ttl, max_ttl)"
+                    )))
+                }
+            }
+        }
+        if cfg.ttl > cfg.max_ttl {
+            return Err(Error::invalid("config/lease: ttl is larger than max_ttl"));
+        }
+        let raw = serde_json::to_vec(&cfg).map_err(|e| Error::io(e.to_string()))?;
+        self.view.put("config/lease", &raw)
+    }
+
+    fn write_role(&self, up: &impl Upstream, name: &str, data: &SecretBytes) -> Result<()> {
+        let key = role_key(name)?;
+        if data.len() > self.services.limits.max_value_size {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("roles/{name}: too large"),
+            ));
+        }
+        up.check_role(name, data.expose())?;
+        self.view.put(&key, data.expose())
+    }
+
+    pub(crate) fn stat(&self, path: &str) -> Result<Node> {
+        let (route, caps) = self.route(path)?;
+        Ok(match route {
+            Route::Root | Route::Config | Route::Roles | Route::Creds => Node::dir(),
+            Route::ConfigSecret => Node {
+                kind: NodeKind::File,
+                size: 0,
+                mode: 0o200,
+                dynamic: false,
+                exchange: false,
+            },
+            Route::ConfigLease => Node::file(self.view.size("config/lease")?.unwrap_or(0)),
+            Route::Role => match self.view.size(&role_key(caps[0])?)? {
+                Some(n) => Node::file(n),
+                None => return Err(Error::not_found(path)),
+            },
+            Route::Cred => {
+                let role = caps[0].strip_suffix(".env").unwrap_or(caps[0]);
+                match self.view.size(&role_key(role)?)? {
+                    Some(_) => Node::generated(0o400),
+                    None => return Err(Error::not_found(path)),
+                }
+            }
+        })
+    }
+
+    pub(crate) fn list(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let (route, _) = self.route(path)?;
+        let roles = || -> Result<Vec<String>> {
+            Ok(self
+                .view
+                .list("roles/")?
+                .into_iter()
+                .filter_map(|p| p.strip_prefix("roles/").map(str::to_string))
+                .collect())
+        };
+        match route {
+            Route::Root => Ok(vec![
+                DirEntry::dir("config"),
+                DirEntry::dir("roles"),
+                DirEntry::dir("creds"),
+            ]),
+            Route::Config => {
+                let secret = self.secret.path.strip_prefix("config/");
+                Ok(vec![
+                    DirEntry::file(secret.unwrap_or(self.secret.path)),
+                    DirEntry::file("lease"),
+                ])
+            }
+            Route::Roles => Ok(roles()?.into_iter().map(DirEntry::file).collect()),
+            Route::Creds => Ok(roles()?
+                .into_iter()
+                .flat_map(|r| {
+                    [
+                        DirEntry::file(r.clone()),
+                        DirEntry::file(format!("{r}.env")),
+                    ]
+                })
+                .collect()),
+            _ => Err(not_dir(path)),
+        }
+    }
+
+    pub(crate) fn read(
+        &self,
+        up: &impl Upstream,
+        ctx: &Ctx<'_>,
+        path: &str,
+    ) -> Result<SecretBytes> {
+        let (route, caps) = self.route(path)?;
+        match route {
+            Route::ConfigSecret => Err(Error::denied(self.secret.read_refusal)),
+            Route::ConfigLease => {
+                let cfg = self.lease_cfg()?;
+                Ok(SecretBytes::from(format!(
+                    "ttl = {}\nmax_ttl = {}\n",
+                    cfg.ttl, cfg.max_ttl
+                )))
+            }
+            Route::Role => self
+                .view
+                .get(&role_key(caps[0])?)?
+                .ok_or_else(|| Error::not_found(path)),
+            Route::Cred => match caps[0].strip_suffix(".env") {
+                Some(role) => up.issue(ctx, role, true),
+                None => up.issue(ctx, caps[0], false),
+            },
+            Route::Root | Route::Config | Route::Roles | Route::Creds => Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path}: is a folder"),
+            )),
+        }
+    }
+
+    pub(crate) fn create(&self, path: &str) -> Result<()> {
+        match self.route(path)? {
+            (Route::ConfigSecret | Route::ConfigLease, _) => Ok(()),
+            (Route::Role, caps) => role_key(caps[0]).map(|_| ()),
+            (Route::Cred, _) => Err(Error::denied(format!(
+                "{path}: credentials are read, not written"
+            ))),
+            _ => Err(Error::not_permitted(format!("{path} cannot be written"))),
+        }
+    }
+
+    pub(crate) fn write(&self, up: &impl Upstream, path: &str, data: SecretBytes) -> Result<()> {
+        match self.route(path)? {
+            (Route::ConfigSecret, _) => up.write_config(&data),
+            (Route::ConfigLease, _) => self.write_lease_cfg(&data),
+            (Route::Role, caps) => self.write_role(up, caps[0], &data),
+            (Route::Cred, _) => Err(Error::denied(format!(
+                "{path}: credentials are read, not written"
+            ))),
+            _ => Err(Error::not_permitted(format!("{path} cannot be written"))),
+        }
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> Result<()> {
+        match self.route(path)? {
+            (Route::Role, caps) => {
+                let key = role_key(caps[0])?;
+                if self.view.size(&key)?.is_none() {
+                    return Err(Error::not_found(path));
+                }
+                self.view.delete(&key)
+            }
+            _ => Err(Error::not_permitted(format!("{path} cannot be removed"))),
+        }
+    }
+}
