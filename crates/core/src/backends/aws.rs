@@ -1,9 +1,9 @@
 //! The `aws` backend: dynamic IAM users, one per `cat creds/NAME`, each under a lease.
 //!
-//! Owns: its view's layout — `config/root` (root credentials, JSON), `config/lease` (TTLs),
-//! `roles/NAME` (IAM policy documents), `wal/<uuid>` (intent records for IAM users being made) —
-//! and the order of side effects: intent logged → IAM user made → lease stored → intent cleared.
-//! At unseal, `recover` deletes every user whose intent was never completed, so a crash between
+//! Owns: `config/root` (root credentials, JSON), what a role is (an IAM policy document),
+//! `wal/<uuid>` (intent records for IAM users being made) — the rest of the layout
+//! (`config/lease`, `roles/NAME`, `creds/NAME[.env]`) is `dynamic`'s — and the order of side
+//! effects: intent logged → IAM user made → lease stored → intent cleared. At unseal, `recover` deletes every user whose intent was never completed, so a crash between
 //! "user created" and "lease stored" leaves no orphan. A creation that fails while IAM cannot
 //! say what it made (timeout, outage) becomes a cleanup lease (`LeaseManager::issue_cleanup`),
 //! retried with backoff until IAM answers; the caller gets EIO and no credential. Revocation

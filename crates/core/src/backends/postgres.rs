@@ -1,11 +1,11 @@
 //! The `postgresql` backend: dynamic PostgreSQL login roles, one per `cat creds/NAME`, each
 //! under a lease.
 //!
-//! Owns: its view's layout — `config/connection` (the admin connection URL, JSON), `config/lease`
-//! (TTLs), `roles/NAME` (role documents: the statements and TTLs, TOML or JSON, stored as
-//! written) — and the order of side effects: the role's statements run in an open transaction
-//! while the lease is stored (held) → the transaction commits → the lease is released. The
-//! lease is the intent record: it names the role before the role can exist, so a crash at any
+//! Owns: `config/connection` (the admin connection URL, JSON), what a role document is (the
+//! statements and TTLs, TOML or JSON, stored as written) — the rest of the layout
+//! (`config/lease`, `roles/NAME`, `creds/NAME[.env]`) is `dynamic`'s — and the order of side
+//! effects: the role's statements run in an open transaction while the lease is stored (held)
+//! → the transaction commits → the lease is released. The lease is the intent record: it names the role before the role can exist, so a crash at any
 //! point leaves no untracked role (before the commit PostgreSQL rolls the role back; after it,
 //! the lease's revocation at expiry or `rm` drops it); a certain failure discards the lease, an
 //! uncertain one revokes it. One durable write per credential, overlapped with the statements.
