@@ -143,6 +143,16 @@ impl Target {
                 "config/connection: expected a URL postgres://user:password@host:port/database",
             ));
         }
+        // tokio-postgres splits user:password from the host at the *first* '@': a raw '@' in
+        // the password would turn its tail into the "host", shown in messages. Refuse it.
+        let rest = url.split_once("://").map_or("", |(_, r)| r);
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if authority.matches('@').count() > 1 {
+            return Err(Error::invalid(
+                "config/connection: the user or password contains a raw '@': percent-encode it \
+                 as %40",
+            ));
+        }
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             Error::invalid(format!(
                 "config/connection: not a valid URL ({})",
@@ -620,6 +630,8 @@ mod tests {
         assert_eq!(t.display, "127.0.0.1:5433/app");
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 5433));
         assert!(!format!("{t:?}").contains("s3cr3t"));
+        let t = Target::parse("postgres://admin:p%40ss@127.0.0.1/app").expect("encoded @");
+        assert_eq!(t.host, "127.0.0.1");
         for bad in [
             "",
             "host=x user=y",
@@ -628,6 +640,7 @@ mod tests {
             "postgres://u:p@h:notaport/db",
             "postgres://u:s3cr3t@h/db?sslmode=require",
             "postgres://u:p@h/db?bogus=1",
+            "postgres://u:s3cr3t@tail@h/db",
         ] {
             let e = Target::parse(bad).err().map(|e| (e.kind, e.message));
             let (kind, msg) = e.unwrap_or((ErrorKind::Io, String::new()));

@@ -826,7 +826,13 @@ impl LeaseManager {
             }
         }
         let n = ix.leases.len();
-        *lock(&self.index) = ix;
+        {
+            // Leases being revoked or held (a credential being minted) right now stay claimed:
+            // a restored copy must not be taken by a second worker meanwhile.
+            let mut cur = lock(&self.index);
+            ix.inflight = std::mem::take(&mut cur.inflight);
+            *cur = ix;
+        }
         self.loaded.store(true, Ordering::SeqCst);
         self.changed.notify_all();
         self.due.notify_all();
@@ -884,6 +890,29 @@ impl LeaseManager {
             self.changed.notify_all();
         }
         Ok((added, removed))
+    }
+
+    /// A revocation failed before it could reschedule the lease (e.g. storage unreachable):
+    /// push its deadline back in the index so the workers do not retry it in a tight loop.
+    fn defer_if_still_due(&self, id: &str, e: &Error) {
+        if e.kind == ErrorKind::NotFound {
+            return;
+        }
+        let now = self.now_ms();
+        let mut ix = lock(&self.index);
+        if let Some(meta) = ix.leases.get(id).cloned() {
+            if meta.due.is_some_and(|d| d <= now) {
+                let retry = now.saturating_add(self.backoff_ms(4));
+                tracing::warn!(lease = %id, retry_in_ms = retry - now, "revocation could not run: {}", e.message);
+                ix.set(
+                    id,
+                    Meta {
+                        due: Some(retry),
+                        ..meta
+                    },
+                );
+            }
+        }
     }
 
     /// `sync_shared`, its outcome logged (the scheduler's periodic call).
@@ -962,9 +991,12 @@ impl LeaseManager {
                         match m.take_due(&mut ix) {
                             Ok(id) => {
                                 drop(ix);
-                                // Failures are recorded on the lease (retry or irrevocable);
-                                // Ok(false): another daemon renewed it, rescheduled.
-                                let _ = m.revoke_claimed(&id, true);
+                                // Upstream failures are recorded on the lease (retry or
+                                // irrevocable); Ok(false): another daemon renewed it,
+                                // rescheduled. Other errors (storage) leave it due: back off.
+                                if let Err(e) = m.revoke_claimed(&id, true) {
+                                    m.defer_if_still_due(&id, &e);
+                                }
                                 m.release(&id);
                             }
                             Err(wait) => {
