@@ -129,11 +129,23 @@ impl Handle {
 
 pub type Shared = Arc<Mutex<Handle>>;
 
-/// Lock order: the table (`map`) before any handle; a thread holding a handle's lock never
-/// takes the table's (`stored` is a leaf lock).
+/// A table entry: the handle, and what scans need to know of it without locking it (a handle's
+/// lock can be held across a slow storage call at close; scans must not wait for that while
+/// holding the table).
+struct Slot {
+    /// Fixed at open (a rename changes the path, never the inode).
+    ino: u64,
+    /// Opened for writing (fixed at open).
+    writer: bool,
+    handle: Shared,
+}
+
+/// Lock order: the table (`map`) is never held while a handle is locked by the same thread,
+/// and scans copy the handles they need out of the table before locking them (`stored` is a
+/// leaf lock).
 #[derive(Default)]
 pub struct Handles {
-    map: Mutex<HashMap<u64, Shared>>,
+    map: Mutex<HashMap<u64, Slot>>,
     next: AtomicU64,
     /// A clock for opens and stores.
     clock: AtomicU64,
@@ -141,28 +153,46 @@ pub struct Handles {
     stored: Mutex<HashMap<u64, u64>>,
 }
 
+fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Handles {
     pub fn insert(&self, mut h: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         h.opened_seq = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().insert(fh, Arc::new(Mutex::new(h)));
+        let slot = Slot {
+            ino: h.ino,
+            writer: h.write.is_some(),
+            handle: Arc::new(Mutex::new(h)),
+        };
+        self.lock().insert(fh, slot);
         fh
     }
     pub fn get(&self, fh: u64) -> Option<Shared> {
-        self.lock().get(&fh).cloned()
+        self.lock().get(&fh).map(|s| s.handle.clone())
     }
-    /// Take a handle out of the table (at release; call it without holding any handle lock).
+    /// Take a handle out of the table (at release).
     pub fn remove(&self, fh: u64) -> Option<Shared> {
         let mut map = self.lock();
-        let h = map.remove(&fh)?;
-        let ino = h.lock().unwrap_or_else(|p| p.into_inner()).ino;
-        let still_open = map
-            .values()
-            .any(|o| o.lock().unwrap_or_else(|p| p.into_inner()).ino == ino);
-        if !still_open {
-            self.stored_lock().remove(&ino);
+        let slot = map.remove(&fh)?;
+        if !map.values().any(|o| o.ino == slot.ino) {
+            self.stored_lock().remove(&slot.ino);
         }
-        Some(h)
+        Some(slot.handle)
+    }
+
+    /// The handles open on `ino` (copied out: lock them after the table is released).
+    fn on_ino(&self, ino: u64) -> Vec<Shared> {
+        self.lock()
+            .values()
+            .filter(|s| s.ino == ino)
+            .map(|s| s.handle.clone())
+            .collect()
+    }
+
+    fn all(&self) -> Vec<Shared> {
+        self.lock().values().map(|s| s.handle.clone()).collect()
     }
 
     /// A value was stored for `ino` (by a commit or a truncate by path).
@@ -179,11 +209,8 @@ impl Handles {
     /// `ino` was unlinked or replaced: its open handles will store nothing.
     /// Call without holding any handle lock.
     pub fn unlinked(&self, ino: u64) {
-        for h in self.lock().values() {
-            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-            if h.ino == ino {
-                h.orphaned = true;
-            }
+        for h in self.on_ino(ino) {
+            locked(&h).orphaned = true;
         }
     }
 
@@ -191,8 +218,8 @@ impl Handles {
     /// Call without holding any handle lock.
     pub fn renamed(&self, from: &str, to: &str) {
         let prefix = format!("{from}/");
-        for h in self.lock().values() {
-            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        for h in self.all() {
+            let mut h = locked(&h);
             if h.path == from || h.path.starts_with(&prefix) {
                 h.path = format!("{to}{}", h.path.get(from.len()..).unwrap_or_default());
             }
@@ -203,54 +230,42 @@ impl Handles {
     /// the folder is not empty, though the store has nothing in it yet.)
     pub fn pending_under(&self, dir: &str) -> bool {
         let prefix = format!("{dir}/");
-        self.lock().values().any(|h| {
-            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        self.all().iter().any(|h| {
+            let h = locked(h);
             !h.orphaned && h.path.starts_with(&prefix) && h.pending_len().is_some()
         })
     }
 
-    /// Is `ino` open for writing (by a handle that will still store)?
+    /// Is `ino` open for writing? (Without locking any handle: an unlinked file's writers still
+    /// count, which only means its attributes are not cached.)
     pub fn has_writer(&self, ino: u64) -> bool {
-        self.lock().values().any(|h| {
-            let h = h.lock().unwrap_or_else(|p| p.into_inner());
-            h.ino == ino && !h.orphaned && h.write.is_some()
-        })
+        self.lock().values().any(|s| s.ino == ino && s.writer)
     }
 
     /// Size of a file created but not yet committed (no stored entry exists yet).
     pub fn pending_size(&self, ino: u64) -> Option<u64> {
-        self.lock().values().find_map(|h| {
-            let h = h.lock().unwrap_or_else(|p| p.into_inner());
-            if h.ino == ino {
-                // Only a buffer that will still be stored stands in for the file.
-                h.write
-                    .as_ref()
-                    .filter(|w| !w.poisoned && (w.dirty || w.pending_empty))
-                    .map(|w| w.data.len() as u64)
-            } else {
-                None
-            }
+        self.on_ino(ino).iter().find_map(|h| {
+            // Only a buffer that will still be stored stands in for the file.
+            locked(h)
+                .write
+                .as_ref()
+                .filter(|w| !w.poisoned && (w.dirty || w.pending_empty))
+                .map(|w| w.data.len() as u64)
         })
     }
     /// The size the process of thread `pid` sees for `ino`: the size of its own uncommitted
     /// write buffer, if it has one (its writes are not stored until close, but its own
     /// `fstat`/`lseek(SEEK_END)`/`O_APPEND` must see them, as on any filesystem).
     pub fn own_pending_size(&self, ino: u64, pid: u32) -> Option<u64> {
-        let candidates: Vec<Shared> = self
-            .lock()
-            .values()
-            .filter(|h| h.lock().unwrap_or_else(|p| p.into_inner()).ino == ino)
-            .cloned()
-            .collect();
-        candidates.iter().find_map(|h| {
-            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        self.on_ino(ino).iter().find_map(|h| {
+            let h = locked(h);
             h.pending_len().filter(|_| h.same_process(pid))
         })
     }
     fn stored_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
         self.stored.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Shared>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
