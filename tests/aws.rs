@@ -3,10 +3,10 @@
 mod common;
 
 use common::moto::Moto;
-use common::{errno_of, Daemon};
+use common::{errno_of, json, wait_until, write_synced, Daemon};
 use nomadfs_core::backends::aws_iam::{AwsIam, IamApi, RootCredentials};
 use nomadfs_core::SecretBytes;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const POLICY: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:*","Resource":"*"}]}"#;
@@ -27,35 +27,12 @@ fn setup(d: &Daemon, m: &Moto, lease: Option<&str>) {
     std::fs::write(d.p("aws/roles/deploy"), POLICY).expect("role");
 }
 
-/// Write and fsync, so the commit's error is seen (std::fs::write ignores close errors).
-fn write_synced(path: std::path::PathBuf, data: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data.as_bytes())?;
-    f.sync_all()
-}
-
-fn json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).expect("json")
-}
-
 fn lease_user(d: &Daemon, lease_id: &str) -> String {
     let v = json(&std::fs::read(d.p(&format!("sys/leases/{lease_id}"))).expect("lease file"));
     v["upstream"]["user_name"]
         .as_str()
         .expect("user")
         .to_string()
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[test]

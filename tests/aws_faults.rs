@@ -11,10 +11,10 @@
 mod common;
 
 use common::moto::Moto;
-use common::{errno_of, Daemon};
+use common::{errno_of, json, wait_until, Daemon};
 use nomadfs_core::backends::aws_iam::{AwsIam, IamApi, RootCredentials};
 use nomadfs_core::SecretBytes;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const POLICY: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:*","Resource":"*"}]}"#;
@@ -33,10 +33,6 @@ fn setup(d: &Daemon, m: &Moto) {
     std::fs::write(d.p("sys/mounts/aws"), "aws\n").expect("mount aws");
     std::fs::write(d.p("aws/config/root"), m.root_config()).expect("config/root");
     std::fs::write(d.p("aws/roles/deploy"), POLICY).expect("role");
-}
-
-fn json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).expect("json")
 }
 
 /// `cat aws/creds/deploy` with lease config `lease`; returns (lease id, IAM user).
@@ -70,17 +66,6 @@ fn lease_ids(d: &Daemon) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// The audit records (parsed) whose path is `path`.

@@ -2,79 +2,17 @@
 //! FUSE mount and the file (redb) store. See docs/FORMAT.md and docs/SEMANTICS.md.
 
 mod common;
+#[path = "common/rel.rs"]
+mod rel;
 use common::*;
-use std::io::Write;
+use rel::{parse_value, value_for, write_acked, KeyState, Rng};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A small xorshift generator: no extra dependency, and the seed is printed so a failing run
-/// can be replayed with NOMADFS_CRASH_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Self {
-        let seed = std::env::var("NOMADFS_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0x9e37_79b9)
-            });
-        println!("seed {seed} (replay with NOMADFS_CRASH_SEED={seed})");
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    /// Uniform-ish in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 const WRITERS: usize = 8;
 const KEYS: usize = 4;
-
-/// The value writer `w` stores in key `k` at sequence `seq`: a header naming all three, then a
-/// body (of a length that varies with seq) fully determined by the header, so a torn or mixed
-/// value cannot parse.
-fn value_for(w: usize, k: usize, seq: u64) -> Vec<u8> {
-    let mut v = format!("w{w}k{k}s{seq}|").into_bytes();
-    let n = 40 + ((w as u64 * 31 + k as u64 * 17 + seq * 131) % 3000) as usize;
-    for i in 0..n {
-        v.push(b'a' + ((w + k * 3 + seq as usize * 7 + i) % 26) as u8);
-    }
-    v.push(b'\n');
-    v
-}
-
-/// `(w, k, seq)` if `v` is exactly some `value_for(w, k, seq)`.
-fn parse_value(v: &[u8]) -> Option<(usize, usize, u64)> {
-    let bar = v.iter().position(|&b| b == b'|')?;
-    let head = std::str::from_utf8(&v[..bar]).ok()?;
-    let rest = head.strip_prefix('w')?;
-    let (w, rest) = rest.split_once('k')?;
-    let (k, s) = rest.split_once('s')?;
-    let (w, k, s) = (w.parse().ok()?, k.parse().ok()?, s.parse().ok()?);
-    (value_for(w, k, s) == v).then_some((w, k, s))
-}
-
-#[derive(Clone, Copy, Default, Debug)]
-struct KeyState {
-    /// The last sequence number whose `sync_all` returned Ok.
-    acked: Option<u64>,
-    /// The highest sequence number ever attempted (written or in flight).
-    attempted: Option<u64>,
-}
 
 fn store_files(store: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(store)
@@ -86,19 +24,13 @@ fn store_files(store: &Path) -> Vec<String> {
     names
 }
 
-fn write_acked(path: &Path, v: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(v)?;
-    f.sync_all()
-}
-
 #[test]
 fn crash_consistency_under_sigkill() {
     let cycles: usize = std::env::var("NOMADFS_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("NOMADFS_CRASH_SEED");
     let started = Instant::now();
     let mut d = Daemon::start();
     for w in 0..WRITERS {
@@ -122,14 +54,9 @@ fn crash_consistency_under_sigkill() {
                     let mut k = 0;
                     while !stop.load(Ordering::SeqCst) {
                         let idx = w * KEYS + k;
-                        let seq = {
-                            let mut st = state.lock().expect("state");
-                            let seq = st[idx].attempted.map_or(0, |a| a + 1);
-                            st[idx].attempted = Some(seq);
-                            seq
-                        };
+                        let seq = state.lock().expect("state")[idx].next_attempt();
                         let path = mnt.join(format!("secret/w{w}/k{k}"));
-                        match write_acked(&path, &value_for(w, k, seq)) {
+                        match write_acked(&path, value_for(w, k, seq)) {
                             Ok(()) => {
                                 state.lock().expect("state")[idx].acked = Some(seq);
                                 total_acked.fetch_add(1, Ordering::SeqCst);
@@ -438,7 +365,7 @@ fn key_term(d: &Daemon) -> u64 {
 #[test]
 fn rotation_interrupted_by_kill() {
     let started = Instant::now();
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("NOMADFS_CRASH_SEED");
     let mut d = Daemon::start();
     let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
     for i in 0..5 {
@@ -496,7 +423,7 @@ fn rotation_interrupted_by_kill() {
             format!("secret/after{cycle}"),
             tamper_value(30 + cycle, cycle as u8),
         );
-        write_acked(&d.p(&rel), &v).expect("write after restart");
+        write_acked(d.p(&rel), &v).expect("write after restart");
         expected.push((rel, v));
     }
     println!(

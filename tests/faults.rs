@@ -13,7 +13,7 @@ mod common;
 mod rel;
 
 use common::*;
-use rel::{parse_value, value_for, write_acked, Rng};
+use rel::{parse_value, value_for, write_acked, KeyState, Rng};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -22,14 +22,6 @@ use std::time::{Duration, Instant};
 const WRITERS: usize = 8;
 const READERS: usize = 4;
 const KEYS: usize = 6;
-
-#[derive(Clone, Copy, Default, Debug)]
-struct KeyState {
-    /// The last sequence number whose fsync returned Ok.
-    acked: Option<u64>,
-    /// The highest sequence number attempted.
-    attempted: Option<u64>,
-}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -154,14 +146,9 @@ fn storage_faults_answer_eio_lose_nothing_and_recover() {
                 let mut k = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let idx = w * KEYS + k;
-                    let seq = {
-                        let mut st = state.lock().expect("state");
-                        let seq = st[idx].attempted.map_or(0, |a| a + 1);
-                        st[idx].attempted = Some(seq);
-                        seq
-                    };
+                    let seq = state.lock().expect("state")[idx].next_attempt();
                     let path = mnt.join(format!("secret/w{w}/k{k}"));
-                    match write_acked(&path, &value_for(w, k, seq)) {
+                    match write_acked(&path, value_for(w, k, seq)) {
                         Ok(()) => {
                             state.lock().expect("state")[idx].acked = Some(seq);
                             acked.fetch_add(1, Ordering::SeqCst);

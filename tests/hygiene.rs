@@ -22,7 +22,7 @@ mod rel;
 use common::moto::Moto;
 use common::*;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A planted secret: a label for reports, its bytes, and where it must not appear.
@@ -178,16 +178,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 // ---- the exercise ----
-
-fn write_synced(path: PathBuf, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
-}
-
-fn json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).expect("json")
-}
 
 const POLICY: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:*","Resource":"*"}]}"#;

@@ -83,12 +83,12 @@ fn worker(
         seq += 1;
         if roll < 35 {
             let p = key_path(mnt, w, k);
-            write_acked(&p, &value_for(w, k, seq))
+            write_acked(&p, value_for(w, k, seq))
                 .map_err(|e| format!("write {}: {e}", p.display()))?;
             counts.writes.fetch_add(1, Ordering::Relaxed);
         } else if roll < 40 {
             let tmp = dir.join(format!("tmp{k}"));
-            write_acked(&tmp, &value_for(w, k, seq))
+            write_acked(&tmp, value_for(w, k, seq))
                 .map_err(|e| format!("write {}: {e}", tmp.display()))?;
             let p = key_path(mnt, w, k);
             std::fs::rename(&tmp, &p).map_err(|e| format!("rename to {}: {e}", p.display()))?;

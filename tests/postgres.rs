@@ -4,8 +4,8 @@
 mod common;
 
 use common::pg::Pg;
-use common::{errno_of, Daemon};
-use std::time::{Duration, Instant};
+use common::{errno_of, json, wait_until, write_synced, Daemon};
+use std::time::Duration;
 
 const ROLE: &str = r#"creation_statements = [
   "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
@@ -53,23 +53,11 @@ impl Session {
 fn setup(d: &Daemon, pg: &Pg, lease: Option<&str>) {
     pg.psql("CREATE TABLE IF NOT EXISTS app (v int); INSERT INTO app VALUES (42)");
     std::fs::write(d.p("sys/mounts/pg"), "postgresql\n").expect("mount pg");
-    write_synced(d.p("pg/config/connection"), &pg.admin_url()).expect("config/connection");
+    write_synced(d.p("pg/config/connection"), pg.admin_url()).expect("config/connection");
     if let Some(l) = lease {
         std::fs::write(d.p("pg/config/lease"), l).expect("config/lease");
     }
     write_synced(d.p("pg/roles/app"), ROLE).expect("role");
-}
-
-/// Write and fsync, so the commit's error is seen (std::fs::write ignores close errors).
-fn write_synced(path: std::path::PathBuf, data: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data.as_bytes())?;
-    f.sync_all()
-}
-
-fn json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).expect("json")
 }
 
 fn creds(d: &Daemon, role: &str) -> serde_json::Value {
@@ -78,17 +66,6 @@ fn creds(d: &Daemon, role: &str) -> serde_json::Value {
 
 fn field(v: &serde_json::Value, k: &str) -> String {
     v[k].as_str().expect(k).to_string()
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// The role's VALID UNTIL and the lease's expiry, both as Unix seconds (PostgreSQL parses both).
@@ -122,7 +99,7 @@ fn dynamic_roles_guide_through_the_mount() {
     assert_eq!(
         errno_of(write_synced(
             d.p("pg/config/connection"),
-            &pg.url("postgres", "wrong-password")
+            pg.url("postgres", "wrong-password")
         )),
         Some(libc::EIO)
     );

@@ -207,6 +207,30 @@ pub fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
 
+/// Write and fsync, so the commit's error is seen (std::fs::write ignores close errors).
+pub fn write_synced(path: impl AsRef<Path>, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data.as_ref())?;
+    f.sync_all()
+}
+
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).expect("json")
+}
+
+/// Poll `f` every 100 ms until it holds; panic after `secs`.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// Every byte of every file under `dir`.
 pub fn all_bytes(dir: &Path) -> Vec<u8> {
     let mut out = Vec::new();

@@ -3,9 +3,6 @@
 //! daemon. Included with `#[path = "common/rel.rs"] mod rel;` next to `mod common;`.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::path::Path;
-
 /// A small xorshift generator: no extra dependency; the seed is printed so a run can be replayed
 /// with the environment variable the caller names.
 pub struct Rng(u64);
@@ -66,10 +63,32 @@ pub fn parse_value(v: &[u8]) -> Option<(usize, usize, u64)> {
 }
 
 /// Create/truncate, write, fsync (the commit point: its error is the commit's), close.
-pub fn write_acked(path: &Path, v: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(v)?;
-    f.sync_all()
+#[allow(unused_imports)] // not every includer writes
+pub use crate::common::write_synced as write_acked;
+
+/// What a writer did to one key: what the verification after a kill or a fault run compares.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct KeyState {
+    /// The last sequence number whose fsync returned Ok.
+    pub acked: Option<u64>,
+    /// The highest sequence number attempted (written or in flight).
+    pub attempted: Option<u64>,
+}
+
+impl KeyState {
+    /// Start the next write: its sequence number.
+    pub fn next_attempt(&mut self) -> u64 {
+        let seq = self.attempted.map_or(0, |a| a + 1);
+        self.attempted = Some(seq);
+        seq
+    }
+}
+
+impl Rng {
+    /// Uniform-ish in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
 }
 
 /// `VmRSS` of a process, in KiB.

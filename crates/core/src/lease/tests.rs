@@ -361,17 +361,20 @@ impl crate::storage::Storage for SharedMemory {
     }
 }
 
+/// One "daemon" (barrier + lease manager) on the shared store `mem`.
+fn shared_daemon(mem: &Arc<MemoryStorage>) -> (Arc<ManualClock>, Arc<Recorder>, Arc<LeaseManager>) {
+    let b = Arc::new(Barrier::new(
+        Arc::new(SharedMemory(mem.clone())),
+        KdfParams::minimum(),
+    ));
+    b.unseal(b"pw").expect("unseal");
+    manager(&b)
+}
+
 #[test]
 fn two_daemons_on_one_store_revoke_once_and_honour_renewals() {
     let mem = Arc::new(MemoryStorage::new());
-    let daemon = || {
-        let b = Arc::new(Barrier::new(
-            Arc::new(SharedMemory(mem.clone())),
-            KdfParams::minimum(),
-        ));
-        b.unseal(b"pw").expect("unseal");
-        manager(&b)
-    };
+    let daemon = || shared_daemon(&mem);
     let (clock_a, rec_a, a) = daemon();
     let (clock_b, rec_b, b) = daemon();
     let advance = |ms| {
@@ -414,14 +417,7 @@ fn two_daemons_on_one_store_revoke_once_and_honour_renewals() {
 #[test]
 fn revocation_failure_does_not_resurrect_a_lease_another_daemon_revoked() {
     let mem = Arc::new(MemoryStorage::new());
-    let daemon = || {
-        let b = Arc::new(Barrier::new(
-            Arc::new(SharedMemory(mem.clone())),
-            KdfParams::minimum(),
-        ));
-        b.unseal(b"pw").expect("unseal");
-        manager(&b)
-    };
+    let daemon = || shared_daemon(&mem);
     let (_ca, _ra, a) = daemon();
     let (_cb, rec_b, b) = daemon();
     let id = issue(&a, "x", 10, 100, 1);
