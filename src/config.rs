@@ -37,6 +37,34 @@ pub struct Config {
     /// `[leases]`: revocation tuning (retry backoff, attempts, concurrency).
     #[serde(default)]
     pub leases: Option<LeasesConfig>,
+    /// `[limits]`: per-uid bounds (defaults in `nomadfs_core::limits::UidLimits`).
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `[limits]`: what one uid may hold or ask for. Each key is optional (its default applies);
+/// `0` means unbounded. Admins are exempt unless `apply_to_admins = true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open files per uid (default 256; EMFILE past it).
+    #[serde(default)]
+    pub open_files_per_uid: Option<u64>,
+    /// Bytes written but not yet committed in one uid's open files (default 64 MiB; ENOSPC).
+    #[serde(default)]
+    pub buffered_bytes_per_uid: Option<u64>,
+    /// Live leases one uid created (default 256; EDQUOT past it).
+    #[serde(default)]
+    pub leases_per_uid: Option<u64>,
+    /// Sustained requests per second per uid (default 500; EAGAIN past it).
+    #[serde(default)]
+    pub requests_per_sec_per_uid: Option<u32>,
+    /// Requests above the sustained rate one uid may make at once (default 1000).
+    #[serde(default)]
+    pub request_burst_per_uid: Option<u32>,
+    /// Bound admins too (default false).
+    #[serde(default)]
+    pub apply_to_admins: Option<bool>,
 }
 
 /// `[leases]`: how failed revocations are retried. All optional; defaults in
@@ -200,8 +228,45 @@ impl Config {
         Ok(c)
     }
 
+    /// The per-uid bounds from `[limits]` (defaults where absent; 0 = unbounded).
+    pub fn uid_limits(&self) -> Result<nomadfs_core::limits::UidLimits, String> {
+        let mut u = nomadfs_core::limits::UidLimits::default();
+        let Some(l) = &self.limits else {
+            return Ok(u);
+        };
+        let opt = |v: u64| (v > 0).then_some(v);
+        if let Some(v) = l.open_files_per_uid {
+            u.open_files = opt(v);
+        }
+        if let Some(v) = l.buffered_bytes_per_uid {
+            u.buffered_bytes = opt(v);
+        }
+        if let Some(v) = l.leases_per_uid {
+            u.leases = opt(v);
+        }
+        if let Some(v) = l.requests_per_sec_per_uid {
+            u.requests_per_sec = (v > 0).then_some(v);
+        }
+        if let Some(v) = l.request_burst_per_uid {
+            if v == 0 {
+                return Err("[limits] request_burst_per_uid must be at least 1".into());
+            }
+            u.request_burst = v;
+        }
+        if let Some(v) = l.apply_to_admins {
+            u.apply_to_admins = v;
+        }
+        if u.requests_per_sec.is_some() && u.request_burst < u.requests_per_sec.unwrap_or(0) {
+            return Err(
+                "[limits] request_burst_per_uid must be at least requests_per_sec_per_uid".into(),
+            );
+        }
+        Ok(u)
+    }
+
     fn validate(&self) -> Result<(), String> {
         self.lease_config()?;
+        self.uid_limits()?;
         match self.storage.kind.as_str() {
             "file" => {
                 if self.storage.path.is_none() {
@@ -366,6 +431,29 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
         ] {
             assert!(
                 Config::parse(&format!("{GOOD}\n[leases]\n{bad}\n")).is_err(),
+                "accepted: {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_table() {
+        let c = Config::parse(&format!(
+            "{GOOD}\n[limits]\nopen_files_per_uid = 8\nleases_per_uid = 0\nrequests_per_sec_per_uid = 10\nrequest_burst_per_uid = 20\n"
+        ))
+        .expect("limits table");
+        let u = c.uid_limits().expect("limits");
+        assert_eq!(u.open_files, Some(8));
+        assert_eq!(u.leases, None);
+        assert_eq!((u.requests_per_sec, u.request_burst), (Some(10), 20));
+        assert!(!u.apply_to_admins);
+        for bad in [
+            "request_burst_per_uid = 0",
+            "requests_per_sec_per_uid = 100\nrequest_burst_per_uid = 10",
+            "bogus = 1",
+        ] {
+            assert!(
+                Config::parse(&format!("{GOOD}\n[limits]\n{bad}\n")).is_err(),
                 "accepted: {bad}"
             );
         }

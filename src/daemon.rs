@@ -231,6 +231,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         let mut engine_cfg = EngineConfig {
             kdf,
             lease: cfg.lease_config()?,
+            uid_limits: cfg.uid_limits()?,
             limits: Limits {
                 max_value_size: cfg
                     .max_value_size

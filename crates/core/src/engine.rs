@@ -14,6 +14,7 @@ use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::{self, AuditMode};
 use crate::lease::{LeaseConfig, LeaseManager, SystemClock};
+use crate::limits::UidLimits;
 use crate::mounts::{self, MountEntry, MountTable, Mounted};
 use crate::policy::{EtcFiles, Policies, PolicyDoc};
 use crate::secret::SecretBytes;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     pub kdf: KdfParams,
     /// Revocation tuning.
     pub lease: LeaseConfig,
+    /// Per-uid bounds (`[limits]`).
+    pub uid_limits: UidLimits,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +56,7 @@ impl Default for EngineConfig {
             }],
             kdf: KdfParams::default(),
             lease: LeaseConfig::default(),
+            uid_limits: UidLimits::default(),
         }
     }
 }
@@ -280,6 +284,21 @@ impl Engine {
 
     pub fn limits(&self) -> Limits {
         self.config.limits
+    }
+
+    /// The per-uid bounds (`[limits]`).
+    pub fn uid_limits(&self) -> UidLimits {
+        self.config.uid_limits
+    }
+
+    /// Whether the per-uid bounds apply to `caller` (admins are exempt unless configured).
+    pub fn bounded(&self, caller: &Caller) -> bool {
+        self.config.uid_limits.apply_to_admins
+            || !self
+                .policies
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_admin(caller)
     }
 
     pub fn is_sealed(&self) -> bool {

@@ -41,6 +41,14 @@ pub enum ErrorKind {
     Io,
     /// Stored data failed authentication (tampering, corruption, wrong key).
     Integrity,
+    /// A per-uid bound on open files was reached.
+    TooManyOpen,
+    /// A per-uid bound on buffered bytes was reached.
+    NoSpace,
+    /// A per-uid quota (outstanding leases) was reached.
+    Quota,
+    /// A per-uid request rate was exceeded: retry later.
+    TryAgain,
 }
 
 impl ErrorKind {
@@ -61,6 +69,10 @@ impl ErrorKind {
             ErrorKind::CrossMount => "EXDEV",
             ErrorKind::Busy => "EBUSY",
             ErrorKind::Io | ErrorKind::Integrity => "EIO",
+            ErrorKind::TooManyOpen => "EMFILE",
+            ErrorKind::NoSpace => "ENOSPC",
+            ErrorKind::Quota => "EDQUOT",
+            ErrorKind::TryAgain => "EAGAIN",
         }
     }
 }

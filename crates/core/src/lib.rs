@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod gate;
 pub mod lease;
+pub mod limits;
 pub mod mounts;
 pub mod policy;
 pub mod route;

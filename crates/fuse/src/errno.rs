@@ -21,6 +21,10 @@ pub fn errno(kind: ErrorKind) -> Errno {
         ErrorKind::Busy => Errno::EBUSY,
         ErrorKind::Io => Errno::EIO,
         ErrorKind::Integrity => Errno::EIO,
+        ErrorKind::TooManyOpen => Errno::EMFILE,
+        ErrorKind::NoSpace => Errno::ENOSPC,
+        ErrorKind::Quota => Errno::EDQUOT,
+        ErrorKind::TryAgain => Errno::EAGAIN,
     }
 }
 
@@ -46,6 +50,10 @@ mod tests {
             ErrorKind::Busy,
             ErrorKind::Io,
             ErrorKind::Integrity,
+            ErrorKind::TooManyOpen,
+            ErrorKind::NoSpace,
+            ErrorKind::Quota,
+            ErrorKind::TryAgain,
         ];
         for k in all {
             assert_ne!(errno(k).code(), libc::ENOSYS, "{k:?}");
@@ -63,6 +71,10 @@ mod tests {
                 "EXDEV" => libc::EXDEV,
                 "EBUSY" => libc::EBUSY,
                 "EIO" => libc::EIO,
+                "EMFILE" => libc::EMFILE,
+                "ENOSPC" => libc::ENOSPC,
+                "EDQUOT" => libc::EDQUOT,
+                "EAGAIN" => libc::EAGAIN,
                 other => panic!("unknown errno name {other}"),
             };
             assert_eq!(errno(k).code(), by_name, "audit name of {k:?} disagrees");
