@@ -17,6 +17,7 @@ use fuser::{
     INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use nomadfs_core::engine::Op;
 use nomadfs_core::{Caller, Engine, Error, ErrorKind, Node, NodeKind, SecretBytes};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -159,7 +160,24 @@ impl NomadFs {
     /// caller whose policy lets it create that path; to others it does not exist until stored.
     fn pending_for(&self, ino: u64, path: &str, c: &Caller) -> Option<u64> {
         let size = self.handles.pending_size(ino)?;
-        self.engine.create(c, path).ok().map(|_| size)
+        self.engine.check(c, path, &Op::Create).ok().map(|_| size)
+    }
+
+    /// Dispatch `op` on `path`; when the file is held open-created here (not stored until its
+    /// creator's close), as such (`Engine::dispatch_held_open`), so that its real outcome is
+    /// authorised and audited.
+    fn dispatch_maybe_held(
+        &self,
+        ino: u64,
+        c: &Caller,
+        path: &str,
+        op: Op<'_>,
+    ) -> Result<(), Error> {
+        if self.handles.pending_size(ino).is_some() {
+            self.engine.dispatch_held_open(c, path, op).map(|_| ())
+        } else {
+            self.engine.dispatch(c, path, op).map(|_| ())
+        }
     }
 
     /// Read a stored value; a file created but not yet stored (its creator has not closed it)
@@ -267,12 +285,14 @@ impl Filesystem for NomadFs {
         let res = (|| -> Result<Node, Error> {
             let path = self.path(ino)?;
             // Modes are decided by policy: chmod is accepted and ignored (so `cp -p`/`mv` work),
-            // chown is refused.
-            let _ = mode;
+            // but audited; chown is refused.
             if uid.is_some() || gid.is_some() {
                 return Err(Error::not_permitted(format!(
                     "{path}: owners are decided by policy, not chown"
                 )));
+            }
+            if mode.is_some() {
+                self.dispatch_maybe_held(ino.0, &c, &path, Op::Chmod)?;
             }
             if let Some(size) = size {
                 let limit = self.engine.limits().max_value_size as u64;
@@ -363,22 +383,15 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            let ino = self.inodes.peek(&path);
             // Handles still open on the file store nothing from now on (POSIX: the open file
             // lives on without a name). A created file not yet stored exists only in them.
-            match self.engine.delete(&c, &path) {
-                Ok(()) => {
-                    if let Some(ino) = ino {
-                        self.handles.unlinked(ino);
-                    }
+            let ino = self.inodes.peek(&path);
+            match ino {
+                Some(ino) => {
+                    self.dispatch_maybe_held(ino, &c, &path, Op::Delete)?;
+                    self.handles.unlinked(ino);
                 }
-                Err(e) if e.kind == ErrorKind::NotFound => match ino {
-                    Some(ino) if self.pending_for(ino, &path, &c).is_some() => {
-                        self.handles.unlinked(ino);
-                    }
-                    _ => return Err(e),
-                },
-                Err(e) => return Err(e),
+                None => self.engine.delete(&c, &path)?,
             }
             Ok(path)
         });
@@ -395,11 +408,15 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            if self.handles.pending_under(&path) {
-                return Err(Error::new(
+            // Said only to a caller the policy lets remove it; anyone else hears the policy.
+            if self.handles.pending_under(&path) && self.engine.check(&c, &path, &Op::Rmdir).is_ok()
+            {
+                let e = Error::new(
                     ErrorKind::NotEmpty,
                     format!("{path}: holds a file still being created"),
-                ));
+                );
+                self.engine.record_refusal(&c, "rmdir", &path, &e);
+                return Err(e);
             }
             self.engine.rmdir(&c, &path)?;
             Ok(path)
@@ -436,20 +453,22 @@ impl Filesystem for NomadFs {
                     format!("{to}: exists"),
                 ));
             }
-            if self.handles.pending_under(&to) {
-                return Err(Error::new(
+            // Said only to a caller the policy lets rename there; anyone else hears the policy.
+            if self.handles.pending_under(&to)
+                && self.engine.check(&c, &from, &Op::Rename(&to)).is_ok()
+            {
+                let e = Error::new(
                     ErrorKind::NotEmpty,
                     format!("{to}: holds a file still being created"),
-                ));
+                );
+                self.engine.record_refusal(&c, "rename", &from, &e);
+                return Err(e);
             }
             let (from_ino, to_ino) = (self.inodes.peek(&from), self.inodes.peek(&to));
-            match self.engine.rename(&c, &from, &to) {
-                Ok(()) => {}
-                // A created file not yet stored: its open handles will store it under `to`.
-                Err(e)
-                    if e.kind == ErrorKind::NotFound
-                        && from_ino.is_some_and(|i| self.pending_for(i, &from, &c).is_some()) => {}
-                Err(e) => return Err(e),
+            // A created file not yet stored: its open handles will store it under `to`.
+            match from_ino {
+                Some(i) => self.dispatch_maybe_held(i, &c, &from, Op::Rename(&to))?,
+                None => self.engine.rename(&c, &from, &to)?,
             }
             // Whatever was at `to` is replaced: its open handles store nothing.
             if let Some(t) = to_ino.filter(|t| Some(*t) != from_ino) {

@@ -6,6 +6,7 @@
 
 use crate::backend::{DirEntry, Node};
 use crate::backends::validate_name;
+use crate::caller::Caller;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mounts::normalize_path;
@@ -198,11 +199,11 @@ impl Sys {
         }
     }
 
-    pub(crate) fn read(&self, e: &Engine, caller_uid: u32, path: &str) -> Result<SecretBytes> {
+    pub(crate) fn read(&self, e: &Engine, caller: &Caller, path: &str) -> Result<SecretBytes> {
         let (route, caps) = self.route(e, path)?;
         let text = match route {
             Route::Help => HELP.to_string(),
-            Route::Health => e.health_json(),
+            Route::Health => e.health_json(caller),
             Route::MountsTable => e.mounts_table_text(),
             Route::Mount => {
                 let m = e.mount_entry(caps[0])?;
@@ -223,7 +224,7 @@ impl Sys {
                     .hashes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .get(&caller_uid)
+                    .get(&caller.uid)
                     .cloned()
                     .ok_or_else(|| Error::not_found("sys/audit-hash: write a value to it first"))?;
                 format!("{h}\n")

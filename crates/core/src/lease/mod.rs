@@ -419,6 +419,15 @@ impl LeaseManager {
         lock(&self.index).leases.len()
     }
 
+    /// Live leases created by `uid`.
+    pub fn count_uid(&self, uid: u32) -> usize {
+        lock(&self.index)
+            .leases
+            .values()
+            .filter(|m| m.uid == uid)
+            .count()
+    }
+
     pub fn get(&self, id: &str) -> Result<LeaseRecord> {
         self.check_loaded()?;
         if !self.find(id) {
