@@ -56,10 +56,10 @@ pub struct LimitsConfig {
     /// Live leases one uid created (default 256; EDQUOT past it).
     #[serde(default)]
     pub leases_per_uid: Option<u64>,
-    /// Sustained requests per second per uid (default 500; EAGAIN past it).
+    /// Sustained requests per second per uid (default 2000; EAGAIN past it).
     #[serde(default)]
     pub requests_per_sec_per_uid: Option<u32>,
-    /// Requests above the sustained rate one uid may make at once (default 1000).
+    /// Requests above the sustained rate one uid may make at once (default 4000).
     #[serde(default)]
     pub request_burst_per_uid: Option<u32>,
     /// Bound admins too (default false).

@@ -261,7 +261,9 @@ fn a_failing_audit_log_refuses_every_request_and_changes_nothing() {
 
 #[test]
 fn refusal_floods_are_aggregated_and_rate_limited() {
-    let d = Daemon::start_with(POLICIES);
+    let d = Daemon::start_with(&format!(
+        "{POLICIES}\n[limits]\nrequests_per_sec_per_uid = 200\nrequest_burst_per_uid = 400\n"
+    ));
     write_synced(d.p("secret/x"), "x").expect("x");
     let before = std::fs::metadata(d.audit()).expect("audit").len();
     // uid 1003 has no policy at all: every stat is refused.
@@ -287,7 +289,8 @@ fn refusal_floods_are_aggregated_and_rate_limited() {
     assert!(counts.contains("ENOENT"), "{counts}");
     // Root (an admin) is not rate limited.
     for i in 0..2000 {
-        let _ = std::fs::metadata(d.p(&format!("secret/nx{i}")));
+        let e = std::fs::metadata(d.p(&format!("secret/nx{i}"))).expect_err("nx");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "root: {e}");
     }
     assert_eq!(read(&d, "secret/x"), "x");
     // The aggregates of the last window are written within the interval plus a second.

@@ -22,7 +22,10 @@
 //!  "values":{"response":"hmac-sha256:<64 hex>"}}
 //! ```
 //!
-//! (on one line). `seq` starts at 1 in each file and increments by 1; `prev` is the hex SHA-256
+//! (on one line). `result` is `ok`, `error`, or `intent`: the line a change writes (and makes
+//! durable) before it commits; its outcome follows in a line of its own. An aggregate of
+//! repeated refusals (`refusals.rs`) ends with `"count":N` after `values`.
+//! `seq` starts at 1 in each file and increments by 1; `prev` is the hex SHA-256
 //! of the previous line's exact bytes without its newline, 64 zeros on the first line. Each line
 //! is written with a single `write(2)` on an `O_APPEND` descriptor, so concurrent writers never
 //! interleave.

@@ -745,6 +745,8 @@ impl Engine {
             );
         let is_stat = matches!(op, Op::Stat);
         let is_chmod = matches!(op, Op::Chmod);
+        // Nothing changes and nothing leaves: the line need not be waited for.
+        let check_only = matches!(op, Op::Create | Op::Chmod);
         let decided = self
             .admit(caller, admin)
             .and_then(|()| self.authorize(&policies, caller, path, &op, &need));
@@ -830,9 +832,10 @@ impl Engine {
                 values,
                 secret_bearing: secret_bearing && result.is_ok(),
                 intent: false,
-                // The outcome of a change whose intent line is durable need not wait; a
-                // credential or a value is handed out only once its line is durable.
-                durable: !changes || mints,
+                // The outcome of a change whose intent line is durable need not wait, nor
+                // a check that changes nothing; a credential or a value is handed out only
+                // once its line is durable.
+                durable: (!changes || mints) && !check_only,
                 count: None,
             },
         );

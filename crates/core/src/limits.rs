@@ -34,8 +34,8 @@ impl Default for UidLimits {
             open_files: Some(256),
             buffered_bytes: Some(64 << 20),
             leases: Some(256),
-            requests_per_sec: Some(500),
-            request_burst: 1000,
+            requests_per_sec: Some(2000),
+            request_burst: 4000,
             apply_to_admins: false,
         }
     }
