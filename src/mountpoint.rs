@@ -34,7 +34,7 @@ pub fn absolute(mnt: &Path) -> PathBuf {
 /// Make `mnt` ready for a new mount: create it if missing, lazily unmount a stale nomadfs
 /// mount on it, refuse a live one.
 pub fn prepare(mnt: &Path, pid_file: Option<&Path>) -> Result<(), String> {
-    for _ in 0..5 {
+    for _ in 0..20 {
         match std::fs::metadata(mnt) {
             Ok(meta) => {
                 let mounts = mountinfo::current();
@@ -50,14 +50,17 @@ pub fn prepare(mnt: &Path, pid_file: Option<&Path>) -> Result<(), String> {
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
                 let mounts = mountinfo::current();
-                let fstype = mountinfo::at(&mounts, mnt).map(|m| m.fstype.clone());
-                if fstype.as_deref() != Some(mountinfo::FSTYPE) {
-                    return Err(format!(
-                        "mountpoint {}: {e}; it is a dead {} mount, not a nomadfs one: unmount it (fusermount3 -u -z {})",
-                        mnt.display(),
-                        fstype.as_deref().unwrap_or("unknown"),
-                        mnt.display()
-                    ));
+                match mountinfo::at(&mounts, mnt).map(|m| m.fstype.as_str()) {
+                    Some(mountinfo::FSTYPE) => {}
+                    // Unmounted between the stat and the read of mountinfo: look again.
+                    None => continue,
+                    Some(other) => {
+                        return Err(format!(
+                            "mountpoint {}: {e}; it is a dead {other} mount, not a nomadfs one: unmount it (fusermount3 -u -z {})",
+                            mnt.display(),
+                            mnt.display()
+                        ))
+                    }
                 }
                 // The dead daemon's auto-unmount helper (fusermount3) may be about to unmount
                 // it: let it finish first, or its unmount could land on our new mount.
@@ -84,7 +87,7 @@ pub fn prepare(mnt: &Path, pid_file: Option<&Path>) -> Result<(), String> {
         }
     }
     Err(format!(
-        "mountpoint {}: still a dead mount after unmounting it five times",
+        "mountpoint {}: still a dead mount after 20 attempts to clear it",
         mnt.display()
     ))
 }
