@@ -278,14 +278,11 @@ fn man_page() -> Result<Vec<u8>, String> {
     // One section per subcommand, with its own arguments (clap_mangen lists only names).
     for sub in cmd.get_subcommands() {
         let name = sub.get_name().to_string();
-        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
-        let mut roff = clap_mangen::roff::Roff::new();
-        roff.control("SH", [format!("NOMADFS {}", name.to_uppercase()).as_str()]);
-        roff.text([clap_mangen::roff::roman(about)]);
-        roff.to_writer(&mut out).map_err(|e| e.to_string())?;
         let mut help = sub.clone().bin_name(format!("nomadfs {name}"));
+        // The long help starts with the subcommand's description.
         let text = help.render_long_help().to_string();
         let mut roff = clap_mangen::roff::Roff::new();
+        roff.control("SH", [format!("NOMADFS {}", name.to_uppercase()).as_str()]);
         roff.control("nf", []);
         for line in text.lines() {
             roff.text([clap_mangen::roff::roman(line)]);
