@@ -507,7 +507,17 @@ fn client(cli: &Cli) -> Result<i32, String> {
         Cmd::Write { path, data } => {
             let body = parse_write_args(data)?;
             let p = place.user(path);
-            write_file(&p, body).map_err(|e| io_err("writing", &p, e))?;
+            // As `vault write secret/app/db`: missing folders are made (mkdir -p) first.
+            let r = match write_file(&p, &body) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match p.parent() {
+                    Some(dir) => std::fs::create_dir_all(dir)
+                        .map_err(|e| io_err("making the folder", dir, e))
+                        .and_then(|()| write_file(&p, &body).map_err(|e| io_err("writing", &p, e))),
+                    None => Err(io_err("writing", &p, e)),
+                },
+                r => r.map_err(|e| io_err("writing", &p, e)),
+            };
+            r?;
             output::line(&format!("Success! Data written to: {path}"));
         }
         Cmd::Help { path } => {
