@@ -506,6 +506,12 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../mounts.toml")).expect("mounts.toml");
+        assert_eq!(c.mountpoint, Path::new("/run/nomadfs"));
+    }
+
+    #[test]
     fn threads_are_bounded() {
         for (n, ok) in [
             (0, false),
