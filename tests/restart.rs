@@ -226,3 +226,49 @@ fn a_closed_log_pipe_does_not_kill_the_daemon_and_sigint_unmounts() {
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(!is_mounted(&first.mnt), "still mounted after SIGINT");
 }
+
+#[test]
+fn without_a_pid_file_the_live_daemon_is_found_in_proc() {
+    // A memory store has no folder for a pid file: the pid comes from a /proc scan.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mnt = dir.path().join("mnt");
+    let cfg = dir.path().join("mounts.toml");
+    std::fs::write(
+        &cfg,
+        format!("mountpoint = {mnt:?}\naudit = \"off\"\n[storage]\ntype = \"memory\"\n"),
+    )
+    .expect("config");
+    let start = || {
+        let mut c = Command::new(common::bin());
+        c.arg("--config")
+            .arg(&cfg)
+            .arg("server")
+            .arg("--passphrase-file")
+            .arg(dir.path().join("pass"))
+            .env_remove("NOMADFS_PASSPHRASE")
+            .stdin(Stdio::null());
+        c
+    };
+    std::fs::write(dir.path().join("pass"), "pw\n").expect("pass");
+    let mut a = start().stderr(Stdio::null()).spawn().expect("daemon a");
+    let a_pid = a.id();
+    common::wait_until("a mounted", 20, || {
+        std::fs::read_to_string(mnt.join("sys/health"))
+            .is_ok_and(|h| h.contains("\"sealed\": false"))
+    });
+    let out = start().output().expect("daemon b");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(a_pid.to_string())
+        .status();
+    let st = a.wait().expect("wait a");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("already served by a running nomadfs"), "{err}");
+    assert!(
+        err.contains(&a_pid.to_string()),
+        "pid {a_pid} not named: {err}"
+    );
+    assert_eq!(st.code(), Some(0));
+    assert!(!is_mounted(&mnt));
+}
