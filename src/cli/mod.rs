@@ -87,8 +87,10 @@ passphrase.")]
     },
     /// Move the mount at FROM to TO (data kept, leases revoked) (= mv sys/mounts/FROM …/TO).
     Remount {
+        /// The mount's current path, e.g. `team-a`.
         #[arg(value_name = "FROM")]
         from: String,
+        /// Its new path, e.g. `team-b` (leases under FROM are revoked).
         #[arg(value_name = "TO")]
         to: String,
     },
@@ -769,16 +771,18 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("CREDENTIALS_DIRECTORY"), "{s}");
-        for sub in Cli::command().get_subcommands() {
+        let mut all: Vec<clap::Command> = Cli::command().get_subcommands().cloned().collect();
+        while let Some(sub) = all.pop() {
             assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
             for a in sub.get_arguments() {
                 assert!(
-                    a.get_help().is_some() || a.get_long_help().is_some() || a.is_positional(),
-                    "{} --{} has no help",
+                    a.get_help().is_some() || a.get_long_help().is_some(),
+                    "{} {} has no help",
                     sub.get_name(),
                     a.get_id()
                 );
             }
+            all.extend(sub.get_subcommands().cloned());
         }
     }
 
