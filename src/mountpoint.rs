@@ -97,7 +97,11 @@ pub fn unmount_if_ours(mnt: &Path) {
     let mounts = mountinfo::current();
     if mountinfo::at(&mounts, mnt).is_some_and(|m| m.fstype == mountinfo::FSTYPE) {
         if let Err(e) = lazy_unmount(mnt) {
-            tracing::warn!("{e}");
+            // The session's own unmount may have won the race: only a mount still there counts.
+            let now = mountinfo::current();
+            if mountinfo::at(&now, mnt).is_some_and(|m| m.fstype == mountinfo::FSTYPE) {
+                tracing::warn!("{e}");
+            }
         }
     }
 }

@@ -310,3 +310,39 @@ fn a_bad_config_exits_non_zero_with_the_reason() {
         &["unknown field `fsnyc`", "line 4"],
     );
 }
+
+#[test]
+fn a_fuse_session_that_fails_exits_non_zero_and_unmounts() {
+    // Issue 11's reproduction: each request thread opens its own /dev/fuse descriptor; with too
+    // few descriptors allowed the session fails after mounting. That used to exit 0.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mnt = dir.path().join("mnt");
+    let cfg = dir.path().join("mounts.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "mountpoint = {mnt:?}\nthreads = 64\naudit = \"off\"\n[storage]\ntype = \"memory\"\n"
+        ),
+    )
+    .expect("config");
+    std::fs::write(dir.path().join("pass"), "pw\n").expect("pass");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -n 40 && exec \"$0\" --config \"$1\" server --passphrase-file \"$2\"")
+        .arg(common::bin())
+        .arg(&cfg)
+        .arg(dir.path().join("pass"))
+        .env_remove("NOMADFS_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the FUSE session ended with an error"),
+        "{err}"
+    );
+    assert!(err.contains("Too many open files"), "{err}");
+    assert!(!err.contains("could not be unmounted"), "{err}");
+    common::wait_until("unmounted", 10, || !common::is_mounted(&mnt));
+}
