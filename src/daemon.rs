@@ -198,7 +198,7 @@ struct Setup {
     audit: AuditMode,
     /// Where the store is, for the "creating a new store" prompt.
     store_desc: String,
-    /// `nomadfs.pid` next to a file store.
+    /// `STORE.pid` beside a file store's folder (see `mountpoint::pid_file_for`).
     pid_file: Option<PathBuf>,
 }
 
@@ -244,7 +244,9 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("/var/lib/nomadfs"))
     });
-    let pid_file = store_dir.as_ref().map(|d| d.join("nomadfs.pid"));
+    let pid_file = store_dir
+        .as_deref()
+        .and_then(crate::mountpoint::pid_file_for);
     // Before the store is opened: a live daemon on this mountpoint holds it too, and its pid
     // says more than "the store is in use".
     crate::mountpoint::prepare(&mountpoint, pid_file.as_deref())?;

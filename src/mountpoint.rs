@@ -3,8 +3,9 @@
 //! Owns: clearing a stale mount (a dead nomadfs's mount answers ENOTCONN until unmounted),
 //! refusing a mountpoint a live nomadfs serves (naming its pid), and the pid file.
 //!
-//! How the pid is found: a file store gets `nomadfs.pid` in its directory (pid and mountpoint,
-//! written once mounted, removed at a clean exit). When that names a live `nomadfs` process
+//! How the pid is found: a file store at DIR gets `DIR.pid` beside its folder (pid and
+//! mountpoint, written once mounted, removed at a clean exit; outside the store's folder, which
+//! holds only the database). When that names a live `nomadfs` process
 //! serving this mountpoint, that is the pid. Otherwise (etcd/memory store, another store, a
 //! stale file) every process named `nomadfs` that holds `/dev/fuse` open is a candidate; the
 //! kernel does not tell which connection a /dev/fuse descriptor belongs to, so all of them are
@@ -237,6 +238,15 @@ pub fn store_holder(pid_file: &Path) -> String {
     }
 }
 
+/// The pid file of a file store at `store`: `/var/lib/nomadfs` → `/var/lib/nomadfs.pid`.
+pub fn pid_file_for(store: &Path) -> Option<PathBuf> {
+    let abs = absolute(store);
+    let name = abs.file_name()?;
+    let mut pid_name = name.to_os_string();
+    pid_name.push(".pid");
+    Some(abs.with_file_name(pid_name))
+}
+
 /// Written once mounted; removed by `PidFile::drop` at a clean exit (if still ours).
 pub struct PidFile(PathBuf);
 
@@ -262,5 +272,37 @@ impl Drop for PidFile {
         if mine {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_sits_beside_the_store() {
+        assert_eq!(
+            pid_file_for(Path::new("/var/lib/nomadfs")),
+            Some(PathBuf::from("/var/lib/nomadfs.pid"))
+        );
+        assert_eq!(
+            pid_file_for(Path::new("/nonexistent-x/store/")),
+            Some(PathBuf::from("/nonexistent-x/store.pid"))
+        );
+        assert_eq!(pid_file_for(Path::new("/")), None);
+    }
+
+    #[test]
+    fn a_plain_directory_is_ready_and_a_missing_one_is_made() {
+        let d = tempfile::tempdir().expect("tmp");
+        prepare(d.path(), None).expect("plain dir");
+        let m = d.path().join("a/b");
+        prepare(&m, None).expect("made");
+        assert!(m.is_dir());
+        let f = d.path().join("file");
+        std::fs::write(&f, "x").expect("file");
+        assert!(prepare(&f, None)
+            .expect_err("file")
+            .contains("not a directory"));
     }
 }

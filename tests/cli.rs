@@ -149,7 +149,7 @@ fn a_new_store_at_a_terminal_asks_twice_until_both_match() {
             std::fs::read_to_string(d.p("sys/health"))
                 .is_ok_and(|h| h.contains("\"sealed\": false"))
         });
-        let pid: u32 = std::fs::read_to_string(d.store().join("nomadfs.pid"))
+        let pid: u32 = std::fs::read_to_string(d.dir.path().join("store.pid"))
             .expect("pid file")
             .lines()
             .next()

@@ -94,7 +94,7 @@ passphrase.")]
         #[arg(value_name = "TO")]
         to: String,
     },
-    /// List PATH: one name per line, folders end in `/` (= ls PATH).
+    /// List PATH under a `Keys` header: one name per line, folders end in `/` (= ls PATH).
     #[command(visible_alias = "ls")]
     List {
         /// A folder, relative to the current directory inside the mount, else to the mount's
