@@ -857,10 +857,14 @@ impl Engine {
                 Op::Read => self.sys.read(self, caller.uid, rest).map(Reply::Data),
                 // Files under sys/ are control files: each write acts at once.
                 Op::Create => self.sys.create(self, rest).map(|_| {
-                    // Policies and audit-hash values are buffered and applied whole at close
-                    // (a policy cut at a write(2) boundary must never go live); every other
-                    // control file acts on each write.
-                    if rest.starts_with("policies/") || rest == "audit-hash" {
+                    // Policies, mount specs and audit-hash values are buffered and applied
+                    // whole at close (a document cut at a write(2) boundary must never go
+                    // live; mount specs are checked as bytes arrive, `check_partial`); every
+                    // other control file acts on each write.
+                    if rest.starts_with("policies/")
+                        || rest.starts_with("mounts/")
+                        || rest == "audit-hash"
+                    {
                         Reply::Node(Node::file(0))
                     } else {
                         Reply::Node(Node::write_only())
@@ -888,6 +892,11 @@ impl Engine {
                 let ctx = Ctx {
                     caller,
                     mount: &m.entry.path,
+                    lease_limit: self
+                        .config
+                        .uid_limits
+                        .leases
+                        .filter(|_| self.bounded(caller)),
                 };
                 let b = &m.backend;
                 match op {
@@ -945,6 +954,16 @@ impl Engine {
         match self.dispatch(caller, path, Op::Create)? {
             Reply::Node(n) => Ok(n),
             _ => Ok(Node::file(0)),
+        }
+    }
+    /// Check the content buffered so far for `path` (an open file the caller created or opened
+    /// for writing, applied whole at close): refuses what can no longer become valid, so the
+    /// write(2) that carries it fails (shells ignore errors at close). Only control files that
+    /// are buffered (`sys/mounts/NAME`) check anything; everything else is decided at close.
+    pub fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        match path.strip_prefix("sys/") {
+            Some(rest) => self.sys.check_partial(rest, data),
+            None => Ok(()),
         }
     }
     pub fn write(&self, caller: &Caller, path: &str, data: SecretBytes) -> Result<()> {
