@@ -800,11 +800,18 @@ impl Filesystem for NomadFs {
         // Nothing of this open will be stored after any of these refusals.
         let refuse = |w: &mut WriteBuf, charged: &mut u64, e: Error| {
             let freed = w.data.capacity() as u64;
-            w.discard();
+            w.discard(e.kind);
             let _ = self.handles.charge(uid, bounds, charged, 0, &path);
             crate::memory::freed(freed);
             self.fail(req.uid(), "write", &path, &e)
         };
+        if let Some(kind) = w.refused.filter(|k| *k != ErrorKind::TooLarge) {
+            let e = Error::new(
+                kind,
+                format!("{path}: an earlier write of this open was refused; nothing of it will be stored"),
+            );
+            return reply.error(self.fail(req.uid(), "write", &path, &e));
+        }
         if w.poisoned || offset.saturating_add(data.len() as u64) > limit {
             let e = Error::new(
                 ErrorKind::TooLarge,

@@ -14,8 +14,11 @@ pub struct WriteBuf {
     /// Created or truncated at open but not yet written: committed (empty) at release only,
     /// so the flush that a shell's `dup2`+`close` sends never stores an empty value early.
     pub pending_empty: bool,
-    /// A write of this open failed (EFBIG): nothing of it will ever be stored.
+    /// A write of this open failed (EFBIG, ENOSPC, a bad mount spec): nothing of it will ever
+    /// be stored.
     pub poisoned: bool,
+    /// Why (the errno later writes of this open answer too).
+    pub refused: Option<ErrorKind>,
 }
 
 impl WriteBuf {
@@ -25,11 +28,13 @@ impl WriteBuf {
             dirty: false,
             pending_empty,
             poisoned: false,
+            refused: None,
         }
     }
 
-    /// Forget everything: nothing of this open will be stored.
-    pub fn discard(&mut self) {
+    /// Forget everything: nothing of this open will be stored (`why`: the refusal).
+    pub fn discard(&mut self, why: ErrorKind) {
+        self.refused = Some(why);
         self.data = SecretBytes::default();
         self.dirty = false;
         self.pending_empty = false;
