@@ -5,7 +5,7 @@ mod common;
 
 use common::moto::Moto;
 use common::{errno_of, Daemon};
-use nomadfs_core::backends::aws_iam::{AwsIam, IamApi as _, RootCredentials};
+use nomadfs_core::backends::aws_iam::{AwsIam, RootCredentials};
 use nomadfs_core::SecretBytes;
 use std::process::{Command, Output};
 
