@@ -4,7 +4,8 @@
 mod common;
 
 use common::moto::Moto;
-use common::{errno_of, Daemon};
+use common::pg::Pg;
+use common::{errno_of, write_synced, Daemon};
 use nomadfs_core::backends::aws_iam::{AwsIam, RootCredentials};
 use nomadfs_core::SecretBytes;
 use std::process::{Command, Output};
@@ -15,7 +16,8 @@ name = "u"
 uids = [1001]
 rules = [ { path = "secret/u/*", capabilities = ["read", "list", "create", "update", "delete"] },
           { path = "secret/ro/*", capabilities = ["read", "list"] },
-          { path = "aws/creds/*", capabilities = ["read"] } ]
+          { path = "aws/creds/*", capabilities = ["read"] },
+          { path = "pg/creds/*", capabilities = ["read"] } ]
 [limits]
 open_files_per_uid = 8
 buffered_bytes_per_uid = 65536
@@ -300,4 +302,36 @@ print('refused', refused)
     assert!(log.contains("log lines suppressed for uid 1001"), "{log}");
     // The path, never an inode number.
     assert!(log.contains("path=\"secret/ro/x\""), "{log}");
+}
+
+#[test]
+fn postgresql_roles_past_the_lease_bound_are_edquot_and_never_created() {
+    let pg = Pg::start();
+    let d = Daemon::start_with(CONFIG);
+    pg.psql("CREATE TABLE IF NOT EXISTS app (v int)");
+    std::fs::write(d.p("sys/mounts/pg"), "postgresql\n").expect("mount pg");
+    write_synced(d.p("pg/config/connection"), pg.admin_url()).expect("config/connection");
+    write_synced(
+        d.p("pg/roles/app"),
+        r#"creation_statements = ["CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'"]"#,
+    )
+    .expect("role");
+    let o = as_1001(
+        &d,
+        "bash",
+        &[
+            "-c",
+            "for i in 1 2 3 4; do cat pg/creds/app >/dev/null && echo ok$i || echo refused$i; done",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("ok1") && out.contains("ok2"), "{out}{err}");
+    assert!(
+        out.contains("refused3") && out.contains("refused4"),
+        "{out}"
+    );
+    assert!(err.contains("Disk quota exceeded"), "EDQUOT: {err}");
+    let roles = pg.psql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'nomadfs-%-u1001-%'");
+    assert_eq!(roles.trim(), "2", "roles past the bound were created");
 }
