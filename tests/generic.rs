@@ -431,4 +431,11 @@ fn mount_specs_apply_whole_and_bad_ones_fail_the_write() {
         );
     }
     assert!(d.log_text().contains("unknown backend type \"nosuchtype\""));
+    let audit = std::fs::read_to_string(d.audit()).expect("audit log");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("sys/mounts/y") && l.contains("EINVAL")),
+        "the refused write is audited"
+    );
 }

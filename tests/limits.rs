@@ -110,6 +110,13 @@ print('again', len(fds))
         ),
         "{log}"
     );
+    let audit = std::fs::read_to_string(d.audit()).expect("audit log");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("EMFILE") && l.contains("open_files_per_uid")),
+        "the refusal is audited"
+    );
 }
 
 #[test]
@@ -162,6 +169,13 @@ os.close(c)
     assert!(
         log.contains("uid 1001 would have 80000 bytes buffered in open files; the bound is 65536 ([limits] buffered_bytes_per_uid): nothing of this open will be stored"),
         "{log}"
+    );
+    let audit = std::fs::read_to_string(d.audit()).expect("audit log");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("ENOSPC") && l.contains("secret/u/b")),
+        "the refusal is audited"
     );
 }
 

@@ -966,6 +966,23 @@ impl Engine {
             None => Ok(()),
         }
     }
+    /// Audit a request the adapter refused on its own (a per-uid bound, an oversized write, a
+    /// mount spec that can no longer become valid): recorded like any other refusal. Only a
+    /// refusal is recorded here, so a failing audit log changes nothing (it is logged).
+    pub fn audit_refusal(&self, caller: &Caller, op: &'static str, path: &str, e: &Error) {
+        let _ = gate::audit(
+            &self.audit_mode(),
+            gate::Record {
+                caller,
+                op,
+                path,
+                result: Err(e),
+                lease_id: None,
+                values: Vec::new(),
+                secret_bearing: false,
+            },
+        );
+    }
     pub fn write(&self, caller: &Caller, path: &str, data: SecretBytes) -> Result<()> {
         self.dispatch(caller, path, Op::Write(data)).map(|_| ())
     }

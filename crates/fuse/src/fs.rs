@@ -142,6 +142,14 @@ impl NomadFs {
         })
     }
 
+    /// Audit a refusal decided here rather than by the engine (per-uid bounds, oversized or
+    /// invalid writes); the engine audits everything else.
+    fn audit_here(&self, c: &Caller, op: &'static str, path: &str, e: &Error) {
+        if op == "write" || matches!(e.kind, ErrorKind::TooManyOpen | ErrorKind::NoSpace) {
+            self.engine.audit_refusal(c, op, path, e);
+        }
+    }
+
     /// The path of `ino` for a log line (never the inode number).
     fn log_path(&self, ino: INodeNo) -> String {
         self.inodes
@@ -651,7 +659,11 @@ impl Filesystem for NomadFs {
         })();
         match res {
             Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
-            Err(e) => reply.error(self.fail(req.uid(), "open", &self.log_path(ino), &e)),
+            Err(e) => {
+                let path = self.log_path(ino);
+                self.audit_here(&c, "open", &path, &e);
+                reply.error(self.fail(req.uid(), "open", &path, &e))
+            }
         }
     }
 
@@ -706,7 +718,9 @@ impl Filesystem for NomadFs {
                 )
             }
             Err(e) => {
-                reply.error(self.fail(req.uid(), "create", &self.log_child(parent, name), &e))
+                let path = self.log_child(parent, name);
+                self.audit_here(&c, "create", &path, &e);
+                reply.error(self.fail(req.uid(), "create", &path, &e))
             }
         }
     }
@@ -774,6 +788,7 @@ impl Filesystem for NomadFs {
                 let _ = self.handles.charge(uid, bounds, &mut hm.charged, 0, &path);
                 crate::memory::freed(freed);
                 let e = noted(e, "nothing of this input will be used");
+                self.audit_here(&caller(req), "write", &path, &e);
                 return reply.error(self.fail(req.uid(), "write", &path, &e));
             }
             let res = x.write(&path, offset, data, limit);
@@ -803,6 +818,7 @@ impl Filesystem for NomadFs {
             w.discard(e.kind);
             let _ = self.handles.charge(uid, bounds, charged, 0, &path);
             crate::memory::freed(freed);
+            self.audit_here(&caller(req), "write", &path, &e);
             self.fail(req.uid(), "write", &path, &e)
         };
         if let Some(kind) = w.refused.filter(|k| *k != ErrorKind::TooLarge) {
@@ -810,6 +826,7 @@ impl Filesystem for NomadFs {
                 kind,
                 format!("{path}: an earlier write of this open was refused; nothing of it will be stored"),
             );
+            self.audit_here(&caller(req), "write", &path, &e);
             return reply.error(self.fail(req.uid(), "write", &path, &e));
         }
         if w.poisoned || offset.saturating_add(data.len() as u64) > limit {
@@ -968,7 +985,11 @@ impl Filesystem for NomadFs {
                     .insert(fh, (c.uid, entries));
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-            Err(e) => reply.error(self.fail(req.uid(), "opendir", &self.log_path(ino), &e)),
+            Err(e) => {
+                let path = self.log_path(ino);
+                self.audit_here(&c, "opendir", &path, &e);
+                reply.error(self.fail(req.uid(), "opendir", &path, &e))
+            }
         }
     }
 
