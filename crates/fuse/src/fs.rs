@@ -798,7 +798,10 @@ impl Filesystem for NomadFs {
                 .charge(uid, bounds, &mut hm.charged, held, &path);
             return match res {
                 Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(self.fail(req.uid(), "write", &path, &e)),
+                Err(e) => {
+                    self.audit_here(&caller(req), "write", &path, &e);
+                    reply.error(self.fail(req.uid(), "write", &path, &e))
+                }
             };
         }
         let immediate = hm.immediate;
