@@ -50,7 +50,8 @@ pub struct LimitsConfig {
     /// Open files per uid (default 256; EMFILE past it).
     #[serde(default)]
     pub open_files_per_uid: Option<u64>,
-    /// Bytes written but not yet committed in one uid's open files (default 64 MiB; ENOSPC).
+    /// Bytes in one uid's open write buffers and exchange inputs, held until each is closed
+    /// (default 64 MiB; ENOSPC at the write that goes past it).
     #[serde(default)]
     pub buffered_bytes_per_uid: Option<u64>,
     /// Live leases one uid created (default 256; EDQUOT past it).

@@ -171,6 +171,9 @@ pub fn serve(args: ServerArgs) -> i32 {
     } else {
         tracing::info!("hardened: not dumpable (PR_GET_DUMPABLE = 0), no core files");
     }
+    for problem in nomadfs_fuse::memory::tune() {
+        tracing::warn!("allocator: {problem}");
+    }
     match crate::sys::lock_memory() {
         Ok(()) => tracing::info!("memory locked: keys and secrets never reach swap"),
         Err(why) => tracing::warn!("memory NOT locked ({why}): secrets may be swapped out; run as root or raise RLIMIT_MEMLOCK to unlimited"),

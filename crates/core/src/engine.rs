@@ -1165,10 +1165,14 @@ impl Engine {
                 Op::Read => self.sys.read(self, caller, rest).map(Reply::Data),
                 // Files under sys/ are control files: each write acts at once.
                 Op::Create => self.sys.create(self, rest).map(|_| {
-                    // Policies and audit-hash values are buffered and applied whole at close
-                    // (a policy cut at a write(2) boundary must never go live); every other
-                    // control file acts on each write.
-                    if rest.starts_with("policies/") || rest == "audit-hash" {
+                    // Policies, mount specs and audit-hash values are buffered and applied
+                    // whole at close (a document cut at a write(2) boundary must never go
+                    // live; mount specs are checked as bytes arrive, `check_partial`); every
+                    // other control file acts on each write.
+                    if rest.starts_with("policies/")
+                        || rest.starts_with("mounts/")
+                        || rest == "audit-hash"
+                    {
                         Reply::Node(Node::file(0))
                     } else {
                         Reply::Node(Node::write_only())
@@ -1196,6 +1200,11 @@ impl Engine {
                 let ctx = Ctx {
                     caller,
                     mount: &m.entry.path,
+                    lease_limit: self
+                        .config
+                        .uid_limits
+                        .leases
+                        .filter(|_| self.bounded(caller)),
                 };
                 let b = &m.backend;
                 match op {
@@ -1254,6 +1263,33 @@ impl Engine {
             Reply::Node(n) => Ok(n),
             _ => Ok(Node::file(0)),
         }
+    }
+    /// Check the content buffered so far for `path` (an open file the caller created or opened
+    /// for writing, applied whole at close): refuses what can no longer become valid, so the
+    /// write(2) that carries it fails (shells ignore errors at close). Only control files that
+    /// are buffered (`sys/mounts/NAME`) check anything; everything else is decided at close.
+    pub fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        match path.strip_prefix("sys/") {
+            Some(rest) => self.sys.check_partial(rest, data),
+            None => Ok(()),
+        }
+    }
+    /// Audit a request the adapter refused on its own (a per-uid bound, an oversized write, a
+    /// mount spec that can no longer become valid): recorded like any other refusal. Only a
+    /// refusal is recorded here, so a failing audit log changes nothing (it is logged).
+    pub fn audit_refusal(&self, caller: &Caller, op: &'static str, path: &str, e: &Error) {
+        let _ = gate::audit(
+            &self.audit_mode(),
+            gate::Record {
+                caller,
+                op,
+                path,
+                result: Err(e),
+                lease_id: None,
+                values: Vec::new(),
+                secret_bearing: false,
+            },
+        );
     }
     pub fn write(&self, caller: &Caller, path: &str, data: SecretBytes) -> Result<()> {
         self.dispatch(caller, path, Op::Write(data)).map(|_| ())

@@ -285,10 +285,16 @@ impl Dynamic {
                 .view
                 .get(&role_key(caps[0])?)?
                 .ok_or_else(|| Error::not_found(path)),
-            Route::Cred => match caps[0].strip_suffix(".env") {
-                Some(role) => up.issue(ctx, role, true),
-                None => up.issue(ctx, caps[0], false),
-            },
+            Route::Cred => {
+                // Past the caller's lease bound nothing is made upstream (EDQUOT).
+                self.services
+                    .leases
+                    .check_quota(ctx.caller.uid, ctx.lease_limit)?;
+                match caps[0].strip_suffix(".env") {
+                    Some(role) => up.issue(ctx, role, true),
+                    None => up.issue(ctx, caps[0], false),
+                }
+            }
             Route::Root | Route::Config | Route::Roles | Route::Creds => Err(Error::new(
                 ErrorKind::IsADirectory,
                 format!("{path}: is a folder"),
