@@ -688,8 +688,10 @@ impl Engine {
         self.authorize(&policies, caller, path, op, &need)
     }
 
-    /// Audit a refusal the adapter decided (e.g. ENOTEMPTY for a folder that holds a file
-    /// still being created), like the engine's own refusals.
+    /// Audit a refusal the adapter decided on its own (a per-uid bound, an oversized write, a
+    /// mount spec that can no longer become valid, ENOTEMPTY for a folder that holds a file
+    /// still being created), like the engine's own refusals (aggregated when repeated). A
+    /// failing audit log changes nothing here: the request is refused anyway.
     pub fn record_refusal(&self, caller: &Caller, op: &'static str, path: &str, err: &Error) {
         let mode = self.audit_mode();
         if let Decision::Write(closed) = self.refusals.decide(
@@ -1273,23 +1275,6 @@ impl Engine {
             Some(rest) => self.sys.check_partial(rest, data),
             None => Ok(()),
         }
-    }
-    /// Audit a request the adapter refused on its own (a per-uid bound, an oversized write, a
-    /// mount spec that can no longer become valid): recorded like any other refusal. Only a
-    /// refusal is recorded here, so a failing audit log changes nothing (it is logged).
-    pub fn audit_refusal(&self, caller: &Caller, op: &'static str, path: &str, e: &Error) {
-        let _ = gate::audit(
-            &self.audit_mode(),
-            gate::Record {
-                caller,
-                op,
-                path,
-                result: Err(e),
-                lease_id: None,
-                values: Vec::new(),
-                secret_bearing: false,
-            },
-        );
     }
     pub fn write(&self, caller: &Caller, path: &str, data: SecretBytes) -> Result<()> {
         self.dispatch(caller, path, Op::Write(data)).map(|_| ())

@@ -147,7 +147,7 @@ impl NomadFs {
     /// invalid writes); the engine audits everything else.
     fn audit_here(&self, c: &Caller, op: &'static str, path: &str, e: &Error) {
         if op == "write" || matches!(e.kind, ErrorKind::TooManyOpen | ErrorKind::NoSpace) {
-            self.engine.audit_refusal(c, op, path, e);
+            self.engine.record_refusal(c, op, path, e);
         }
     }
 
