@@ -426,7 +426,35 @@ fn write_file(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
-    format!("{what} {}: {e}", path.display())
+    match refusal_reason(path) {
+        Some(reason) => format!("{what} {}: {e}: {reason}", path.display()),
+        None => format!("{what} {}: {e}", path.display()),
+    }
+}
+
+/// Why the daemon refused the last request on `path`: the newest line of the caller's own
+/// `sys/self/errors` (at the root of the mount `path` is in) that names it.
+fn refusal_reason(path: &Path) -> Option<String> {
+    let root = path
+        .ancestors()
+        .skip(1)
+        .find(|a| a.join("sys/self/errors").is_file())?;
+    let rel = path
+        .strip_prefix(root)
+        .ok()?
+        .to_str()?
+        .trim_end_matches('/');
+    let text = std::fs::read_to_string(root.join("sys/self/errors")).ok()?;
+    // `TIME OPERATION PATH ERRNO REASON`, tab-separated.
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.splitn(5, '\t').collect();
+        match f[..] {
+            [_, _, p, _, reason] if p == rel || p.starts_with(&format!("{rel}/")) => {
+                Some(reason.to_string())
+            }
+            _ => None,
+        }
+    })
 }
 
 fn client(cli: &Cli) -> Result<i32, String> {

@@ -216,7 +216,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// RFC 3339, UTC, milliseconds: `2024-05-01T12:34:56.789Z`.
-fn rfc3339_ms(t: SystemTime) -> String {
+pub(crate) fn rfc3339_ms(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

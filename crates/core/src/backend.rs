@@ -59,6 +59,13 @@ impl Node {
             exchange: false,
         }
     }
+    /// Generated text whose length is known at `stat` (help, `sys/health`): it stats its
+    /// true size, so `[ -s FILE ]` and tools that read up to the size see it whole.
+    pub const fn generated_text(mode: u16, len: usize) -> Self {
+        let mut n = Self::generated(mode);
+        n.size = len as u64;
+        n
+    }
     /// Control file that only accepts writes (`sys/seal`, `config/root`).
     pub const fn write_only() -> Self {
         Self {

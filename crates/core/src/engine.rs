@@ -17,6 +17,7 @@ use crate::lease::{LeaseConfig, LeaseManager, SystemClock};
 use crate::limits::{RateBuckets, UidLimits};
 use crate::mounts::{self, MountEntry, MountTable, Mounted};
 use crate::policy::{EtcFiles, Policies, PolicyDoc};
+use crate::reasons::Reasons;
 use crate::refusals::{Decision, Refusals};
 use crate::secret::SecretBytes;
 use crate::storage::Storage;
@@ -117,6 +118,8 @@ pub struct Engine {
     refusals: Arc<Refusals>,
     /// Per-uid request rate (`[limits] requests_per_sec_per_uid`).
     rates: RateBuckets,
+    /// Each uid's recent refusals with their reasons (`sys/self/errors`).
+    reasons: Reasons,
     /// When the mount table was last re-read from a shared store.
     table_read_at: Mutex<Option<std::time::Instant>>,
 }
@@ -165,6 +168,7 @@ impl Engine {
             audit: Arc::new(RwLock::new(AuditMode::Off)),
             refusals: Arc::new(Refusals::default()),
             rates: RateBuckets::default(),
+            reasons: Reasons::default(),
             table_read_at: Mutex::new(None),
         }
     }
@@ -268,6 +272,11 @@ impl Engine {
 
     fn audit_mode(&self) -> AuditMode {
         self.audit.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `sys/self/errors`: the caller's own recent refusals, oldest first.
+    pub(crate) fn own_refusals(&self, uid: u32) -> String {
+        self.reasons.text_for(uid)
     }
 
     /// `sys/audit-hash`: the HMAC the audit log would show for `value`.
@@ -693,6 +702,8 @@ impl Engine {
     /// still being created), like the engine's own refusals (aggregated when repeated). A
     /// failing audit log changes nothing here: the request is refused anyway.
     pub fn record_refusal(&self, caller: &Caller, op: &'static str, path: &str, err: &Error) {
+        self.reasons
+            .record(caller.uid, op, path, err.kind.errno_name(), &err.message);
         let mode = self.audit_mode();
         if let Decision::Write(closed) = self.refusals.decide(
             caller,
@@ -806,6 +817,13 @@ impl Engine {
         // A successful stat is not recorded, unless the log is failing: then it is refused too.
         if is_stat && result.is_ok() && !gate::failing(&audit_mode) {
             return result;
+        }
+        if let Err(e) = &result {
+            // A lookup of what is not there is how shells and tools probe: not a refusal.
+            if !(is_stat && e.kind == ErrorKind::NotFound) {
+                self.reasons
+                    .record(caller.uid, op_name, path, e.kind.errno_name(), &e.message);
+            }
         }
         // Repeated refusals are counted, not each written (the daemon's own failures are).
         if let Err(e) = &result {
@@ -1013,7 +1031,7 @@ impl Engine {
         let free = path.is_empty()
             || path == ".help"
             || rest == ".help"
-            || (head == "sys" && matches!(rest, "" | "health"));
+            || (head == "sys" && crate::backends::sys::is_open_to_all(rest));
         if matches!(op, Op::Stat | Op::Chmod)
             || (free && matches!(op, Op::Stat | Op::List | Op::Read))
         {
@@ -1075,7 +1093,9 @@ impl Engine {
                 let free = path.is_empty()
                     || path.ends_with(".help")
                     || path == "sys"
-                    || path == "sys/health";
+                    || path
+                        .strip_prefix("sys/")
+                        .is_some_and(crate::backends::sys::is_open_to_all);
                 if !free {
                     let key = if node.is_dir() {
                         gate::folder(path)
@@ -1101,7 +1121,7 @@ impl Engine {
                         .into_iter()
                         .filter(|e| {
                             e.name.starts_with('.')
-                                || e.name == "health"
+                                || crate::backends::sys::is_open_to_all(&e.name)
                                 || policies.allowed(
                                     caller,
                                     &format!("sys/{}", e.name),
@@ -1156,13 +1176,15 @@ impl Engine {
                     _ => self.root_help(caller),
                 };
                 match op {
-                    Op::Stat | Op::Chmod => Ok(Reply::Node(Node::generated(0o400))),
+                    Op::Stat | Op::Chmod => {
+                        Ok(Reply::Node(Node::generated_text(0o400, text.len())))
+                    }
                     Op::Read => Ok(Reply::Data(SecretBytes::from(text))),
                     _ => Err(Error::not_permitted(format!("{path} is read-only"))),
                 }
             }
             Target::Sys(rest) => match op {
-                Op::Stat | Op::Chmod => self.sys.stat(self, rest).map(Reply::Node),
+                Op::Stat | Op::Chmod => self.sys.stat(self, caller, rest).map(Reply::Node),
                 Op::List => self.sys.list(self, rest).map(Reply::Entries),
                 Op::Read => self.sys.read(self, caller, rest).map(Reply::Data),
                 // Files under sys/ are control files: each write acts at once.

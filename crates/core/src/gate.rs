@@ -114,28 +114,28 @@ pub(crate) fn check(
     if policies.is_admin(caller) {
         return Ok(());
     }
-    let ok = match need {
-        Need::Free => true,
-        Need::Cap(path, cap) => policies.allowed(caller, path, *cap),
+    let missing = match need {
+        Need::Free => None,
+        Need::Cap(path, cap) => (!policies.allowed(caller, path, *cap)).then_some((path, *cap)),
         Need::Write(path) => {
             let cap = if exists(path) {
                 Capability::Update
             } else {
                 Capability::Create
             };
-            policies.allowed(caller, path, cap)
+            (!policies.allowed(caller, path, cap)).then_some((path, cap))
         }
         Need::Two(a, b) => {
             return check(policies, caller, a, exists).and(check(policies, caller, b, exists))
         }
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::denied(format!(
-            "uid {} may not do this here (policy)",
-            caller.uid
-        )))
+    match missing {
+        None => Ok(()),
+        Some((path, cap)) => Err(Error::denied(format!(
+            "uid {} has no `{cap}` on {} (policy)",
+            caller.uid,
+            if path.is_empty() { "/" } else { path }
+        ))),
     }
 }
 

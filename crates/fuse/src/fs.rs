@@ -624,11 +624,22 @@ impl Filesystem for NomadFs {
                 // Nothing to commit at close: no FLUSH round trip.
                 return Ok((fh, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH));
             }
+            // The mode bits already say no; the reason is the policy's when it is the policy.
             if is_read(flags) && node.mode & 0o400 == 0 {
-                return Err(Error::denied(format!("{path} is write-only")));
+                let e = self
+                    .engine
+                    .check(&c, &path, &Op::Read)
+                    .err()
+                    .unwrap_or_else(|| Error::denied(format!("{path} is write-only")));
+                self.engine.record_refusal(&c, "open", &path, &e);
+                return Err(e);
             }
             if is_write(flags) && node.mode & 0o200 == 0 {
-                return Err(Error::denied(format!("{path} is read-only")));
+                // The engine's refusal is audited and recorded by the engine itself.
+                self.engine.create(&c, &path)?;
+                let e = Error::denied(format!("{path} is read-only"));
+                self.engine.record_refusal(&c, "open", &path, &e);
+                return Err(e);
             }
             if is_write(flags) {
                 // Refusals (name, mount in use, ...) come at open, not at close.

@@ -31,6 +31,14 @@ pub(crate) enum Route {
     Policies,
     Policy,
     AuditHash,
+    SelfDir,
+    SelfErrors,
+}
+
+/// Paths under `sys/` anyone who can enter may read (no `sudo`): health, help, and the
+/// caller's own refusals.
+pub(crate) fn is_open_to_all(rest: &str) -> bool {
+    matches!(rest, "" | ".help" | "health" | "self" | "self/errors")
 }
 
 pub(crate) struct Sys {
@@ -43,6 +51,8 @@ const HELP: &str = "\
 sys/: the control plane.
 
   health          read: JSON with sealed, version, storage type, lease count
+  self/errors     read: your own recent refusals, with their reasons (time, operation,
+                  path, errno, reason); nobody else's
   seal            write anything: seal (every mount disappears until unsealed)
   unseal          write the passphrase: unseal (initialises an empty store)
   rotate          write anything: add an encryption key term (old data stays readable)
@@ -175,6 +185,8 @@ impl Sys {
                 ("", Route::Root),
                 (".help", Route::Help),
                 ("health", Route::Health),
+                ("self", Route::SelfDir),
+                ("self/errors", Route::SelfErrors),
                 ("seal", Route::Seal),
                 ("unseal", Route::Unseal),
                 ("rotate", Route::Rotate),
@@ -199,7 +211,13 @@ impl Sys {
             .ok_or_else(|| Error::not_found(&format!("sys/{path}")))?;
         let open_while_sealed = matches!(
             route,
-            Route::Root | Route::Help | Route::Health | Route::Seal | Route::Unseal
+            Route::Root
+                | Route::Help
+                | Route::Health
+                | Route::Seal
+                | Route::Unseal
+                | Route::SelfDir
+                | Route::SelfErrors
         );
         if e.is_sealed() && !open_while_sealed {
             return Err(Error::not_found(&format!("sys/{path}")));
@@ -207,11 +225,15 @@ impl Sys {
         Ok((route, caps))
     }
 
-    pub(crate) fn stat(&self, e: &Engine, path: &str) -> Result<Node> {
+    pub(crate) fn stat(&self, e: &Engine, caller: &Caller, path: &str) -> Result<Node> {
         let (route, caps) = self.route(e, path)?;
         Ok(match route {
             Route::Root | Route::Mounts => Node::dir(),
-            Route::Help | Route::Health | Route::MountsTable => Node::generated(0o400),
+            // Generated text stats its true size (cheap to make; nothing secret in it).
+            Route::Help | Route::Health | Route::MountsTable | Route::SelfErrors => {
+                Node::generated_text(0o400, self.read(e, caller, path)?.len())
+            }
+            Route::SelfDir => Node::dir(),
             Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => Node::write_only(),
             Route::Policies => Node::dir(),
             Route::Policy => {
@@ -238,7 +260,11 @@ impl Sys {
         let (route, _) = self.route(e, path)?;
         match route {
             Route::Root => {
-                let mut out = vec![DirEntry::file(".help"), DirEntry::file("health")];
+                let mut out = vec![
+                    DirEntry::file(".help"),
+                    DirEntry::file("health"),
+                    DirEntry::dir("self"),
+                ];
                 out.push(DirEntry::file("seal"));
                 out.push(DirEntry::file("unseal"));
                 if !e.is_sealed() {
@@ -253,6 +279,7 @@ impl Sys {
                 Ok(out)
             }
             Route::Leases => Ok(e.leases().list("")),
+            Route::SelfDir => Ok(vec![DirEntry::file("errors")]),
             Route::Policies => Ok(e.policies().names().map(DirEntry::file).collect()),
             Route::Lease if e.leases().kind(caps_first(path)) == Some(true) => {
                 Ok(e.leases().list(caps_first(path)))
@@ -274,6 +301,7 @@ impl Sys {
         let text = match route {
             Route::Help => HELP.to_string(),
             Route::Health => e.health_json(caller),
+            Route::SelfErrors => e.own_refusals(caller.uid),
             Route::MountsTable => e.mounts_table_text(),
             Route::Mount => {
                 let m = e.mount_entry(caps[0])?;
@@ -302,7 +330,7 @@ impl Sys {
             Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => {
                 return Err(Error::denied(format!("sys/{path} is write-only")))
             }
-            Route::Root | Route::Mounts | Route::Leases | Route::Policies => {
+            Route::Root | Route::Mounts | Route::Leases | Route::Policies | Route::SelfDir => {
                 return Err(Error::new(
                     ErrorKind::IsADirectory,
                     format!("sys/{path}: is a folder"),
