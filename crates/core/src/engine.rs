@@ -668,7 +668,8 @@ impl Engine {
                     .filter(|_| self.issued_here(caller, path))
                 {
                     let owned = self.leases.get(id).is_ok_and(|l| {
-                        l.uid == caller.uid && l.path == path.trim_end_matches(".env")
+                        l.uid == caller.uid
+                            && l.path == path.trim_end_matches(".env").trim_end_matches(".process")
                     });
                     if owned {
                         let _ = self.leases.revoke(id);
