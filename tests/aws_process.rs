@@ -219,6 +219,46 @@ fn aws_cli_uses_the_process_file_and_a_revoked_lease_kills_the_key() {
     assert!(again.starts_with("nomadfs-deploy-u0-") && again != user);
 }
 
+/// A Python that has botocore: `python3`, else the interpreter of the `aws` script itself.
+fn botocore_python() -> String {
+    let has = |py: &str| {
+        Command::new(py)
+            .args(["-c", "import botocore"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has("python3") {
+        return "python3".into();
+    }
+    let script = Command::new("pyenv")
+        .args(["which", "aws"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            Command::new("sh")
+                .args(["-c", "command -v aws"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_default();
+    let first = std::fs::read_to_string(&script).unwrap_or_default();
+    let py = first
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("#!"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert!(
+        !py.is_empty() && has(&py),
+        "no Python with botocore (the AWS CLI's library) found"
+    );
+    py
+}
+
 /// One botocore session (the library of the CLI and of boto3): `script` runs with `cfg` as
 /// its AWS config and `E` (endpoint) and `MNT` set; returns its stdout.
 fn botocore(cfg: &Path, m: &Moto, d: &Daemon, script: &str) -> String {
@@ -226,7 +266,7 @@ fn botocore(cfg: &Path, m: &Moto, d: &Daemon, script: &str) -> String {
         from botocore.exceptions import ClientError\n\
         E, MNT = os.environ['E'], os.environ['MNT']\n\
         iam = botocore.session.Session().create_client('iam', endpoint_url=E, region_name='us-east-1')\n";
-    let o = Command::new("python3")
+    let o = Command::new(botocore_python())
         .arg("-c")
         .arg(format!("{prelude}{script}"))
         .env_remove("AWS_ACCESS_KEY_ID")
