@@ -270,3 +270,65 @@ fn tour_parser_reads_heredocs_and_outputs() {
     assert!(!matches(&["a...c".into()], "abbbd\n"));
     assert!(!matches(&["a".into()], "a\nb\n"));
 }
+
+/// README.md, the docs and mounts.toml point only at files that are in the repository.
+#[test]
+fn docs_link_only_files_in_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![
+        root.join("README.md"),
+        root.join("ARCHITECTURE.md"),
+        root.join("SECURITY.md"),
+    ];
+    for e in std::fs::read_dir(root.join("docs"))
+        .expect("docs")
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "md") {
+            docs.push(e.path());
+        }
+    }
+    let mut broken = Vec::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).expect("doc");
+        let dir = doc.parent().expect("dir");
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if target.starts_with("http://")
+                || target.starts_with("https://")
+                || target.starts_with('#')
+            {
+                continue;
+            }
+            let file = target.split('#').next().unwrap_or(target);
+            if !dir.join(file).exists() {
+                broken.push(format!("{}: {target}", doc.display()));
+            }
+        }
+        if text.contains("SPEC.md") || text.contains("SPEC §") {
+            broken.push(format!(
+                "{}: mentions SPEC, which is not in the repository",
+                doc.display()
+            ));
+        }
+    }
+    let cfg = std::fs::read_to_string(root.join("mounts.toml")).expect("mounts.toml");
+    assert!(!cfg.contains("SPEC"), "mounts.toml points at SPEC");
+    for word in cfg.split_whitespace().filter(|w| w.starts_with("docs/")) {
+        let file = word
+            .split('#')
+            .next()
+            .unwrap_or(word)
+            .trim_end_matches(['.', ',', ';']);
+        if !root.join(file).exists() {
+            broken.push(format!("mounts.toml: {word}"));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "links to files not in the repository:\n{}",
+        broken.join("\n")
+    );
+}
