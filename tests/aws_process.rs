@@ -36,6 +36,22 @@ fn enforcing_moto() -> (Moto, String) {
     (m, root)
 }
 
+/// An IAM client signed with the root key of a `config/root` body.
+fn root_iam(root: &str) -> AwsIam {
+    let field = |k: &str| {
+        root.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .expect("field")
+            .to_string()
+    };
+    let mut c = RootCredentials::new(
+        field("access_key="),
+        SecretBytes::from_slice(field("secret_key=").as_bytes()),
+    );
+    c.endpoint = Some(field("endpoint="));
+    AwsIam::new(&c).expect("iam client")
+}
+
 fn setup(d: &Daemon, root: &str, lease: Option<&str>) {
     std::fs::write(d.p("sys/mounts/aws"), "aws\n").expect("mount aws");
     std::fs::write(d.p("aws/config/root"), root).expect("config/root");
@@ -327,4 +343,36 @@ fn sdk_session_caches_until_expiry_and_fails_after_revocation() {
          print(a != b, len(os.listdir(MNT + '/sys/leases/aws/creds/deploy')) >= 2)\n",
     );
     assert_eq!(out, "True True\n");
+}
+
+#[test]
+fn a_process_credential_that_cannot_be_audited_is_revoked() {
+    let (_m, root) = enforcing_moto();
+    let iam = root_iam(&root);
+    let d = Daemon::start();
+    setup(&d, &root, None);
+    std::fs::read(d.p("aws/creds/deploy.process")).expect("read .process");
+    assert_eq!(
+        iam.list_users().expect("list").len(),
+        2,
+        "root + one minted"
+    );
+
+    // The audit log gone (not reopened): the read fails closed, and the user it made is
+    // deleted again (the engine ties the .process response to its lease by `lease_id`).
+    std::fs::remove_file(d.audit()).expect("rm audit");
+    assert_eq!(
+        errno_of(std::fs::read(d.p("aws/creds/deploy.process"))),
+        Some(libc::EIO)
+    );
+    assert_eq!(
+        errno_of(std::fs::read(d.p("aws/creds/deploy.env"))),
+        Some(libc::EIO)
+    );
+    let users = iam.list_users().expect("list");
+    assert_eq!(
+        users.len(),
+        2,
+        "an unaudited credential was left: {users:?}"
+    );
 }
