@@ -19,7 +19,7 @@ pub struct Config {
     /// Largest value a backend stores, in bytes (default 1 MiB).
     #[serde(default)]
     pub max_value_size: Option<usize>,
-    /// Request-handling threads (default 4).
+    /// Request-handling threads (default 4; 1 to [`MAX_THREADS`]).
     #[serde(default)]
     pub threads: Option<usize>,
     /// argon2id memory cost in KiB for a new store (default 65536, minimum 19456).
@@ -50,16 +50,17 @@ pub struct LimitsConfig {
     /// Open files per uid (default 256; EMFILE past it).
     #[serde(default)]
     pub open_files_per_uid: Option<u64>,
-    /// Bytes written but not yet committed in one uid's open files (default 64 MiB; ENOSPC).
+    /// Bytes in one uid's open write buffers and exchange inputs, held until each is closed
+    /// (default 64 MiB; ENOSPC at the write that goes past it).
     #[serde(default)]
     pub buffered_bytes_per_uid: Option<u64>,
     /// Live leases one uid created (default 256; EDQUOT past it).
     #[serde(default)]
     pub leases_per_uid: Option<u64>,
-    /// Sustained requests per second per uid (default 500; EAGAIN past it).
+    /// Sustained requests per second per uid (default 2000; EAGAIN past it).
     #[serde(default)]
     pub requests_per_sec_per_uid: Option<u32>,
-    /// Requests above the sustained rate one uid may make at once (default 1000).
+    /// Requests above the sustained rate one uid may make at once (default 4000).
     #[serde(default)]
     pub request_burst_per_uid: Option<u32>,
     /// Bound admins too (default false).
@@ -85,6 +86,10 @@ pub struct LeasesConfig {
     #[serde(default)]
     pub concurrency: Option<usize>,
 }
+
+/// Most request threads a mount may have: each one holds its own /dev/fuse descriptor
+/// (clone_fd) and a stack; past a few dozen, two cores gain nothing.
+pub const MAX_THREADS: usize = 64;
 
 /// Where an etcd store keeps its keys unless `prefix` says otherwise.
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
@@ -112,12 +117,38 @@ pub struct AuditConfig {
     pub fsync: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum AuditSetting {
     Table(AuditConfig),
     /// Only "off" is accepted.
     Word(String),
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum swallows the inner error
+/// ("did not match any variant"), so an unknown key under `[audit]` was not named. Here a
+/// table goes straight to `AuditConfig` (deny_unknown_fields), whose error names the key and
+/// keeps its position in the file.
+impl<'de> Deserialize<'de> for AuditSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AuditSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an [audit] table (path, fsync) or audit = \"off\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AuditSetting, E> {
+                Ok(AuditSetting::Word(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AuditSetting, A::Error> {
+                AuditConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(AuditSetting::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +338,22 @@ impl Config {
                 return Err("max_value_size must be between 1 byte and 64 MiB".into());
             }
         }
+        if let Some(n) = self.threads {
+            if !(1..=MAX_THREADS).contains(&n) {
+                return Err(format!(
+                    "threads = {n}: use 1 to {MAX_THREADS} (default 4); each thread holds a /dev/fuse descriptor"
+                ));
+            }
+        }
+        if let Some(a) = &self.admins {
+            if a.is_empty() {
+                return Err(
+                    "admins = []: that leaves no admin (nobody could change mounts or policies); \
+                     list at least one uid, or remove the key (default: the daemon's own uid)"
+                        .into(),
+                );
+            }
+        }
         if !self.mountpoint.is_absolute() {
             return Err(format!(
                 "mountpoint {} must be an absolute path",
@@ -457,6 +504,78 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
                 "accepted: {bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../mounts.toml")).expect("mounts.toml");
+        assert_eq!(c.mountpoint, Path::new("/run/nomadfs"));
+    }
+
+    #[test]
+    fn threads_are_bounded() {
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (4, true),
+            (64, true),
+            (65, false),
+            (100000, false),
+        ] {
+            let r = Config::parse(&GOOD.replace(
+                "allow_other = false",
+                &format!("allow_other = false\nthreads = {n}"),
+            ));
+            assert_eq!(r.is_ok(), ok, "threads = {n}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains("threads") && e.contains("1 to 64"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_admins_are_refused() {
+        let e =
+            Config::parse(&GOOD.replace("allow_other = false", "allow_other = false\nadmins = []"))
+                .expect_err("no admin");
+        assert!(e.contains("admins = []") && e.contains("no admin"), "{e}");
+        let c = Config::parse(&GOOD.replace(
+            "allow_other = false",
+            "allow_other = false\nadmins = [0, 1000]",
+        ))
+        .expect("admins");
+        assert_eq!(c.admins, Some(vec![0, 1000]));
+    }
+
+    #[test]
+    fn unknown_audit_key_is_named_with_its_line() {
+        let bad = GOOD.replace(
+            "path = \"/var/log/nomadfs/audit.log\"",
+            "path = \"/var/log/nomadfs/audit.log\"\nfsnyc = \"always\"",
+        );
+        let e = Config::parse(&bad).expect_err("unknown key");
+        assert!(e.contains("fsnyc"), "{e}");
+        assert!(e.contains("line 9"), "{e}");
+        assert!(!e.contains("untagged"), "{e}");
+        // Both forms still parse.
+        assert!(matches!(
+            Config::parse(GOOD).expect("table").audit,
+            Some(AuditSetting::Table(_))
+        ));
+        let off = GOOD
+            .replace("[audit]\npath = \"/var/log/nomadfs/audit.log\"\n", "")
+            .replace(
+                "allow_other = false",
+                "allow_other = false\naudit = \"off\"",
+            );
+        assert!(matches!(
+            Config::parse(&off).expect("off").audit,
+            Some(AuditSetting::Word(_))
+        ));
+        let e = Config::parse(&off.replace("\"off\"", "\"of\"")).expect_err("bad word");
+        assert!(e.contains("of"), "{e}");
+        let e = Config::parse(&off.replace("\"off\"", "3")).expect_err("number");
+        assert!(e.contains("[audit] table"), "{e}");
     }
 
     #[test]

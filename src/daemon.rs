@@ -12,7 +12,7 @@ use nomadfs_core::gate::AuditMode;
 use nomadfs_core::storage::{file::FileStorage, memory::MemoryStorage, Storage};
 use nomadfs_core::{Engine, EngineConfig, SecretBytes};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,12 +56,41 @@ fn read_passphrase(args: &ServerArgs) -> Result<Option<SecretBytes>, String> {
         use std::os::unix::ffi::OsStringExt;
         return Ok(Some(SecretBytes::new(v.into_vec())));
     }
-    if std::io::stdin().is_terminal() {
-        let p = rpassword::prompt_password("nomadfs passphrase: ")
-            .map_err(|e| format!("cannot read the passphrase: {e}"))?;
-        return Ok(Some(SecretBytes::from(p)));
-    }
     Ok(None)
+}
+
+/// Write a line to stderr, ignoring failure (a closed stderr must not panic the daemon).
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// At a terminal: the passphrase, asked once for an existing store; for a new one, say so and
+/// ask twice until both match (a typo would otherwise lock the new store for good).
+fn prompt_passphrase(initialized: bool, store: &str) -> Result<SecretBytes, String> {
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map(SecretBytes::from)
+            .map_err(|e| format!("cannot read the passphrase: {e}"))
+    };
+    if initialized {
+        return ask("nomadfs passphrase: ");
+    }
+    say(&format!(
+        "nomadfs: creating a new store at {store}: choose its passphrase (it cannot be recovered)"
+    ));
+    loop {
+        let first = ask("new passphrase: ")?;
+        if first.expose().is_empty() {
+            say("nomadfs: the passphrase is empty; try again");
+            continue;
+        }
+        let second = ask("repeat the passphrase: ")?;
+        if first.expose() == second.expose() {
+            return Ok(first);
+        }
+        say("nomadfs: the passphrases do not match; try again");
+    }
 }
 
 /// The daemon's own uid (the default admin), without libc: the owner of /proc/self.
@@ -130,6 +159,7 @@ fn reexec_without_passphrase_env() {
 }
 
 pub fn serve(args: ServerArgs) -> i32 {
+    crate::sys::ignore_sigpipe();
     if args.passphrase_file.is_none() {
         reexec_without_passphrase_env();
     }
@@ -141,6 +171,9 @@ pub fn serve(args: ServerArgs) -> i32 {
     } else {
         tracing::info!("hardened: not dumpable (PR_GET_DUMPABLE = 0), no core files");
     }
+    for problem in nomadfs_fuse::memory::tune() {
+        tracing::warn!("allocator: {problem}");
+    }
     match crate::sys::lock_memory() {
         Ok(()) => tracing::info!("memory locked: keys and secrets never reach swap"),
         Err(why) => tracing::warn!("memory NOT locked ({why}): secrets may be swapped out; run as root or raise RLIMIT_MEMLOCK to unlimited"),
@@ -148,148 +181,207 @@ pub fn serve(args: ServerArgs) -> i32 {
     match serve_inner(args) {
         Ok(code) => code,
         Err(msg) => {
+            // Once: the log goes to stderr already.
             tracing::error!("{msg}");
-            eprintln!("nomadfs: {msg}");
             EXIT_ERROR
         }
     }
 }
 
-fn serve_inner(args: ServerArgs) -> Result<i32, String> {
-    #[allow(clippy::type_complexity)]
-    let (storage, engine_cfg, mountpoint, allow_other, threads, passphrase, policies, audit): (
-        Arc<dyn Storage>,
-        EngineConfig,
-        PathBuf,
-        bool,
-        usize,
-        Option<SecretBytes>,
-        (Vec<nomadfs_core::policy::PolicyDoc>, Vec<u32>),
-        AuditMode,
-    ) = if args.dev {
-        let mut pass = vec![0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut pass);
-        let mountpoint = match &args.mountpoint {
-            Some(m) => m.clone(),
-            None => dev_mountpoint()?,
-        };
-        let cfg = EngineConfig {
-            kdf: KdfParams::minimum(),
-            ..EngineConfig::default()
-        };
-        tracing::warn!("--dev: audit log off, memory store, everything is gone at exit");
-        (
-            Arc::new(MemoryStorage::new()),
-            cfg,
-            mountpoint,
-            false,
-            4,
-            Some(SecretBytes::new(pass)),
-            (Vec::new(), vec![own_uid()]),
-            AuditMode::Off,
-        )
-    } else {
-        let path = args
-            .config
-            .clone()
-            .ok_or("server needs --config mounts.toml (or --dev)")?;
-        let cfg = Config::load(&path)?;
-        let storage: Arc<dyn Storage> = match cfg.storage.kind.as_str() {
-            "file" => {
-                let dir = cfg
-                    .storage
-                    .path
-                    .as_deref()
-                    .unwrap_or(Path::new("/var/lib/nomadfs"));
-                Arc::new(FileStorage::open(dir).map_err(|e| e.message)?)
-            }
-            "memory" => Arc::new(MemoryStorage::new()),
-            #[cfg(feature = "etcd")]
-            "etcd" => {
-                use nomadfs_core::storage::etcd::{EtcdConfig, EtcdStorage};
-                let prefix = cfg.etcd_prefix();
-                tracing::info!(endpoints = ?cfg.storage.endpoints, prefix, "etcd storage");
-                Arc::new(
-                    EtcdStorage::new(EtcdConfig::new(cfg.storage.endpoints.clone(), prefix))
-                        .map_err(|e| e.message)?,
-                )
-            }
-            other => {
-                return Err(format!(
-                    "storage type {other:?} is not built into this binary"
-                ))
-            }
-        };
-        let mut kdf = KdfParams::default();
-        if let Some(m) = cfg.kdf_memory_kib {
-            kdf.memory_kib = m;
-        }
-        if let Some(t) = cfg.kdf_iterations {
-            kdf.iterations = t;
-        }
-        kdf.validate().map_err(|e| e.message)?;
-        let mut engine_cfg = EngineConfig {
-            kdf,
-            lease: cfg.lease_config()?,
-            uid_limits: cfg.uid_limits()?,
-            limits: Limits {
-                max_value_size: cfg
-                    .max_value_size
-                    .unwrap_or(Limits::default().max_value_size),
-            },
-            ..EngineConfig::default()
-        };
-        if !cfg.mounts.is_empty() {
-            engine_cfg.initial_mounts = cfg
-                .mounts
-                .iter()
-                .map(|m| MountSpec {
-                    path: m.path.clone(),
-                    kind: m.kind.clone(),
-                    description: m.description.clone(),
-                })
-                .collect();
-        }
-        let mountpoint = args.mountpoint.clone().unwrap_or(cfg.mountpoint.clone());
-        let pass = read_passphrase(&args)?;
-        let audit = match &cfg.audit {
-            None => {
-                tracing::warn!("no [audit] configured: secret-bearing requests will be refused (EIO); set [audit] path, or audit = \"off\"");
-                AuditMode::Missing
-            }
-            Some(AuditSetting::Word(_)) => {
-                tracing::warn!("AUDIT IS OFF (audit = \"off\"): requests are not recorded");
-                AuditMode::Off
-            }
-            Some(AuditSetting::Table(t)) => {
-                let fsync = t
-                    .fsync
-                    .as_deref()
-                    .unwrap_or("group")
-                    .parse::<FsyncPolicy>()
-                    .map_err(|_| "bad [audit] fsync".to_string())?;
-                let log = AuditLog::open(&t.path, fsync)
-                    .map_err(|e| format!("audit log {}: {}", t.path.display(), e.message))?;
-                AuditMode::Log(Arc::new(log))
-            }
-        };
-        let admins = cfg.admins.clone().unwrap_or_else(|| vec![own_uid()]);
-        (
-            storage,
-            engine_cfg,
-            mountpoint,
-            cfg.allow_other,
-            cfg.threads.unwrap_or(4),
-            pass,
-            (cfg.policies.clone(), admins),
-            audit,
-        )
+/// What a start needs, from `--dev` or from the config.
+struct Setup {
+    storage: Arc<dyn Storage>,
+    engine_cfg: EngineConfig,
+    mountpoint: PathBuf,
+    allow_other: bool,
+    threads: usize,
+    passphrase: Option<SecretBytes>,
+    policies: Vec<nomadfs_core::policy::PolicyDoc>,
+    admins: Vec<u32>,
+    audit: AuditMode,
+    /// Where the store is, for the "creating a new store" prompt.
+    store_desc: String,
+    /// `STORE.pid` beside a file store's folder (see `mountpoint::pid_file_for`).
+    pid_file: Option<PathBuf>,
+}
+
+fn dev_setup(args: &ServerArgs) -> Result<Setup, String> {
+    let mut pass = vec![0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut pass);
+    let mountpoint = match &args.mountpoint {
+        Some(m) => crate::mountpoint::absolute(m),
+        None => dev_mountpoint()?,
     };
+    crate::mountpoint::prepare(&mountpoint, None)?;
+    let engine_cfg = EngineConfig {
+        kdf: KdfParams::minimum(),
+        ..EngineConfig::default()
+    };
+    tracing::warn!("--dev: audit log off, memory store, everything is gone at exit");
+    Ok(Setup {
+        storage: Arc::new(MemoryStorage::new()),
+        engine_cfg,
+        mountpoint,
+        allow_other: false,
+        threads: 4,
+        passphrase: Some(SecretBytes::new(pass)),
+        policies: Vec::new(),
+        admins: vec![own_uid()],
+        audit: AuditMode::Off,
+        store_desc: "memory".into(),
+        pid_file: None,
+    })
+}
+
+fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
+    let path = args
+        .config
+        .clone()
+        .ok_or("server needs --config mounts.toml (or --dev)")?;
+    let cfg = Config::load(&path)?;
+    let mountpoint =
+        crate::mountpoint::absolute(&args.mountpoint.clone().unwrap_or(cfg.mountpoint.clone()));
+    let store_dir = (cfg.storage.kind == "file").then(|| {
+        cfg.storage
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/nomadfs"))
+    });
+    let pid_file = store_dir
+        .as_deref()
+        .and_then(crate::mountpoint::pid_file_for);
+    // Before the store is opened: a live daemon on this mountpoint holds it too, and its pid
+    // says more than "the store is in use".
+    crate::mountpoint::prepare(&mountpoint, pid_file.as_deref())?;
+    let (storage, store_desc): (Arc<dyn Storage>, String) = match cfg.storage.kind.as_str() {
+        "file" => {
+            let dir = store_dir.clone().unwrap_or_default();
+            let s = FileStorage::open(&dir).map_err(|e| {
+                let holder = pid_file
+                    .as_deref()
+                    .map(crate::mountpoint::store_holder)
+                    .unwrap_or_default();
+                format!("{}{holder}", e.message)
+            })?;
+            (Arc::new(s), dir.display().to_string())
+        }
+        "memory" => (Arc::new(MemoryStorage::new()), "memory".into()),
+        #[cfg(feature = "etcd")]
+        "etcd" => {
+            use nomadfs_core::storage::etcd::{EtcdConfig, EtcdStorage};
+            let prefix = cfg.etcd_prefix();
+            tracing::info!(endpoints = ?cfg.storage.endpoints, prefix, "etcd storage");
+            let desc = format!("etcd {} prefix {prefix}", cfg.storage.endpoints.join(","));
+            let s = EtcdStorage::new(EtcdConfig::new(cfg.storage.endpoints.clone(), prefix))
+                .map_err(|e| e.message)?;
+            (Arc::new(s), desc)
+        }
+        other => {
+            return Err(format!(
+                "storage type {other:?} is not built into this binary"
+            ))
+        }
+    };
+    let mut kdf = KdfParams::default();
+    if let Some(m) = cfg.kdf_memory_kib {
+        kdf.memory_kib = m;
+    }
+    if let Some(t) = cfg.kdf_iterations {
+        kdf.iterations = t;
+    }
+    kdf.validate().map_err(|e| e.message)?;
+    let mut engine_cfg = EngineConfig {
+        kdf,
+        lease: cfg.lease_config()?,
+        uid_limits: cfg.uid_limits()?,
+        limits: Limits {
+            max_value_size: cfg
+                .max_value_size
+                .unwrap_or(Limits::default().max_value_size),
+        },
+        ..EngineConfig::default()
+    };
+    if !cfg.mounts.is_empty() {
+        engine_cfg.initial_mounts = cfg
+            .mounts
+            .iter()
+            .map(|m| MountSpec {
+                path: m.path.clone(),
+                kind: m.kind.clone(),
+                description: m.description.clone(),
+            })
+            .collect();
+    }
+    let passphrase = read_passphrase(args)?;
+    let audit = match &cfg.audit {
+        None => {
+            tracing::warn!("no [audit] configured: secret-bearing requests will be refused (EIO); set [audit] path, or audit = \"off\"");
+            AuditMode::Missing
+        }
+        Some(AuditSetting::Word(_)) => {
+            tracing::warn!("AUDIT IS OFF (audit = \"off\"): requests are not recorded");
+            AuditMode::Off
+        }
+        Some(AuditSetting::Table(t)) => {
+            let fsync = t
+                .fsync
+                .as_deref()
+                .unwrap_or("group")
+                .parse::<FsyncPolicy>()
+                .map_err(|_| "bad [audit] fsync".to_string())?;
+            let log = AuditLog::open(&t.path, fsync)
+                .map_err(|e| format!("audit log {}: {}", t.path.display(), e.message))?;
+            AuditMode::Log(Arc::new(log))
+        }
+    };
+    Ok(Setup {
+        storage,
+        engine_cfg,
+        mountpoint,
+        allow_other: cfg.allow_other,
+        threads: cfg.threads.unwrap_or(4),
+        passphrase,
+        policies: cfg.policies.clone(),
+        admins: cfg.admins.clone().unwrap_or_else(|| vec![own_uid()]),
+        audit,
+        store_desc,
+        pid_file,
+    })
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGINT => "SIGINT",
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+fn serve_inner(args: ServerArgs) -> Result<i32, String> {
+    let setup = if args.dev {
+        dev_setup(&args)?
+    } else {
+        config_setup(&args)?
+    };
+    let Setup {
+        storage,
+        engine_cfg,
+        mountpoint,
+        allow_other,
+        threads,
+        passphrase,
+        policies,
+        admins,
+        audit,
+        store_desc,
+        pid_file,
+    } = setup;
 
     let (storage, faults) = crate::faults::wrap(storage)?;
     let engine = Arc::new(Engine::new(storage, engine_cfg));
     engine
-        .set_policies(policies.0, policies.1)
+        .set_policies(policies, admins)
         .map_err(|e| format!("policies: {}", e.message))?;
     let audit_log = match &audit {
         AuditMode::Log(l) => Some(l.clone()),
@@ -297,13 +389,24 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     };
     engine.set_audit(audit);
     engine.start();
+    let passphrase = match passphrase {
+        Some(p) => Some(p),
+        None if std::io::stdin().is_terminal() => {
+            let initialized = engine
+                .barrier()
+                .is_initialized()
+                .map_err(|e| format!("cannot read the store at {store_desc}: {}", e.message))?;
+            Some(prompt_passphrase(initialized, &store_desc)?)
+        }
+        None => None,
+    };
     match passphrase {
         Some(p) => match engine.unseal(p.expose()) {
             Ok(()) => {}
             Err(UnsealError::WrongPassphrase) => {
-                let msg = "wrong passphrase: the keyring did not decrypt; nothing was changed";
-                tracing::error!("{msg}");
-                eprintln!("nomadfs: {msg}");
+                tracing::error!(
+                    "wrong passphrase: the keyring did not decrypt; nothing was changed"
+                );
                 return Ok(EXIT_WRONG_PASSPHRASE);
             }
             Err(UnsealError::Other(e)) => return Err(format!("unseal failed: {}", e.message)),
@@ -311,10 +414,14 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         None => tracing::warn!("no passphrase given: mounting sealed; write it to sys/unseal"),
     }
 
-    if !mountpoint.exists() {
-        std::fs::create_dir_all(&mountpoint)
-            .map_err(|e| format!("cannot create mountpoint {}: {e}", mountpoint.display()))?;
-    }
+    // Handlers before the mount (a SIGINT/SIGTERM from here on is seen and unmounts), but
+    // after the prompt (Ctrl-C at the prompt still ends the process: nothing to clean up).
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let opts = nomadfs_fuse::MountOptions {
         allow_other,
         threads,
@@ -323,18 +430,36 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     };
     let session = nomadfs_fuse::mount(engine.clone(), &mountpoint, &opts)
         .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+    let _pid = pid_file
+        .as_deref()
+        .and_then(|f| crate::mountpoint::PidFile::write(f, &mountpoint));
     tracing::info!(mountpoint = %mountpoint.display(), sealed = engine.is_sealed(), "mounted");
     if args.dev {
-        println!("{}", mountpoint.display());
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{}", mountpoint.display());
     }
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut ready = false;
+    let mut status_sealed = false;
     'outer: loop {
+        // READY=1 once mounted and unsealed (a sealed start waits for sys/unseal).
+        if !ready {
+            if engine.is_sealed() {
+                if !status_sealed {
+                    crate::notify::notify(&format!(
+                        "STATUS=sealed: write the passphrase to {}/sys/unseal",
+                        mountpoint.display()
+                    ));
+                    status_sealed = true;
+                }
+            } else {
+                crate::notify::notify(&format!(
+                    "READY=1\nSTATUS=mounted at {}, unsealed",
+                    mountpoint.display()
+                ));
+                ready = true;
+            }
+        }
         for sig in signals.pending() {
             if sig == signal_hook::consts::SIGHUP {
                 if let Some(l) = &audit_log {
@@ -345,17 +470,29 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
                 }
                 continue;
             }
-            tracing::info!("signal received: unmounting");
+            tracing::info!("{} received: unmounting", signal_name(sig));
             break 'outer;
         }
         if session.guard.is_finished() {
-            tracing::info!("the filesystem was unmounted");
-            break;
+            crate::notify::notify("STOPPING=1");
+            let failure = match session.join() {
+                Ok(()) => {
+                    tracing::info!("the filesystem was unmounted");
+                    None
+                }
+                Err(e) => Some(format!("the FUSE session ended with an error: {e}")),
+            };
+            crate::mountpoint::unmount_if_ours(&mountpoint);
+            engine.seal();
+            crate::faults::report(&faults);
+            return failure.map_or(Ok(0), Err);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    crate::notify::notify("STOPPING=1");
     nomadfs_fuse::unmount(session, &mountpoint, Duration::from_secs(5));
     engine.seal();
     crate::faults::report(&faults);
+    tracing::info!("stopped");
     Ok(0)
 }

@@ -4,6 +4,9 @@ mod cli;
 mod config;
 mod daemon;
 mod faults;
+mod mountinfo;
+mod mountpoint;
+mod notify;
 mod sys;
 
 fn main() {

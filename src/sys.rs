@@ -58,6 +58,16 @@ pub fn lock_memory() -> Result<(), String> {
     Ok(())
 }
 
+/// Ignore SIGPIPE: a closed log pipe (`nomadfs server 2>&1 | head -1`) must make writes fail
+/// with EPIPE (which the log writer drops), never kill the daemon before it unmounts. Rust's
+/// runtime already does this at start; doing it here too keeps it true whatever runs first.
+pub fn ignore_sigpipe() {
+    // SAFETY: signal() with SIG_IGN installs no handler code and touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// Whether this process is still dumpable (checked and logged after `harden`).
 pub fn is_dumpable() -> bool {
     // SAFETY: prctl(PR_GET_DUMPABLE) takes integer arguments and returns an int.

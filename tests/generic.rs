@@ -370,3 +370,72 @@ fn passphrase_from_the_environment_leaves_no_copy_in_environ() {
     );
     assert!(!contains(&environ, b"NOMADFS_PASSPHRASE="));
 }
+
+/// Run a bash snippet inside the mountpoint (bash's printf writes line by line: two write(2)s).
+fn bash(d: &Daemon, script: &str) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&d.mnt)
+        .output()
+        .expect("bash")
+}
+
+#[test]
+fn mount_specs_apply_whole_and_bad_ones_fail_the_write() {
+    let d = Daemon::start();
+    // The SPEC's form: two write(2) calls, applied whole at close.
+    let o = bash(
+        &d,
+        r#"printf 'type = "generic"\ndescription = "team A"\n' > sys/mounts/team-a"#,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let spec = d.sh_ok("cat sys/mounts/team-a");
+    assert!(spec.contains("description = \"team A\""), "{spec}");
+    // cat fstat()s its output: the just-created control file answers from its handle.
+    std::fs::write(
+        d.dir.path().join("spec"),
+        "type = \"generic\"\ndescription = \"B\"\n",
+    )
+    .expect("spec");
+    let o = bash(
+        &d,
+        &format!("cat {:?} > sys/mounts/team-b", d.dir.path().join("spec")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(d
+        .sh_ok("cat sys/mounts/team-b")
+        .contains("description = \"B\""));
+    d.sh_ok("echo -n v > team-b/k");
+    // A spec that can no longer become valid fails the write(2) that carries it; nothing is
+    // mounted.
+    for (name, script) in [
+        ("y", "echo nosuchtype > sys/mounts/y"),
+        (
+            "z",
+            r#"printf 'type = "generic"\nbogus = 1\n' > sys/mounts/z"#,
+        ),
+        ("w", r#"printf 'type = "floppy"\n' > sys/mounts/w"#),
+    ] {
+        let o = bash(&d, script);
+        assert!(!o.status.success(), "{script} succeeded");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Invalid argument"),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!d.p(name).exists(), "{script} mounted {name}/");
+        assert!(
+            !d.sh_ok("ls sys/mounts").lines().any(|l| l == name),
+            "{script}"
+        );
+    }
+    assert!(d.log_text().contains("unknown backend type \"nosuchtype\""));
+    let audit = std::fs::read_to_string(d.audit()).expect("audit log");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("sys/mounts/y") && l.contains("EINVAL")),
+        "the refused write is audited"
+    );
+}

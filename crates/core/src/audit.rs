@@ -22,7 +22,10 @@
 //!  "values":{"response":"hmac-sha256:<64 hex>"}}
 //! ```
 //!
-//! (on one line). `seq` starts at 1 in each file and increments by 1; `prev` is the hex SHA-256
+//! (on one line). `result` is `ok`, `error`, or `intent`: the line a change writes (and makes
+//! durable) before it commits; its outcome follows in a line of its own. An aggregate of
+//! repeated refusals (`refusals.rs`) ends with `"count":N` after `values`.
+//! `seq` starts at 1 in each file and increments by 1; `prev` is the hex SHA-256
 //! of the previous line's exact bytes without its newline, 64 zeros on the first line. Each line
 //! is written with a single `write(2)` on an `O_APPEND` descriptor, so concurrent writers never
 //! interleave.
@@ -116,6 +119,9 @@ pub struct AuditLog {
     path: PathBuf,
     policy: FsyncPolicy,
     inner: Mutex<Inner>,
+    /// The last record failed (and none has succeeded since): every request is refused, also
+    /// those that would not be recorded otherwise.
+    failing: AtomicBool,
 }
 
 impl fmt::Debug for AuditLog {
@@ -239,6 +245,20 @@ struct Body<'a> {
     lease_id: Option<&'a str>,
     reason: Option<&'a str>,
     values: Values<'a>,
+    /// Aggregated lines only: how many refusals this line stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+}
+
+/// What a line says beyond its record: whether it announces a change about to be made, and
+/// (aggregated refusals) how many requests it stands for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Annotation {
+    /// Written before a state change commits: `"result":"intent"`. The change is made only if
+    /// this line was written; the outcome follows in a line of its own.
+    pub intent: bool,
+    /// An aggregate of repeated refusals: `"count":N`.
+    pub count: Option<u64>,
 }
 
 /// (name, "hmac-sha256:...") pairs, written as a JSON object in the given order.
@@ -251,7 +271,11 @@ impl Serialize for Values<'_> {
 }
 
 /// Serialize a record's body (`{"uid":...}`), HMACing its values.
-fn body_of(rec: &AuditRecord<'_>, hmac: &dyn Fn(&[u8]) -> String) -> Result<Vec<u8>> {
+fn body_of(
+    rec: &AuditRecord<'_>,
+    ann: Annotation,
+    hmac: &dyn Fn(&[u8]) -> String,
+) -> Result<Vec<u8>> {
     let mut values = Vec::with_capacity(rec.values.len());
     for (i, (name, bytes)) in rec.values.iter().enumerate() {
         if rec.values[..i].iter().any(|(n, _)| n == name) {
@@ -279,11 +303,16 @@ fn body_of(rec: &AuditRecord<'_>, hmac: &dyn Fn(&[u8]) -> String) -> Result<Vec<
         cgroup: rec.caller.cgroup.as_deref(),
         operation: rec.op,
         path: rec.path,
-        result: if rec.ok { "ok" } else { "error" },
+        result: match (ann.intent, rec.ok) {
+            (true, _) => "intent",
+            (false, true) => "ok",
+            (false, false) => "error",
+        },
         errno: rec.errno,
         lease_id: rec.lease_id,
         reason: rec.reason,
         values: Values(values),
+        count: ann.count,
     };
     serde_json::to_vec(&body).map_err(|e| Error::io(format!("audit record: encoding: {e}")))
 }
@@ -470,7 +499,13 @@ impl AuditLog {
                 len: o.len,
                 broken: None,
             }),
+            failing: AtomicBool::new(false),
         })
+    }
+
+    /// True while the last record failed: callers must refuse every request.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::SeqCst)
     }
 
     pub fn path(&self) -> &Path {
@@ -492,12 +527,33 @@ impl AuditLog {
     /// `hmac-sha256:HEX`; only that is written. Returns an `Io` error if the line could not be
     /// written and made durable per the policy: the caller must then refuse the request.
     pub fn record(&self, rec: &AuditRecord<'_>, hmac: &dyn Fn(&[u8]) -> String) -> Result<()> {
-        let body = body_of(rec, hmac)?;
-        let (sink, ticket) = {
-            let mut inner = lock(&self.inner);
-            self.append(&mut inner, &body)?
-        };
-        self.make_durable(&sink, ticket)
+        self.record_as(rec, Annotation::default(), true, hmac)
+    }
+
+    /// `record` with an annotation. With `durable = false` the line is written (one write(2))
+    /// but not waited for: the next synced line, or the kernel, makes it durable. Only for the
+    /// outcome line of a change whose intent line was already made durable.
+    pub fn record_as(
+        &self,
+        rec: &AuditRecord<'_>,
+        ann: Annotation,
+        durable: bool,
+        hmac: &dyn Fn(&[u8]) -> String,
+    ) -> Result<()> {
+        let r = (|| {
+            let body = body_of(rec, ann, hmac)?;
+            let (sink, ticket) = {
+                let mut inner = lock(&self.inner);
+                self.append(&mut inner, &body)?
+            };
+            if durable {
+                self.make_durable(&sink, ticket)
+            } else {
+                Ok(())
+            }
+        })();
+        self.failing.store(r.is_err(), Ordering::SeqCst);
+        r
     }
 
     /// Reopen the path (SIGHUP after log rotation). A new or empty file starts a fresh chain
@@ -516,6 +572,7 @@ impl AuditLog {
             broken: None,
         };
         if !fresh {
+            self.failing.store(false, Ordering::SeqCst);
             return Ok(());
         }
         let reason =
@@ -531,10 +588,12 @@ impl AuditLog {
             reason: Some(&reason),
             values: &[],
         };
-        let body = body_of(&rec, &|_| String::new())?;
+        let body = body_of(&rec, Annotation::default(), &|_| String::new())?;
         let (sink, ticket) = self.append(&mut inner, &body)?;
         drop(inner);
-        self.make_durable(&sink, ticket)
+        self.make_durable(&sink, ticket)?;
+        self.failing.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Write one line with a single write(2), under the lock. Returns the file it went to and

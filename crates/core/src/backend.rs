@@ -110,6 +110,8 @@ pub struct Ctx<'a> {
     pub caller: &'a Caller,
     /// The mount path the request came through ("aws"), for lease ids.
     pub mount: &'a str,
+    /// The bound on the caller's live leases (`None`: unbounded, e.g. an admin).
+    pub lease_limit: Option<u64>,
 }
 
 fn unsupported(op: &str, path: &str) -> Error {

@@ -14,9 +14,10 @@ use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::{self, AuditMode};
 use crate::lease::{LeaseConfig, LeaseManager, SystemClock};
-use crate::limits::UidLimits;
+use crate::limits::{RateBuckets, UidLimits};
 use crate::mounts::{self, MountEntry, MountTable, Mounted};
 use crate::policy::{EtcFiles, Policies, PolicyDoc};
+use crate::refusals::{Decision, Refusals};
 use crate::secret::SecretBytes;
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex, RwLock};
@@ -77,6 +78,9 @@ pub enum Op<'a> {
     /// The input of an exchange node (`Node::exchange`); answers `Reply::Data`. Needs `update`
     /// on the path; audited with the input and output as HMACs.
     Exchange(SecretBytes),
+    /// `chmod`: accepted and ignored (access is decided by policy), but audited; answers
+    /// `Reply::Done` for whoever may see the node.
+    Chmod,
 }
 
 /// What an operation answers.
@@ -108,10 +112,17 @@ pub struct Engine {
     /// Policies from the config; live ones from `sys/policies/` are added at unseal.
     config_policies: Mutex<(Vec<PolicyDoc>, Vec<u32>)>,
     policies: RwLock<Policies>,
-    audit: RwLock<AuditMode>,
+    audit: Arc<RwLock<AuditMode>>,
+    /// Repeated refusals, counted per interval instead of each written (`refusals.rs`).
+    refusals: Arc<Refusals>,
+    /// Per-uid request rate (`[limits] requests_per_sec_per_uid`).
+    rates: RateBuckets,
     /// When the mount table was last re-read from a shared store.
     table_read_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// The most entries a folder rename checks (and so moves).
+const MAX_MOVED: usize = 100_000;
 
 /// How old the mount table may get before a daemon on a shared store re-reads it.
 const TABLE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -151,7 +162,9 @@ impl Engine {
                 Policies::new(Vec::new(), vec![0], &EtcFiles::parse("", ""))
                     .unwrap_or_else(|_| unreachable!("an empty policy set is valid")),
             ),
-            audit: RwLock::new(AuditMode::Off),
+            audit: Arc::new(RwLock::new(AuditMode::Off)),
+            refusals: Arc::new(Refusals::default()),
+            rates: RateBuckets::default(),
             table_read_at: Mutex::new(None),
         }
     }
@@ -262,9 +275,27 @@ impl Engine {
         self.barrier.audit_hmac(value)
     }
 
-    /// Start background work (the lease expiry scheduler). Call once, after `new`.
+    /// Start background work (the lease expiry scheduler, the writer of aggregated refusals).
+    /// Call once, after `new`.
     pub fn start(&self) {
         self.leases.start();
+        let (refusals, audit) = (Arc::downgrade(&self.refusals), Arc::downgrade(&self.audit));
+        let spawned = std::thread::Builder::new()
+            .name("audit-aggregates".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let (Some(r), Some(a)) = (refusals.upgrade(), audit.upgrade()) else {
+                    return;
+                };
+                let due = r.due(std::time::Instant::now());
+                if !due.is_empty() {
+                    let mode = a.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    gate::write_aggregates(&mode, due);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("aggregated refusals will be written only with later refusals: {e}");
+        }
     }
 
     pub fn leases(&self) -> &Arc<LeaseManager> {
@@ -545,13 +576,24 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn health_json(&self) -> String {
+    /// `sys/health`. The lease count is the daemon's for a caller with `sudo` on
+    /// `sys/leases/`, else the caller's own.
+    pub(crate) fn health_json(&self, caller: &Caller) -> String {
+        let leases =
+            if self
+                .policies()
+                .allowed(caller, "sys/leases/", crate::policy::Capability::Sudo)
+            {
+                self.leases.count()
+            } else {
+                self.leases.count_uid(caller.uid)
+            };
         let v = serde_json::json!({
             "sealed": self.is_sealed(),
             "initialized": self.barrier.is_initialized().unwrap_or(false),
             "version": VERSION,
             "storage": self.barrier.storage().kind(),
-            "leases": self.leases.count(),
+            "leases": leases,
             "key_term": self.barrier.active_term().ok(),
         });
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
@@ -559,13 +601,23 @@ impl Engine {
         s
     }
 
+    /// The mount table as `Path Type Description` columns (`sys/mounts.table`).
     pub(crate) fn mounts_table_text(&self) -> String {
+        self.table_text(&|_| true)
+    }
+
+    /// The table rows of the mounts `visible` keeps, then `sys/`.
+    fn table_text(&self, visible: &dyn Fn(&str) -> bool) -> String {
         let mut rows = vec![(
             "Path".to_string(),
             "Type".to_string(),
             "Description".to_string(),
         )];
-        for m in self.mount_entries() {
+        for m in self
+            .mount_entries()
+            .into_iter()
+            .filter(|m| visible(&m.path))
+        {
             rows.push((format!("{}/", m.path), m.kind, m.description));
         }
         rows.push((
@@ -583,8 +635,11 @@ impl Engine {
         out
     }
 
-    fn root_help(&self) -> String {
-        format!("{ROOT_HELP_HEAD}{}", self.mounts_table_text())
+    /// `.help` at the root: the mounts this caller may see, filtered as the root listing is.
+    fn root_help(&self, caller: &Caller) -> String {
+        let policies = self.policies();
+        let visible = |m: &str| policies.may_see(caller, m, true);
+        format!("{ROOT_HELP_HEAD}{}", self.table_text(&visible))
     }
 
     fn resolve<'p>(&self, path: &'p str) -> Result<Target<'p>> {
@@ -609,9 +664,68 @@ impl Engine {
         }
     }
 
-    /// The single entry point for every file operation: policy check, the operation, the
-    /// caller's view of the answer (mode bits, filtered listings), the audit record.
+    /// The single entry point for every file operation: rate bound, policy check, the intent
+    /// line of a change, the operation, the caller's view of the answer (mode bits, filtered
+    /// listings), the outcome line.
     pub fn dispatch(&self, caller: &Caller, path: &str, op: Op<'_>) -> Result<Reply> {
+        self.dispatch_as(caller, path, op, false)
+    }
+
+    /// `dispatch` for a path the adapter holds open-created (a file not stored until its
+    /// creator closes it): a stored value that is missing counts as there, for a caller who may
+    /// create the path (to others the file does not exist yet). Used for `rm`, `mv` and `chmod`
+    /// of such a file, so that they are authorised and audited with their real outcome.
+    pub fn dispatch_held_open(&self, caller: &Caller, path: &str, op: Op<'_>) -> Result<Reply> {
+        self.dispatch_as(caller, path, op, true)
+    }
+
+    /// The policy decision alone for `op` on `path` (nothing runs, nothing is recorded): for
+    /// the adapter's own checks that must not tell a caller more than the policy lets it
+    /// know. A refusal the adapter then answers itself goes through `record_refusal`.
+    pub fn check(&self, caller: &Caller, path: &str, op: &Op<'_>) -> Result<()> {
+        let policies = self.policies();
+        let (_, need, _) = self.need(path, op);
+        self.authorize(&policies, caller, path, op, &need)
+    }
+
+    /// Audit a refusal the adapter decided on its own (a per-uid bound, an oversized write, a
+    /// mount spec that can no longer become valid, ENOTEMPTY for a folder that holds a file
+    /// still being created), like the engine's own refusals (aggregated when repeated). A
+    /// failing audit log changes nothing here: the request is refused anyway.
+    pub fn record_refusal(&self, caller: &Caller, op: &'static str, path: &str, err: &Error) {
+        let mode = self.audit_mode();
+        if let Decision::Write(closed) = self.refusals.decide(
+            caller,
+            op,
+            path,
+            err.kind.errno_name(),
+            &err.message,
+            std::time::Instant::now(),
+        ) {
+            gate::write_aggregates(&mode, closed);
+            let rec = gate::Record {
+                caller,
+                op,
+                path,
+                result: Err(err),
+                lease_id: None,
+                values: Vec::new(),
+                secret_bearing: false,
+                intent: false,
+                durable: true,
+                count: None,
+            };
+            let _ = gate::audit(&mode, rec);
+        }
+    }
+
+    fn dispatch_as(
+        &self,
+        caller: &Caller,
+        path: &str,
+        op: Op<'_>,
+        held_open: bool,
+    ) -> Result<Reply> {
         let policies = self.policies();
         let admin = policies.is_admin(caller);
         let (op_name, need, secret_bearing) = self.need(path, &op);
@@ -624,22 +738,64 @@ impl Engine {
                 values.push(("request", h));
             }
         }
-        let exists = |p: &str| {
-            self.dispatch_inner(&Caller::internal(), p, Op::Stat)
-                .is_ok()
-        };
-        let decided = gate::check(&policies, caller, &need, &exists);
+        // A credential read makes something upstream: a change like any write.
+        let mints = matches!(op, Op::Read) && self.issued_here(caller, path);
+        let changes = mints
+            || matches!(
+                op,
+                Op::Write(_) | Op::Delete | Op::Mkdir | Op::Rmdir | Op::Rename(_) | Op::Touch
+            );
         let is_stat = matches!(op, Op::Stat);
-        let is_create = matches!(op, Op::Create);
+        let is_chmod = matches!(op, Op::Chmod);
+        // Nothing changes and nothing leaves: the line need not be waited for.
+        let check_only = matches!(op, Op::Create | Op::Chmod);
+        let decided = self
+            .admit(caller, admin)
+            .and_then(|()| self.authorize(&policies, caller, path, &op, &need));
+        if decided.is_ok() && changes {
+            // Audited before it commits, or it does not happen.
+            gate::audit(
+                &audit_mode,
+                gate::Record {
+                    caller,
+                    op: op_name,
+                    path,
+                    result: Ok(()),
+                    lease_id: None,
+                    values: values.clone(),
+                    secret_bearing,
+                    intent: true,
+                    durable: true,
+                    count: None,
+                },
+            )?;
+        }
         let mut result = match decided {
-            Ok(()) => self.dispatch_inner(caller, path, op),
+            Ok(()) => match self.dispatch_inner(caller, path, op) {
+                Err(e)
+                    if held_open
+                        && e.kind == ErrorKind::NotFound
+                        && (admin
+                            || policies.allowed(
+                                caller,
+                                path,
+                                crate::policy::Capability::Create,
+                            )) =>
+                {
+                    Ok(Reply::Done)
+                }
+                other => other,
+            },
             Err(e) => Err(e),
         };
         if !admin {
             result = result.and_then(|reply| self.caller_view(&policies, caller, path, reply));
         }
+        if is_chmod {
+            result = result.map(|_| Reply::Done);
+        }
         let lease_id = match &result {
-            Ok(Reply::Data(d)) if self.issued_here(caller, path) => gate::lease_id_of(d.expose()),
+            Ok(Reply::Data(d)) if mints => gate::lease_id_of(d.expose()),
             _ => path.strip_prefix("sys/leases/").map(str::to_string),
         };
         if let (true, Ok(Reply::Data(d))) = (hashing, &result) {
@@ -647,38 +803,179 @@ impl Engine {
                 values.push(("response", h));
             }
         }
-        let quiet = (is_stat || is_create) && result.is_ok();
-        if !quiet {
-            let audited = gate::audit(
-                &audit_mode,
-                gate::Record {
+        // A successful stat is not recorded, unless the log is failing: then it is refused too.
+        if is_stat && result.is_ok() && !gate::failing(&audit_mode) {
+            return result;
+        }
+        // Repeated refusals are counted, not each written (the daemon's own failures are).
+        if let Err(e) = &result {
+            if !matches!(e.kind, ErrorKind::Io | ErrorKind::Integrity) {
+                match self.refusals.decide(
                     caller,
-                    op: op_name,
+                    op_name,
                     path,
-                    result: result.as_ref().map(|_| ()),
-                    lease_id: lease_id.as_deref(),
-                    values,
-                    secret_bearing: secret_bearing && result.is_ok(),
-                },
-            );
-            if let Err(e) = audited {
-                // A credential this very request made cannot be handed out unaudited: undo it.
-                if let Some(id) = lease_id
-                    .as_deref()
-                    .filter(|_| self.issued_here(caller, path))
-                {
-                    let owned = self.leases.get(id).is_ok_and(|l| {
-                        l.uid == caller.uid
-                            && l.path == path.trim_end_matches(".env").trim_end_matches(".process")
-                    });
-                    if owned {
-                        let _ = self.leases.revoke(id);
-                    }
+                    e.kind.errno_name(),
+                    &e.message,
+                    std::time::Instant::now(),
+                ) {
+                    Decision::Counted => return result,
+                    Decision::Write(closed) => gate::write_aggregates(&audit_mode, closed),
                 }
-                return Err(e);
             }
         }
+        let audited = gate::audit(
+            &audit_mode,
+            gate::Record {
+                caller,
+                op: op_name,
+                path,
+                result: result.as_ref().map(|_| ()),
+                lease_id: lease_id.as_deref(),
+                values,
+                secret_bearing: secret_bearing && result.is_ok(),
+                intent: false,
+                // The outcome of a change whose intent line is durable need not wait, nor
+                // a check that changes nothing; a credential or a value is handed out only
+                // once its line is durable.
+                durable: (!changes || mints) && !check_only,
+                count: None,
+            },
+        );
+        if let Err(e) = audited {
+            // A credential this very request made cannot be handed out unaudited: undo it.
+            if let Some(id) = lease_id
+                .as_deref()
+                .filter(|_| self.issued_here(caller, path))
+            {
+                let owned = self.leases.get(id).is_ok_and(|l| {
+                    l.uid == caller.uid
+                        && l.path == path.trim_end_matches(".env").trim_end_matches(".process")
+                });
+                if owned {
+                    let _ = self.leases.revoke(id);
+                }
+            }
+            // A change that was made is already in the log (its intent line); its outcome
+            // stands, and the next request finds the log failing and is refused.
+            if changes && !mints && result.is_ok() {
+                return result;
+            }
+            return Err(e);
+        }
         result
+    }
+
+    /// The per-uid request rate (`[limits]`): EAGAIN past it.
+    fn admit(&self, caller: &Caller, admin: bool) -> Result<()> {
+        let l = self.config.uid_limits;
+        let Some(rate) = l.requests_per_sec else {
+            return Ok(());
+        };
+        if (admin && !l.apply_to_admins) || self.rates.admit(caller.uid, rate, l.request_burst) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::TryAgain,
+            format!(
+                "uid {}: more than {rate} requests/s (burst {}); slow down \
+                 ([limits] requests_per_sec_per_uid)",
+                caller.uid, l.request_burst
+            ),
+        ))
+    }
+
+    /// The policy decision for `op` on `path`: `need`, and for a rename everything it moves.
+    fn authorize(
+        &self,
+        policies: &Policies,
+        caller: &Caller,
+        path: &str,
+        op: &Op<'_>,
+        need: &gate::Need,
+    ) -> Result<()> {
+        let exists = |p: &str| {
+            self.dispatch_inner(&Caller::internal(), p, Op::Stat)
+                .is_ok()
+        };
+        gate::check(policies, caller, need, &exists)?;
+        match op {
+            Op::Rename(to) if !policies.is_admin(caller) && !path.starts_with("sys/") => {
+                self.check_moved(policies, caller, path, to, &exists)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A rename moves content: the caller needs `read` and `delete` on every secret it moves
+    /// and `create` (or `update` where it replaces) on each one's new path. `gate::check`
+    /// decided the source and target paths themselves.
+    fn check_moved(
+        &self,
+        policies: &Policies,
+        caller: &Caller,
+        from: &str,
+        to: &str,
+        exists: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
+        use crate::policy::Capability as C;
+        let internal = Caller::internal();
+        // Nothing stored (a file still being created, or nothing at all): nothing moves.
+        let Ok(Reply::Node(node)) = self.dispatch_inner(&internal, from, Op::Stat) else {
+            return Ok(());
+        };
+        let refuse = |what: &str| {
+            Err(Error::denied(format!(
+                "uid {} may not move {from} to {to}: {what} (policy)",
+                caller.uid
+            )))
+        };
+        if !node.is_dir() {
+            if !policies.allowed(caller, from, C::Read) {
+                return refuse("a rename moves the value, and you may not read it");
+            }
+            return Ok(());
+        }
+        let mut stack = vec![String::new()];
+        let mut walked = 0usize;
+        while let Some(rel) = stack.pop() {
+            let dir = if rel.is_empty() {
+                from.to_string()
+            } else {
+                format!("{from}/{rel}")
+            };
+            let Ok(Reply::Entries(entries)) = self.dispatch_inner(&internal, &dir, Op::List) else {
+                continue;
+            };
+            for e in entries.into_iter().filter(|e| !e.name.starts_with('.')) {
+                walked += 1;
+                if walked > MAX_MOVED {
+                    return Err(Error::invalid(format!(
+                        "{from}: a folder with more than {MAX_MOVED} entries cannot be moved"
+                    )));
+                }
+                let r = if rel.is_empty() {
+                    e.name
+                } else {
+                    format!("{rel}/{}", e.name)
+                };
+                if e.kind == crate::backend::NodeKind::Dir {
+                    stack.push(r);
+                    continue;
+                }
+                let (old, new) = (format!("{from}/{r}"), format!("{to}/{r}"));
+                let at_new = if exists(&new) { C::Update } else { C::Create };
+                if !(policies.allowed(caller, &old, C::Read)
+                    && policies.allowed(caller, &old, C::Delete)
+                    && policies.allowed(caller, &new, at_new))
+                {
+                    return refuse(
+                        "the folder holds secrets you may not read and delete there, \
+                         or create at the new path",
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether a read of `path` mints a leased credential (a `creds/` read of a dynamic mount).
@@ -710,18 +1007,25 @@ impl Engine {
             Op::Rename(_) => "rename",
             Op::Touch => "touch",
             Op::Exchange(_) => "exchange",
+            Op::Chmod => "chmod",
         };
         let (head, rest) = path.split_once('/').unwrap_or((path, ""));
         let free = path.is_empty()
             || path == ".help"
             || rest == ".help"
             || (head == "sys" && matches!(rest, "" | "health"));
-        if matches!(op, Op::Stat) || (free && matches!(op, Op::Stat | Op::List | Op::Read)) {
+        if matches!(op, Op::Stat | Op::Chmod)
+            || (free && matches!(op, Op::Stat | Op::List | Op::Read))
+        {
             return (name, Need::Free, false);
         }
         if head == "sys" {
             let need = match op {
                 Op::List => Need::Cap(gate::folder(path), C::Sudo),
+                Op::Rename(to) => Need::Two(
+                    Box::new(Need::Cap(path.to_string(), C::Sudo)),
+                    Box::new(Need::Cap((*to).to_string(), C::Sudo)),
+                ),
                 _ => Need::Cap(path.to_string(), C::Sudo),
             };
             return (
@@ -731,7 +1035,7 @@ impl Engine {
             );
         }
         let need = match op {
-            Op::Stat => Need::Free,
+            Op::Stat | Op::Chmod => Need::Free,
             Op::List => Need::Cap(gate::folder(path), C::List),
             Op::Read => Need::Cap(path.to_string(), C::Read),
             Op::Create | Op::Write(_) => Need::Write(path.to_string()),
@@ -779,8 +1083,13 @@ impl Engine {
                         path.to_string()
                     };
                     let mut caps = policies.capabilities(caller, &key);
-                    if path.starts_with("sys/") && caps.contains(crate::policy::Capability::Sudo) {
-                        caps = crate::policy::CapSet::ALL;
+                    if path.starts_with("sys/") {
+                        if caps.contains(crate::policy::Capability::Sudo) {
+                            caps = crate::policy::CapSet::ALL;
+                        } else if !(node.is_dir() && policies.may_see(caller, path, true)) {
+                            // No probing of mount, policy or lease names without `sudo`.
+                            return Err(Error::not_found(path));
+                        }
                     }
                     gate::mask_mode(&mut node, caps);
                 }
@@ -827,7 +1136,7 @@ impl Engine {
         let target = self.resolve(path)?;
         match target {
             Target::Root => match op {
-                Op::Stat => Ok(Reply::Node(Node::dir())),
+                Op::Stat | Op::Chmod => Ok(Reply::Node(Node::dir())),
                 Op::List => {
                     let mut out = vec![DirEntry::file(".help"), DirEntry::dir("sys")];
                     out.extend(
@@ -844,24 +1153,28 @@ impl Engine {
             Target::RootHelp | Target::MountHelp(_) => {
                 let text = match &target {
                     Target::MountHelp(m) => m.backend.help(),
-                    _ => self.root_help(),
+                    _ => self.root_help(caller),
                 };
                 match op {
-                    Op::Stat => Ok(Reply::Node(Node::generated(0o400))),
+                    Op::Stat | Op::Chmod => Ok(Reply::Node(Node::generated(0o400))),
                     Op::Read => Ok(Reply::Data(SecretBytes::from(text))),
                     _ => Err(Error::not_permitted(format!("{path} is read-only"))),
                 }
             }
             Target::Sys(rest) => match op {
-                Op::Stat => self.sys.stat(self, rest).map(Reply::Node),
+                Op::Stat | Op::Chmod => self.sys.stat(self, rest).map(Reply::Node),
                 Op::List => self.sys.list(self, rest).map(Reply::Entries),
-                Op::Read => self.sys.read(self, caller.uid, rest).map(Reply::Data),
+                Op::Read => self.sys.read(self, caller, rest).map(Reply::Data),
                 // Files under sys/ are control files: each write acts at once.
                 Op::Create => self.sys.create(self, rest).map(|_| {
-                    // Policies and audit-hash values are buffered and applied whole at close
-                    // (a policy cut at a write(2) boundary must never go live); every other
-                    // control file acts on each write.
-                    if rest.starts_with("policies/") || rest == "audit-hash" {
+                    // Policies, mount specs and audit-hash values are buffered and applied
+                    // whole at close (a document cut at a write(2) boundary must never go
+                    // live; mount specs are checked as bytes arrive, `check_partial`); every
+                    // other control file acts on each write.
+                    if rest.starts_with("policies/")
+                        || rest.starts_with("mounts/")
+                        || rest == "audit-hash"
+                    {
                         Reply::Node(Node::file(0))
                     } else {
                         Reply::Node(Node::write_only())
@@ -889,10 +1202,15 @@ impl Engine {
                 let ctx = Ctx {
                     caller,
                     mount: &m.entry.path,
+                    lease_limit: self
+                        .config
+                        .uid_limits
+                        .leases
+                        .filter(|_| self.bounded(caller)),
                 };
                 let b = &m.backend;
                 match op {
-                    Op::Stat => b.stat(&ctx, rest).map(Reply::Node),
+                    Op::Stat | Op::Chmod => b.stat(&ctx, rest).map(Reply::Node),
                     Op::List => {
                         let mut entries = b.list(&ctx, rest)?;
                         if rest.is_empty() {
@@ -946,6 +1264,16 @@ impl Engine {
         match self.dispatch(caller, path, Op::Create)? {
             Reply::Node(n) => Ok(n),
             _ => Ok(Node::file(0)),
+        }
+    }
+    /// Check the content buffered so far for `path` (an open file the caller created or opened
+    /// for writing, applied whole at close): refuses what can no longer become valid, so the
+    /// write(2) that carries it fails (shells ignore errors at close). Only control files that
+    /// are buffered (`sys/mounts/NAME`) check anything; everything else is decided at close.
+    pub fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        match path.strip_prefix("sys/") {
+            Some(rest) => self.sys.check_partial(rest, data),
+            None => Ok(()),
         }
     }
     pub fn write(&self, caller: &Caller, path: &str, data: SecretBytes) -> Result<()> {

@@ -5,7 +5,7 @@
 //! because it cannot be audited. Must never: let a secret-bearing request answer before its
 //! audit line is written, or put a value into the audit log other than as an HMAC.
 
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::{Annotation, AuditLog, AuditRecord};
 use crate::backend::{DirEntry, Node, NodeKind};
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
@@ -42,8 +42,8 @@ pub(crate) fn folder(path: &str) -> String {
     }
 }
 
-/// Narrow a node's mode bits to the caller's capabilities, so `test -r`/`access(2)` tell the
-/// truth.
+/// Narrow a node's mode bits (and, without `read`, its size) to the caller's capabilities, so
+/// `test -r`/`test -w`/`access(2)` tell the truth and `stat` shows nothing `cat` would not.
 pub(crate) fn mask_mode(node: &mut Node, caps: CapSet) {
     let mut allowed: u16 = 0;
     match node.kind {
@@ -54,10 +54,14 @@ pub(crate) fn mask_mode(node: &mut Node, caps: CapSet) {
             }
         }
         NodeKind::File => {
+            // An existing file: its size is what `read` would show, and writing it replaces
+            // it (`update`; `create` is for paths that do not exist yet).
             if caps.contains(Capability::Read) {
                 allowed |= 0o400;
+            } else {
+                node.size = 0;
             }
-            if caps.contains(Capability::Create) || caps.contains(Capability::Update) {
+            if caps.contains(Capability::Update) {
                 allowed |= 0o200;
             }
         }
@@ -144,10 +148,20 @@ pub(crate) struct Record<'a> {
     pub lease_id: Option<&'a str>,
     /// Already HMACed values (`hmac-sha256:HEX`).
     pub values: Vec<(&'static str, String)>,
-    /// Refuse (EIO) when the record cannot be written.
+    /// With no audit log configured (`AuditMode::Missing`), refuse (EIO) rather than go on
+    /// unrecorded.
     pub secret_bearing: bool,
+    /// The line announces a change about to be made (`"result":"intent"`).
+    pub intent: bool,
+    /// Wait until the line is durable (per the fsync policy) before answering. Only the
+    /// outcome line of a change whose intent line is already durable may skip this.
+    pub durable: bool,
+    /// An aggregate of this many repeated refusals.
+    pub count: Option<u64>,
 }
 
+/// Write one record. With an audit log configured, any failure refuses the request (EIO):
+/// nothing is answered, and nothing changes, unless its line was written.
 pub(crate) fn audit(mode: &AuditMode, rec: Record<'_>) -> Result<()> {
     let log = match mode {
         AuditMode::Off => return Ok(()),
@@ -177,18 +191,50 @@ pub(crate) fn audit(mode: &AuditMode, rec: Record<'_>) -> Result<()> {
         reason,
         values: &raw,
     };
-    match log.record(&r, &pass_through) {
-        Ok(()) => Ok(()),
-        Err(e) => {
+    let ann = Annotation {
+        intent: rec.intent,
+        count: rec.count,
+    };
+    log.record_as(&r, ann, rec.durable, &pass_through)
+        .map_err(|e| {
             tracing::error!("audit log write failed: {}", e.message);
-            if rec.secret_bearing {
-                Err(Error::new(
-                    ErrorKind::Io,
-                    format!("audit log unavailable, request refused: {}", e.message),
-                ))
-            } else {
-                Ok(())
-            }
+            Error::new(
+                ErrorKind::Io,
+                format!("audit log unavailable, request refused: {}", e.message),
+            )
+        })
+}
+
+/// Whether the audit log is failing now (every request must then be refused, also those that
+/// are not recorded when it works).
+pub(crate) fn failing(mode: &AuditMode) -> bool {
+    matches!(mode, AuditMode::Log(l) if l.is_failing())
+}
+
+/// Write aggregated refusals (from `refusals`) to the log. A failure is logged; the next
+/// request finds the log failing and is refused.
+pub(crate) fn write_aggregates(mode: &AuditMode, aggregates: Vec<crate::refusals::Aggregate>) {
+    let AuditMode::Log(log) = mode else {
+        return;
+    };
+    for a in aggregates {
+        let r = AuditRecord {
+            caller: &a.caller,
+            op: a.op,
+            path: &a.pattern,
+            ok: false,
+            errno: Some(a.errno),
+            lease_id: None,
+            reason: Some(&a.reason),
+            values: &[],
+        };
+        let ann = Annotation {
+            intent: false,
+            count: Some(a.count),
+        };
+        if let Err(e) = log.record_as(&r, ann, false, &|b| String::from_utf8_lossy(b).into_owned())
+        {
+            tracing::error!("aggregated refusals not written: {}", e.message);
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod limits;
 pub mod mounts;
 pub mod policy;
+pub mod refusals;
 pub mod route;
 pub mod secret;
 pub mod storage;

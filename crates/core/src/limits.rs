@@ -16,7 +16,8 @@ use std::time::Instant;
 pub struct UidLimits {
     /// Open files per uid (EMFILE past it).
     pub open_files: Option<u64>,
-    /// Bytes buffered in one uid's open files, written but not yet committed (ENOSPC past it).
+    /// Bytes in one uid's open write buffers and exchange inputs, held until each is closed
+    /// (ENOSPC past it).
     pub buffered_bytes: Option<u64>,
     /// Outstanding (live) leases created by one uid (EDQUOT past it).
     pub leases: Option<u64>,
@@ -34,8 +35,8 @@ impl Default for UidLimits {
             open_files: Some(256),
             buffered_bytes: Some(64 << 20),
             leases: Some(256),
-            requests_per_sec: Some(500),
-            request_burst: 1000,
+            requests_per_sec: Some(2000),
+            request_burst: 4000,
             apply_to_admins: false,
         }
     }

@@ -83,6 +83,34 @@ impl Exchange {
         Ok(())
     }
 
+    /// How long the input would be after writing `len` bytes at `offset` (a write at offset 0
+    /// after a read, or after an input over the limit, starts a new input).
+    pub fn input_len_after(&self, offset: u64, len: usize) -> u64 {
+        let end = offset.saturating_add(len as u64);
+        if self.output.is_some() || self.too_large {
+            if offset == 0 {
+                return end;
+            }
+            return self.input_len();
+        }
+        end.max(self.input_len())
+    }
+
+    /// Bytes of input held.
+    pub fn input_len(&self) -> u64 {
+        self.input.data.len() as u64
+    }
+
+    /// Drop the input (refused: over a per-uid bound); reads fail until a new input is
+    /// written at offset 0. Answers the bytes freed.
+    pub fn discard(&mut self) -> u64 {
+        let freed = self.input.data.capacity() as u64;
+        self.input = WriteBuf::default();
+        self.output = None;
+        self.too_large = true;
+        freed
+    }
+
     /// The output bytes at `offset`, running the exchange first if this input has none yet
     /// (only a read at offset 0 may run it).
     pub fn read(

@@ -10,13 +10,14 @@
 //! Lookups and getattr only `stat`, which has no side effects.
 
 use crate::errno::errno;
-use crate::handles::{Handle, Handles, WriteBuf};
+use crate::handles::{Bounds, Handle, Handles, WriteBuf};
 use crate::inodes::{join, Inodes, ROOT};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use nomadfs_core::engine::Op;
 use nomadfs_core::{Caller, Engine, Error, ErrorKind, Node, NodeKind, SecretBytes};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -35,11 +36,14 @@ pub struct NomadFs {
     engine: Arc<Engine>,
     inodes: Inodes,
     handles: Handles,
-    dirs: Mutex<HashMap<u64, Listing>>,
+    /// Open folders: fh → (the opener's uid, the listing).
+    dirs: Mutex<HashMap<u64, (u32, Listing)>>,
     next_dir: std::sync::atomic::AtomicU64,
     start: SystemTime,
     /// The uids the kernel lets in (`None`: any uid, `allow_other`).
     admitted: Option<Vec<u32>>,
+    /// Per-uid budget of request log lines (refusals and failures).
+    log_budget: crate::logbudget::LogBudget,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -58,14 +62,10 @@ fn name_str(name: &OsStr) -> Result<&str, Error> {
         .ok_or_else(|| Error::invalid("names must be UTF-8"))
 }
 
-/// Log a refused or failed request (paths and reasons only, never values) and its errno.
-fn fail(op: &str, path: &str, e: &Error) -> Errno {
-    match e.kind {
-        ErrorKind::NotFound => tracing::debug!(op, path, "{}", e.message),
-        ErrorKind::Io | ErrorKind::Integrity => tracing::error!(op, path, "{}", e.message),
-        _ => tracing::info!(op, path, "refused: {}", e.message),
-    }
-    errno(e.kind)
+/// `e` with a note on what follows from it.
+fn noted(mut e: Error, note: &str) -> Error {
+    e.message = format!("{}: {note}", e.message);
+    e
 }
 
 fn is_write(flags: i32) -> bool {
@@ -86,7 +86,81 @@ impl NomadFs {
             dirs: Mutex::new(HashMap::new()),
             next_dir: std::sync::atomic::AtomicU64::new(1),
             start: SystemTime::now(),
+            log_budget: Default::default(),
         }
+    }
+
+    /// Log a refused or failed request of `uid` (paths and reasons only, never values, within
+    /// the uid's log budget) and answer its errno.
+    fn fail(&self, uid: u32, op: &str, path: &str, e: &Error) -> Errno {
+        let level = match e.kind {
+            ErrorKind::NotFound => tracing::Level::DEBUG,
+            ErrorKind::Io | ErrorKind::Integrity => tracing::Level::ERROR,
+            _ => tracing::Level::INFO,
+        };
+        let on = match level {
+            tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+            tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+            _ => tracing::enabled!(tracing::Level::INFO),
+        };
+        if on && self.log_budget.admit(uid) {
+            match level {
+                tracing::Level::DEBUG => tracing::debug!(op, path, uid, "{}", e.message),
+                tracing::Level::ERROR => tracing::error!(op, path, uid, "{}", e.message),
+                _ => tracing::info!(op, path, uid, "refused: {}", e.message),
+            }
+        }
+        errno(e.kind)
+    }
+
+    /// The per-uid bounds that apply to `c` (none for admins unless configured).
+    fn bounds(&self, c: &Caller) -> Bounds {
+        if !self.engine.bounded(c) {
+            return Bounds::default();
+        }
+        let l = self.engine.uid_limits();
+        Bounds {
+            open_files: l.open_files,
+            buffered_bytes: l.buffered_bytes,
+        }
+    }
+
+    /// The node an open handle stands for, when its path has no stored node (a control file
+    /// or file created and not yet stored, or one unlinked while open): `fstat` on an open
+    /// file always answers.
+    fn node_of_handle(&self, ino: u64, fh: Option<FileHandle>) -> Option<Node> {
+        let h = self.handles.get(fh?.0)?;
+        let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        if h.ino != ino {
+            return None;
+        }
+        Some(if h.exchange.is_some() {
+            Node::exchange()
+        } else if h.immediate {
+            Node::write_only()
+        } else {
+            Node::file(h.readable().map_or(0, |d| d.len() as u64))
+        })
+    }
+
+    /// Audit a refusal decided here rather than by the engine (per-uid bounds, oversized or
+    /// invalid writes); the engine audits everything else.
+    fn audit_here(&self, c: &Caller, op: &'static str, path: &str, e: &Error) {
+        if op == "write" || matches!(e.kind, ErrorKind::TooManyOpen | ErrorKind::NoSpace) {
+            self.engine.record_refusal(c, op, path, e);
+        }
+    }
+
+    /// The path of `ino` for a log line (never the inode number).
+    fn log_path(&self, ino: INodeNo) -> String {
+        self.inodes
+            .path(ino.0)
+            .unwrap_or_else(|| "(a path no longer known)".to_string())
+    }
+
+    /// The path of `name` in folder `parent`, for a log line.
+    fn log_child(&self, parent: INodeNo, name: &OsStr) -> String {
+        join(&self.log_path(parent), &name.to_string_lossy())
     }
 
     /// How long the kernel may keep this node's entry and attributes: see the module doc.
@@ -106,9 +180,12 @@ impl NomadFs {
     }
 
     fn path(&self, ino: INodeNo) -> Result<String, Error> {
-        self.inodes
-            .path(ino.0)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("stale inode {}", ino.0)))
+        self.inodes.path(ino.0).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                "a path no longer known (its inode was forgotten)",
+            )
+        })
     }
 
     fn attr(&self, ino: u64, node: &Node, c: &Caller) -> FileAttr {
@@ -159,7 +236,24 @@ impl NomadFs {
     /// caller whose policy lets it create that path; to others it does not exist until stored.
     fn pending_for(&self, ino: u64, path: &str, c: &Caller) -> Option<u64> {
         let size = self.handles.pending_size(ino)?;
-        self.engine.create(c, path).ok().map(|_| size)
+        self.engine.check(c, path, &Op::Create).ok().map(|_| size)
+    }
+
+    /// Dispatch `op` on `path`; when the file is held open-created here (not stored until its
+    /// creator's close), as such (`Engine::dispatch_held_open`), so that its real outcome is
+    /// authorised and audited.
+    fn dispatch_maybe_held(
+        &self,
+        ino: u64,
+        c: &Caller,
+        path: &str,
+        op: Op<'_>,
+    ) -> Result<(), Error> {
+        if self.handles.pending_size(ino).is_some() {
+            self.engine.dispatch_held_open(c, path, op).map(|_| ())
+        } else {
+            self.engine.dispatch(c, path, op).map(|_| ())
+        }
     }
 
     /// Read a stored value; a file created but not yet stored (its creator has not closed it)
@@ -229,7 +323,9 @@ impl Filesystem for NomadFs {
                     Generation(0),
                 );
             }
-            Err(e) => reply.error(fail("lookup", &name.to_string_lossy(), &e)),
+            Err(e) => {
+                reply.error(self.fail(req.uid(), "lookup", &self.log_child(parent, name), &e))
+            }
         }
     }
 
@@ -237,11 +333,19 @@ impl Filesystem for NomadFs {
         self.inodes.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let c = caller(req);
-        match self.path(ino).and_then(|p| self.stat_ino(ino.0, &p, &c)) {
+        let res = self
+            .path(ino)
+            .and_then(|p| self.stat_ino(ino.0, &p, &c))
+            .or_else(|e| match e.kind {
+                // fstat of an open file: answered from its handle.
+                ErrorKind::NotFound => self.node_of_handle(ino.0, fh).ok_or(e),
+                _ => Err(e),
+            });
+        match res {
             Ok(node) => reply.attr(&self.ttl(ino.0, &node), &self.attr(ino.0, &node, &c)),
-            Err(e) => reply.error(fail("getattr", &ino.0.to_string(), &e)),
+            Err(e) => reply.error(self.fail(req.uid(), "getattr", &self.log_path(ino), &e)),
         }
     }
 
@@ -267,12 +371,14 @@ impl Filesystem for NomadFs {
         let res = (|| -> Result<Node, Error> {
             let path = self.path(ino)?;
             // Modes are decided by policy: chmod is accepted and ignored (so `cp -p`/`mv` work),
-            // chown is refused.
-            let _ = mode;
+            // but audited; chown is refused.
             if uid.is_some() || gid.is_some() {
                 return Err(Error::not_permitted(format!(
                     "{path}: owners are decided by policy, not chown"
                 )));
+            }
+            if mode.is_some() {
+                self.dispatch_maybe_held(ino.0, &c, &path, Op::Chmod)?;
             }
             if let Some(size) = size {
                 let limit = self.engine.limits().max_value_size as u64;
@@ -285,8 +391,24 @@ impl Filesystem for NomadFs {
                 match fh.and_then(|fh| self.handles.get(fh.0)) {
                     Some(h) => {
                         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-                        match h.write.as_mut() {
-                            Some(w) => w.truncate(size as usize),
+                        let hm = &mut *h;
+                        let (uid, bounds) = (hm.opener.uid, hm.bounds);
+                        match hm.write.as_mut() {
+                            Some(w) => {
+                                // Growing counts against the opener's buffered bytes (ENOSPC
+                                // past the bound, and nothing changes).
+                                let after = size.max(w.data.len() as u64);
+                                self.handles
+                                    .charge(uid, bounds, &mut hm.charged, after, &path)?;
+                                w.truncate(size as usize);
+                                let _ = self.handles.charge(
+                                    uid,
+                                    bounds,
+                                    &mut hm.charged,
+                                    w.data.len() as u64,
+                                    &path,
+                                );
+                            }
                             None => {
                                 return Err(Error::denied(format!("{path}: not open for writing")))
                             }
@@ -326,7 +448,7 @@ impl Filesystem for NomadFs {
         })();
         match res {
             Ok(node) => reply.attr(&self.ttl(ino.0, &node), &self.attr(ino.0, &node, &c)),
-            Err(e) => reply.error(fail("setattr", &ino.0.to_string(), &e)),
+            Err(e) => reply.error(self.fail(req.uid(), "setattr", &self.log_path(ino), &e)),
         }
     }
 
@@ -355,7 +477,7 @@ impl Filesystem for NomadFs {
                     Generation(0),
                 );
             }
-            Err(e) => reply.error(fail("mkdir", &name.to_string_lossy(), &e)),
+            Err(e) => reply.error(self.fail(req.uid(), "mkdir", &self.log_child(parent, name), &e)),
         }
     }
 
@@ -363,22 +485,15 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            let ino = self.inodes.peek(&path);
             // Handles still open on the file store nothing from now on (POSIX: the open file
             // lives on without a name). A created file not yet stored exists only in them.
-            match self.engine.delete(&c, &path) {
-                Ok(()) => {
-                    if let Some(ino) = ino {
-                        self.handles.unlinked(ino);
-                    }
+            let ino = self.inodes.peek(&path);
+            match ino {
+                Some(ino) => {
+                    self.dispatch_maybe_held(ino, &c, &path, Op::Delete)?;
+                    self.handles.unlinked(ino);
                 }
-                Err(e) if e.kind == ErrorKind::NotFound => match ino {
-                    Some(ino) if self.pending_for(ino, &path, &c).is_some() => {
-                        self.handles.unlinked(ino);
-                    }
-                    _ => return Err(e),
-                },
-                Err(e) => return Err(e),
+                None => self.engine.delete(&c, &path)?,
             }
             Ok(path)
         });
@@ -387,7 +502,9 @@ impl Filesystem for NomadFs {
                 self.inodes.unlink(&path);
                 reply.ok()
             }
-            Err(e) => reply.error(fail("unlink", &name.to_string_lossy(), &e)),
+            Err(e) => {
+                reply.error(self.fail(req.uid(), "unlink", &self.log_child(parent, name), &e))
+            }
         }
     }
 
@@ -395,11 +512,15 @@ impl Filesystem for NomadFs {
         let c = caller(req);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
-            if self.handles.pending_under(&path) {
-                return Err(Error::new(
+            // Said only to a caller the policy lets remove it; anyone else hears the policy.
+            if self.handles.pending_under(&path) && self.engine.check(&c, &path, &Op::Rmdir).is_ok()
+            {
+                let e = Error::new(
                     ErrorKind::NotEmpty,
                     format!("{path}: holds a file still being created"),
-                ));
+                );
+                self.engine.record_refusal(&c, "rmdir", &path, &e);
+                return Err(e);
             }
             self.engine.rmdir(&c, &path)?;
             Ok(path)
@@ -409,7 +530,7 @@ impl Filesystem for NomadFs {
                 self.inodes.unlink(&path);
                 reply.ok()
             }
-            Err(e) => reply.error(fail("rmdir", &name.to_string_lossy(), &e)),
+            Err(e) => reply.error(self.fail(req.uid(), "rmdir", &self.log_child(parent, name), &e)),
         }
     }
 
@@ -436,20 +557,22 @@ impl Filesystem for NomadFs {
                     format!("{to}: exists"),
                 ));
             }
-            if self.handles.pending_under(&to) {
-                return Err(Error::new(
+            // Said only to a caller the policy lets rename there; anyone else hears the policy.
+            if self.handles.pending_under(&to)
+                && self.engine.check(&c, &from, &Op::Rename(&to)).is_ok()
+            {
+                let e = Error::new(
                     ErrorKind::NotEmpty,
                     format!("{to}: holds a file still being created"),
-                ));
+                );
+                self.engine.record_refusal(&c, "rename", &from, &e);
+                return Err(e);
             }
             let (from_ino, to_ino) = (self.inodes.peek(&from), self.inodes.peek(&to));
-            match self.engine.rename(&c, &from, &to) {
-                Ok(()) => {}
-                // A created file not yet stored: its open handles will store it under `to`.
-                Err(e)
-                    if e.kind == ErrorKind::NotFound
-                        && from_ino.is_some_and(|i| self.pending_for(i, &from, &c).is_some()) => {}
-                Err(e) => return Err(e),
+            // A created file not yet stored: its open handles will store it under `to`.
+            match from_ino {
+                Some(i) => self.dispatch_maybe_held(i, &c, &from, Op::Rename(&to))?,
+                None => self.engine.rename(&c, &from, &to)?,
             }
             // Whatever was at `to` is replaced: its open handles store nothing.
             if let Some(t) = to_ino.filter(|t| Some(*t) != from_ino) {
@@ -463,7 +586,9 @@ impl Filesystem for NomadFs {
                 self.inodes.rename(&from, &to);
                 reply.ok()
             }
-            Err(e) => reply.error(fail("rename", &name.to_string_lossy(), &e)),
+            Err(e) => {
+                reply.error(self.fail(req.uid(), "rename", &self.log_child(parent, name), &e))
+            }
         }
     }
 
@@ -493,7 +618,9 @@ impl Filesystem for NomadFs {
                     orphaned: false,
                     opened_seq: 0,
                     exchange: Some(Default::default()),
-                });
+                    bounds: self.bounds(&c),
+                    charged: 0,
+                })?;
                 // Nothing to commit at close: no FLUSH round trip.
                 return Ok((fh, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH));
             }
@@ -544,12 +671,18 @@ impl Filesystem for NomadFs {
                 orphaned: false,
                 opened_seq: 0,
                 exchange: None,
-            });
+                bounds: self.bounds(&c),
+                charged: 0,
+            })?;
             Ok((fh, fopen))
         })();
         match res {
             Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
-            Err(e) => reply.error(fail("open", &ino.0.to_string(), &e)),
+            Err(e) => {
+                let path = self.log_path(ino);
+                self.audit_here(&c, "open", &path, &e);
+                reply.error(self.fail(req.uid(), "open", &path, &e))
+            }
         }
     }
 
@@ -586,7 +719,9 @@ impl Filesystem for NomadFs {
                 orphaned: false,
                 opened_seq: 0,
                 exchange: None,
-            });
+                bounds: self.bounds(&c),
+                charged: 0,
+            })?;
             Ok((ino, fh))
         })();
         match res {
@@ -601,7 +736,11 @@ impl Filesystem for NomadFs {
                     FopenFlags::FOPEN_DIRECT_IO,
                 )
             }
-            Err(e) => reply.error(fail("create", &name.to_string_lossy(), &e)),
+            Err(e) => {
+                let path = self.log_child(parent, name);
+                self.audit_here(&c, "create", &path, &e);
+                reply.error(self.fail(req.uid(), "create", &path, &e))
+            }
         }
     }
 
@@ -626,7 +765,7 @@ impl Filesystem for NomadFs {
             let run = |input| self.engine.exchange(&c, path, input);
             return match x.read(path, offset, size, run) {
                 Ok(data) => reply.data(data),
-                Err(e) => reply.error(fail("read", path, &e)),
+                Err(e) => reply.error(self.fail(req.uid(), "read", path, &e)),
             };
         }
         let Some(data) = h.readable() else {
@@ -655,15 +794,37 @@ impl Filesystem for NomadFs {
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
         let limit = self.engine.limits().max_value_size as u64;
         let path = h.path.clone();
-        if let Some(x) = h.exchange.as_mut() {
+        let hm = &mut *h;
+        let (uid, bounds) = (hm.opener.uid, hm.bounds);
+        if let Some(x) = hm.exchange.as_mut() {
             let limit = crate::exchange::input_limit(&self.engine);
-            return match x.write(&path, offset, data, limit) {
+            let after = x.input_len_after(offset, data.len());
+            if let Err(e) = self
+                .handles
+                .charge(uid, bounds, &mut hm.charged, after, &path)
+            {
+                let freed = x.discard();
+                let _ = self.handles.charge(uid, bounds, &mut hm.charged, 0, &path);
+                crate::memory::freed(freed);
+                let e = noted(e, "nothing of this input will be used");
+                self.audit_here(&caller(req), "write", &path, &e);
+                return reply.error(self.fail(req.uid(), "write", &path, &e));
+            }
+            let res = x.write(&path, offset, data, limit);
+            let held = x.input_len();
+            let _ = self
+                .handles
+                .charge(uid, bounds, &mut hm.charged, held, &path);
+            return match res {
                 Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(fail("write", &path, &e)),
+                Err(e) => {
+                    self.audit_here(&caller(req), "write", &path, &e);
+                    reply.error(self.fail(req.uid(), "write", &path, &e))
+                }
             };
         }
-        let immediate = h.immediate;
-        let Some(w) = h.write.as_mut() else {
+        let immediate = hm.immediate;
+        let Some(w) = hm.write.as_mut() else {
             return reply.error(Errno::EBADF);
         };
         // O_APPEND appends to this open's buffer: the kernel's offset comes from a file size
@@ -673,14 +834,29 @@ impl Filesystem for NomadFs {
         } else {
             offset
         };
+        // Nothing of this open will be stored after any of these refusals.
+        let refuse = |w: &mut WriteBuf, charged: &mut u64, e: Error| {
+            let freed = w.data.capacity() as u64;
+            w.discard(e.kind);
+            let _ = self.handles.charge(uid, bounds, charged, 0, &path);
+            crate::memory::freed(freed);
+            self.audit_here(&caller(req), "write", &path, &e);
+            self.fail(req.uid(), "write", &path, &e)
+        };
+        if let Some(kind) = w.refused.filter(|k| *k != ErrorKind::TooLarge) {
+            let e = Error::new(
+                kind,
+                format!("{path}: an earlier write of this open was refused; nothing of it will be stored"),
+            );
+            self.audit_here(&caller(req), "write", &path, &e);
+            return reply.error(self.fail(req.uid(), "write", &path, &e));
+        }
         if w.poisoned || offset.saturating_add(data.len() as u64) > limit {
             let e = Error::new(
                 ErrorKind::TooLarge,
                 format!("{path}: value exceeds the limit of {limit} bytes"),
             );
-            // Nothing of this open will be stored.
-            w.discard();
-            return reply.error(fail("write", &path, &e));
+            return reply.error(refuse(w, &mut hm.charged, e));
         }
         if immediate {
             let res = self
@@ -688,10 +864,26 @@ impl Filesystem for NomadFs {
                 .write(&caller(req), &path, SecretBytes::from_slice(data));
             return match res {
                 Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(fail("write", &path, &e)),
+                Err(e) => reply.error(self.fail(req.uid(), "write", &path, &e)),
             };
         }
+        let after = offset
+            .saturating_add(data.len() as u64)
+            .max(w.data.len() as u64);
+        if let Err(e) = self
+            .handles
+            .charge(uid, bounds, &mut hm.charged, after, &path)
+        {
+            let e = noted(e, "nothing of this open will be stored");
+            return reply.error(refuse(w, &mut hm.charged, e));
+        }
         w.write_at(offset as usize, data);
+        // A buffered control file (a mount spec) is checked as it arrives: what can no longer
+        // become valid fails this write(2), and nothing of the open is applied.
+        if let Err(e) = self.engine.check_partial(&path, w.data.expose()) {
+            let e = noted(e.context(&path), "nothing of this open will be applied");
+            return reply.error(refuse(w, &mut hm.charged, e));
+        }
         reply.written(data.len() as u32);
     }
 
@@ -715,7 +907,7 @@ impl Filesystem for NomadFs {
         let c = h.opener.clone();
         match self.commit(&mut h, &c, false) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("close", &h.path, &e)),
+            Err(e) => reply.error(self.fail(req.uid(), "close", &h.path, &e)),
         }
     }
 
@@ -738,15 +930,24 @@ impl Filesystem for NomadFs {
         let c = h.opener.clone();
         let res = self.commit(&mut h, &c, true);
         // Snapshot and buffer are zeroized as the handle drops.
+        let freed = h.write.as_ref().map_or(0, |w| w.data.capacity() as u64)
+            + h.exchange.as_ref().map_or(0, |x| x.input_len());
         h.snapshot = None;
         h.write = None;
+        h.exchange = None;
+        let (uid, bounds) = (h.opener.uid, h.bounds);
+        let path_now = h.path.clone();
+        let _ = self
+            .handles
+            .charge(uid, bounds, &mut h.charged, 0, &path_now);
         let path = std::mem::take(&mut h.path);
         drop(h);
         // Out of the table only once committed: a created file is never missing in between.
         self.handles.remove(fh.0);
+        crate::memory::freed(freed);
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("release", &path, &e)),
+            Err(e) => reply.error(self.fail(uid, "release", &path, &e)),
         }
     }
 
@@ -789,6 +990,12 @@ impl Filesystem for NomadFs {
             }
             Ok(out)
         });
+        // An open folder counts against the uid's open files too.
+        let res = res.and_then(|entries| {
+            self.handles
+                .reserve_open(c.uid, self.bounds(&c).open_files)
+                .map(|()| entries)
+        });
         match res {
             Ok(entries) => {
                 let fh = self
@@ -797,10 +1004,14 @@ impl Filesystem for NomadFs {
                 self.dirs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, entries);
+                    .insert(fh, (c.uid, entries));
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-            Err(e) => reply.error(fail("opendir", &ino.0.to_string(), &e)),
+            Err(e) => {
+                let path = self.log_path(ino);
+                self.audit_here(&c, "opendir", &path, &e);
+                reply.error(self.fail(req.uid(), "opendir", &path, &e))
+            }
         }
     }
 
@@ -813,7 +1024,7 @@ impl Filesystem for NomadFs {
         mut reply: ReplyDirectory,
     ) {
         let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entries) = dirs.get(&fh.0) else {
+        let Some((_, entries)) = dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -832,10 +1043,14 @@ impl Filesystem for NomadFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs
+        let gone = self
+            .dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
+        if let Some((uid, _)) = gone {
+            self.handles.unreserve_open(uid);
+        }
         reply.ok()
     }
 
@@ -917,8 +1132,178 @@ impl Filesystem for NomadFs {
                     reply.error(Errno::EACCES)
                 }
             }
-            Err(e) => reply.error(fail("access", &ino.0.to_string(), &e)),
+            Err(e) => reply.error(self.fail(req.uid(), "access", &self.log_path(ino), &e)),
         }
+    }
+
+    // Every other request fuser would answer with ENOSYS after a multi-line WARN (one per
+    // call, for any uid: a log flood). Answered here quietly. Where the kernel treats ENOSYS
+    // as "not implemented, never ask again" and falls back to its own generic code (lseek,
+    // poll, copy_file_range, bmap), that is the answer; elsewhere the errno a filesystem
+    // without the feature gives.
+
+    /// No symlinks exist: readlink on anything else is EINVAL.
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        reply.error(Errno::EINVAL);
+    }
+
+    /// Only sent if READDIRPLUS was negotiated (it is not).
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        reply: fuser::ReplyDirectoryPlus,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// Folders hold nothing buffered.
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    /// POSIX locks are the kernel's (local) business: FUSE_POSIX_LOCKS is not negotiated, so
+    /// these are not sent; if they were, no lock service exists here.
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        reply.error(Errno::ENOLCK);
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOLCK);
+    }
+
+    /// No block device underneath (the kernel stops asking after ENOSYS).
+    fn bmap(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _blocksize: u32,
+        _idx: u64,
+        reply: fuser::ReplyBmap,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// No ioctl is supported on any file: ENOTTY, as for any file without ioctls.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    /// The kernel then answers poll with "always ready", as for a regular file.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// Values are stored whole at close: nothing to preallocate.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
+    /// The kernel then seeks by itself (SEEK_SET/CUR/END on the size it knows).
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// The kernel then copies through read and write (which the engine checks).
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 }
 

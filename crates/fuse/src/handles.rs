@@ -1,6 +1,6 @@
 //! Open file handles: a snapshot per open for reads, a zeroized buffer for writes.
 
-use nomadfs_core::SecretBytes;
+use nomadfs_core::{Error, ErrorKind, SecretBytes};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +14,11 @@ pub struct WriteBuf {
     /// Created or truncated at open but not yet written: committed (empty) at release only,
     /// so the flush that a shell's `dup2`+`close` sends never stores an empty value early.
     pub pending_empty: bool,
-    /// A write of this open failed (EFBIG): nothing of it will ever be stored.
+    /// A write of this open failed (EFBIG, ENOSPC, a bad mount spec): nothing of it will ever
+    /// be stored.
     pub poisoned: bool,
+    /// Why (the errno later writes of this open answer too).
+    pub refused: Option<ErrorKind>,
 }
 
 impl WriteBuf {
@@ -25,11 +28,13 @@ impl WriteBuf {
             dirty: false,
             pending_empty,
             poisoned: false,
+            refused: None,
         }
     }
 
-    /// Forget everything: nothing of this open will be stored.
-    pub fn discard(&mut self) {
+    /// Forget everything: nothing of this open will be stored (`why`: the refusal).
+    pub fn discard(&mut self, why: ErrorKind) {
+        self.refused = Some(why);
         self.data = SecretBytes::default();
         self.dirty = false;
         self.pending_empty = false;
@@ -94,6 +99,27 @@ pub struct Handle {
     /// An exchange file (`transit/encrypt/NAME`): input and output live here, never in
     /// `snapshot`/`write`, so nothing of it is committed at flush or release.
     pub exchange: Option<crate::exchange::Exchange>,
+    /// The per-uid bounds that apply to the opener (fixed at open).
+    pub bounds: Bounds,
+    /// Bytes of this open's write buffer or exchange input counted against the opener's uid
+    /// (`Handles::charge`).
+    pub charged: u64,
+}
+
+/// The per-uid bounds that apply to one opener (`None`: unbounded, e.g. an admin).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bounds {
+    pub open_files: Option<u64>,
+    pub buffered_bytes: Option<u64>,
+}
+
+/// What one uid holds in open files.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    /// Open files and folders.
+    open: u64,
+    /// Bytes in write buffers and exchange inputs.
+    bytes: u64,
 }
 
 impl Handle {
@@ -135,6 +161,8 @@ pub type Shared = Arc<Mutex<Handle>>;
 struct Slot {
     /// Fixed at open (a rename changes the path, never the inode).
     ino: u64,
+    /// The opener's uid (its open-files count is decremented at remove).
+    uid: u32,
     /// Opened for writing (fixed at open).
     writer: bool,
     handle: Shared,
@@ -151,6 +179,8 @@ pub struct Handles {
     clock: AtomicU64,
     /// ino → clock of the last value stored for it while it had open handles.
     stored: Mutex<HashMap<u64, u64>>,
+    /// uid → what it holds (a leaf lock).
+    usage: Mutex<HashMap<u32, Usage>>,
 }
 
 fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
@@ -158,16 +188,102 @@ fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
 }
 
 impl Handles {
-    pub fn insert(&self, mut h: Handle) -> u64 {
+    /// Add an open file: EMFILE past the opener's `open_files` bound, ENOSPC if the content
+    /// its write buffer starts with takes the opener past `buffered_bytes`.
+    pub fn insert(&self, mut h: Handle) -> Result<u64, Error> {
+        let uid = h.opener.uid;
+        self.reserve_open(uid, h.bounds.open_files)?;
+        let initial = h.write.as_ref().map_or(0, |w| w.data.len() as u64);
+        let mut charged = 0;
+        if let Err(e) = self.charge(uid, h.bounds, &mut charged, initial, &h.path) {
+            self.unreserve_open(uid);
+            return Err(e);
+        }
+        h.charged = charged;
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         h.opened_seq = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = Slot {
             ino: h.ino,
+            uid,
             writer: h.write.is_some(),
             handle: Arc::new(Mutex::new(h)),
         };
         self.lock().insert(fh, slot);
-        fh
+        Ok(fh)
+    }
+
+    /// Count one more open file or folder of `uid`: EMFILE (with the reason) past `limit`.
+    pub fn reserve_open(&self, uid: u32, limit: Option<u64>) -> Result<(), Error> {
+        let mut u = self.usage_lock();
+        let e = u.entry(uid).or_default();
+        if let Some(limit) = limit.filter(|l| e.open >= *l) {
+            let held = e.open;
+            if held == 0 && e.bytes == 0 {
+                u.remove(&uid);
+            }
+            return Err(Error::new(
+                ErrorKind::TooManyOpen,
+                format!(
+                    "uid {uid} has {held} files open here; the bound is {limit} \
+                     ([limits] open_files_per_uid)"
+                ),
+            ));
+        }
+        e.open += 1;
+        Ok(())
+    }
+
+    /// One open file or folder of `uid` was closed.
+    pub fn unreserve_open(&self, uid: u32) {
+        let mut u = self.usage_lock();
+        if let Some(e) = u.get_mut(&uid) {
+            e.open = e.open.saturating_sub(1);
+            if e.open == 0 && e.bytes == 0 {
+                u.remove(&uid);
+            }
+        }
+    }
+
+    /// Count `new` bytes (instead of `*charged`) of one open of `uid` against its
+    /// `buffered_bytes` bound: growing past it is refused (ENOSPC, with the reason) and
+    /// nothing changes; shrinking always succeeds.
+    pub fn charge(
+        &self,
+        uid: u32,
+        bounds: Bounds,
+        charged: &mut u64,
+        new: u64,
+        path: &str,
+    ) -> Result<(), Error> {
+        let mut u = self.usage_lock();
+        let e = u.entry(uid).or_default();
+        let others = e.bytes.saturating_sub(*charged);
+        let total = others.saturating_add(new);
+        if let Some(limit) = bounds
+            .buffered_bytes
+            .filter(|l| new > *charged && total > *l)
+        {
+            if e.open == 0 && e.bytes == 0 {
+                u.remove(&uid);
+            }
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "{path}: uid {uid} would have {total} bytes buffered in open files; the \
+                     bound is {limit} ([limits] buffered_bytes_per_uid)"
+                ),
+            ));
+        }
+        e.bytes = total;
+        *charged = new;
+        if e.open == 0 && e.bytes == 0 {
+            u.remove(&uid);
+        }
+        Ok(())
+    }
+
+    fn usage_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Usage>> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
     }
     pub fn get(&self, fh: u64) -> Option<Shared> {
         self.lock().get(&fh).map(|s| s.handle.clone())
@@ -179,6 +295,8 @@ impl Handles {
         if !map.values().any(|o| o.ino == slot.ino) {
             self.stored_lock().remove(&slot.ino);
         }
+        drop(map);
+        self.unreserve_open(slot.uid);
         Some(slot.handle)
     }
 
@@ -273,6 +391,61 @@ impl Handles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn handle(uid: u32, bounds: Bounds, initial: usize) -> Handle {
+        Handle {
+            ino: 5,
+            path: "secret/x".into(),
+            snapshot: None,
+            write: Some(WriteBuf::new(SecretBytes::new(vec![1; initial]), false)),
+            immediate: false,
+            opener_tgid: 0,
+            opener: nomadfs_core::Caller::new(uid, uid, 0),
+            orphaned: false,
+            opened_seq: 0,
+            exchange: None,
+            bounds,
+            charged: 0,
+        }
+    }
+
+    #[test]
+    fn open_files_and_bytes_per_uid() {
+        let t = Handles::default();
+        let b = Bounds {
+            open_files: Some(2),
+            buffered_bytes: Some(100),
+        };
+        let a = t.insert(handle(7, b, 60)).expect("first");
+        let e = t.insert(handle(7, b, 50)).expect_err("bytes at open");
+        assert_eq!(e.kind, ErrorKind::NoSpace);
+        assert!(
+            e.message.contains("buffered_bytes_per_uid"),
+            "{}",
+            e.message
+        );
+        let _b = t.insert(handle(7, b, 40)).expect("second");
+        let e = t.insert(handle(7, b, 0)).expect_err("third");
+        assert_eq!(e.kind, ErrorKind::TooManyOpen);
+        assert!(e.message.contains("open_files_per_uid"), "{}", e.message);
+        // Another uid, and an unbounded opener, are not affected.
+        t.insert(handle(8, b, 0)).expect("other uid");
+        t.insert(handle(9, Bounds::default(), 1000))
+            .expect("unbounded");
+        // Growing one open past the bound is refused and changes nothing; shrinking frees.
+        let h = t.get(a).expect("a");
+        let mut h = h.lock().expect("lock");
+        let mut charged = h.charged;
+        assert_eq!(charged, 60);
+        let e = t.charge(7, b, &mut charged, 61, "p").expect_err("grow");
+        assert_eq!(e.kind, ErrorKind::NoSpace);
+        assert_eq!(charged, 60);
+        t.charge(7, b, &mut charged, 0, "p").expect("shrink");
+        h.charged = charged;
+        drop(h);
+        t.remove(a);
+        t.insert(handle(7, b, 60)).expect("room again");
+    }
 
     #[test]
     fn write_buffer_grows_and_truncates() {

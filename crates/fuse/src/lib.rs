@@ -10,6 +10,8 @@ mod exchange;
 mod fs;
 mod handles;
 mod inodes;
+mod logbudget;
+pub mod memory;
 
 pub use fs::NomadFs;
 

@@ -213,6 +213,8 @@ impl Aws {
                                 "policy_name": POLICY_NAME,
                                 "cleanup": true,
                             }),
+                            // Leftovers are always tracked.
+                            limit: None,
                         },
                         &e.message,
                     );
@@ -240,6 +242,7 @@ impl Aws {
             max_ttl_secs: cfg.max_ttl,
             renewable: true,
             uid: ctx.caller.uid,
+            limit: ctx.lease_limit,
             // What revocation needs: with the key id and policy name it takes 3 IAM calls.
             secret: serde_json::json!({
                 "user_name": user,

@@ -328,6 +328,10 @@ impl Dynamic {
                 .get(&role_key(caps[0])?)?
                 .ok_or_else(|| Error::not_found(path)),
             Route::Cred => {
+                // Past the caller's lease bound nothing is made upstream (EDQUOT).
+                self.services
+                    .leases
+                    .check_quota(ctx.caller.uid, ctx.lease_limit)?;
                 let (role, view) = self.cred_view(caps[0]);
                 up.issue(ctx, role, view)
             }

@@ -13,7 +13,8 @@
 //! call it, many at once. Every call is bounded by a connect timeout and an operation timeout.
 //!
 //! Must never: log the connection password or a generated password, or put either in an error
-//! message (server messages are scrubbed of the generated password before they are returned);
+//! message (server messages are scrubbed of the generated password and of every secret the URL
+//! carries: password, query-parameter values, `options` — see `Redactor`);
 //! leave a role half-made (creation is one transaction: all statements or none).
 
 use crate::blocking::OwnRuntime;
@@ -118,6 +119,8 @@ impl Drop for PendingRole {
 /// A checked connection URL. `Debug` shows no password.
 pub struct Target {
     config: tokio_postgres::Config,
+    /// What upstream error text must not show: see `Redactor`.
+    redact: Redactor,
     /// `host:port/db` for messages.
     pub display: String,
     /// For `.env` output: the first host (or socket folder), port and database.
@@ -185,11 +188,101 @@ impl Target {
         );
         Ok(Target {
             config,
+            redact: Redactor::of_url(url),
             display,
             host,
             port,
             dbname,
         })
+    }
+}
+
+/// The secrets a connection URL carries, to cut out of upstream error text: the password, and
+/// the value of every query parameter (`?options=-c search_path=…`, `?password=…`, …), raw and
+/// percent-decoded, with each word and `name=value` tail of `options`. PostgreSQL quotes a bad
+/// parameter's value in its error ("invalid value for parameter … : \"…\""), and that text
+/// reaches the daemon log and the audit log. Values shorter than 3 bytes are left (too common to
+/// replace inside other words, and not a secret); each is replaced by `***`, longest first.
+#[derive(Default, Clone)]
+pub struct Redactor {
+    secrets: Vec<zeroize::Zeroizing<String>>,
+}
+
+/// `%XX` decoding, lossy (bad escapes stay as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Redactor {
+    pub fn of_url(url: &str) -> Redactor {
+        let mut found: Vec<String> = Vec::new();
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = before_query.split('/').next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, pass)) = userinfo.split_once(':') {
+                found.push(pass.to_string());
+                found.push(percent_decode(pass));
+            }
+        }
+        for pair in query.split('&') {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let decoded = percent_decode(value);
+            found.push(value.to_string());
+            if percent_decode(key) == "options" {
+                for word in decoded.split_whitespace() {
+                    found.push(word.to_string());
+                    if let Some((_, v)) = word.split_once('=') {
+                        found.push(v.to_string());
+                    }
+                }
+            }
+            found.push(decoded);
+        }
+        let mut secrets: Vec<zeroize::Zeroizing<String>> = found
+            .into_iter()
+            .filter(|s| s.len() >= 3)
+            .map(zeroize::Zeroizing::new)
+            .collect();
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
+        Redactor { secrets }
+    }
+
+    /// `text` with every secret of the URL replaced by `***`.
+    pub fn apply(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
     }
 }
 
@@ -238,6 +331,7 @@ pub struct PgClient {
 
 struct Inner {
     config: tokio_postgres::Config,
+    redact: Redactor,
     display: String,
     idle: Mutex<Vec<tokio_postgres::Client>>,
 }
@@ -258,6 +352,7 @@ impl PgClient {
             runtime,
             inner: Arc::new(Inner {
                 config: target.config.clone(),
+                redact: target.redact.clone(),
                 display: target.display.clone(),
                 idle: Mutex::new(Vec::new()),
             }),
@@ -539,6 +634,7 @@ impl Inner {
         if let Some(secret) = scrub.filter(|s| !s.is_empty()) {
             reason = reason.replace(secret, "<redacted>");
         }
+        let reason = self.redact.apply(&reason);
         Error::io(format!("PostgreSQL at {}: {what}: {reason}", self.display))
     }
 
@@ -549,9 +645,10 @@ impl Inner {
             .connect(NoTls)
             .await
             .map_err(|e| self.err("connect", &e, None))?;
+        let redact = self.redact.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!("PostgreSQL connection ended: {e}");
+                tracing::debug!("PostgreSQL connection ended: {}", redact.apply(&chain(&e)));
             }
         });
         Ok(client)
@@ -622,6 +719,29 @@ mod tests {
             join(&["a;".into(), " ".into(), "b -- c".into()]),
             "a;;\nb -- c"
         );
+    }
+
+    #[test]
+    fn url_secrets_are_cut_from_upstream_text() {
+        let url = "postgres://admin:s3cr%3At@127.0.0.1:5433/app?options=-c%20search_path%3Dplanted_opt%20-c%20work_mem%3D64MB&application_name=plantedapp&connect_timeout=5";
+        let t = Target::parse(url).expect("parse");
+        let upstream = "FATAL 22023: invalid value for parameter \"search_path\": \"planted_opt\" \
+            (-c search_path=planted_opt) work_mem=64MB app plantedapp s3cr:t s3cr%3At";
+        let out = t.redact.apply(upstream);
+        for leak in ["planted_opt", "plantedapp", "s3cr:t", "s3cr%3At", "64MB"] {
+            assert!(!out.contains(leak), "{leak} in {out}");
+        }
+        assert!(
+            out.contains("FATAL 22023: invalid value for parameter \"search_path\""),
+            "{out}"
+        );
+        assert!(out.contains("***"), "{out}");
+        // Short values (connect_timeout=5) do not mangle other text.
+        assert!(Redactor::of_url(url)
+            .apply("port 5433, code 57P01")
+            .contains("5433"));
+        assert_eq!(Redactor::of_url("postgres://u@h/d").apply("as is"), "as is");
+        assert_eq!(percent_decode("a%20b%zz%4"), "a b%zz%4");
     }
 
     #[test]

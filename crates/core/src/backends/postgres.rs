@@ -380,6 +380,7 @@ impl Postgres {
                 renewable: true,
                 uid: ctx.caller.uid,
                 secret: serde_json::json!({ "username": username, "role": role_doc }),
+                limit: ctx.lease_limit,
             })
             .map_err(|e| e.context(format!("storing the lease for {path}")))?;
         failpoint("pg-after-lease");

@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -113,6 +113,9 @@ pub struct NewLease {
     pub renewable: bool,
     pub uid: u32,
     pub secret: serde_json::Value,
+    /// The bound on `uid`'s live leases (`[limits] leases_per_uid`; `None` for admins and
+    /// when unbounded): past it the lease is refused (EDQUOT).
+    pub limit: Option<u64>,
 }
 
 /// Tuning of revocation.
@@ -188,19 +191,38 @@ struct Index {
     /// Folders emptied by a revocation in the last few seconds, with when. They still answer
     /// as folders so that `rm -r` (unlink every file, then rmdir) can finish its walk.
     emptied: BTreeMap<String, std::time::Instant>,
+    /// uid → its leases in `leases` (the `[limits] leases_per_uid` bound counts these).
+    per_uid: HashMap<u32, u64>,
+    /// uid → leases being issued (counted by the bound, not yet in `leases`).
+    issuing: HashMap<u32, u64>,
 }
 
 const EMPTIED_GRACE: Duration = Duration::from_secs(30);
 
 impl Index {
     fn set(&mut self, id: &str, meta: Meta) {
-        if let Some(old) = self.leases.insert(id.to_string(), meta) {
-            if let Some(d) = old.due {
-                self.queue.remove(&(d, id.to_string()));
+        match self.leases.insert(id.to_string(), meta) {
+            Some(old) => {
+                if let Some(d) = old.due {
+                    self.queue.remove(&(d, id.to_string()));
+                }
+                if old.uid != meta.uid {
+                    self.uncount(old.uid);
+                    *self.per_uid.entry(meta.uid).or_default() += 1;
+                }
             }
+            None => *self.per_uid.entry(meta.uid).or_default() += 1,
         }
         if let Some(d) = meta.due {
             self.queue.insert((d, id.to_string()));
+        }
+    }
+    fn uncount(&mut self, uid: u32) {
+        if let Some(n) = self.per_uid.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_uid.remove(&uid);
+            }
         }
     }
     fn remove(&mut self, id: &str) {
@@ -208,6 +230,7 @@ impl Index {
             if let Some(d) = old.due {
                 self.queue.remove(&(d, id.to_string()));
             }
+            self.uncount(old.uid);
         }
         let now = std::time::Instant::now();
         self.emptied
@@ -347,8 +370,71 @@ impl LeaseManager {
         res
     }
 
+    /// Would one more lease for `uid` stay within `limit`? EDQUOT (with the reason) if not.
+    /// Backends ask before making anything upstream; `issue` asks again.
+    pub fn check_quota(&self, uid: u32, limit: Option<u64>) -> Result<()> {
+        let Some(limit) = limit else {
+            return Ok(());
+        };
+        let ix = lock(&self.index);
+        let held =
+            ix.per_uid.get(&uid).copied().unwrap_or(0) + ix.issuing.get(&uid).copied().unwrap_or(0);
+        drop(ix);
+        Self::over_quota(uid, held, limit)
+    }
+
+    fn over_quota(uid: u32, held: u64, limit: u64) -> Result<()> {
+        if held >= limit {
+            return Err(Error::new(
+                ErrorKind::Quota,
+                format!(
+                    "uid {uid} holds {held} live leases; the bound is {limit} \
+                     ([limits] leases_per_uid): revoke some (rm sys/leases/...) or let them expire"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Live leases of `uid`.
+    pub fn count_of(&self, uid: u32) -> u64 {
+        lock(&self.index).per_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Count one lease of `uid` as being issued, within `limit` (checked and counted under one
+    /// lock, so concurrent issues cannot overshoot the bound).
+    fn reserve(&self, uid: u32, limit: Option<u64>) -> Result<()> {
+        let mut ix = lock(&self.index);
+        if let Some(limit) = limit {
+            let held = ix.per_uid.get(&uid).copied().unwrap_or(0)
+                + ix.issuing.get(&uid).copied().unwrap_or(0);
+            Self::over_quota(uid, held, limit)?;
+        }
+        *ix.issuing.entry(uid).or_default() += 1;
+        Ok(())
+    }
+
+    fn unreserve(ix: &mut Index, uid: u32) {
+        if let Some(n) = ix.issuing.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                ix.issuing.remove(&uid);
+            }
+        }
+    }
+
     fn issue_inner(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
         self.check_loaded()?;
+        let uid = new.uid;
+        self.reserve(uid, new.limit)?;
+        let res = self.issue_reserved(new, held);
+        if res.is_err() {
+            Self::unreserve(&mut lock(&self.index), uid);
+        }
+        res
+    }
+
+    fn issue_reserved(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
         let now = self.now_ms();
         let max_ttl = new.max_ttl_secs.max(1);
         let ttl = new.ttl_secs.clamp(1, max_ttl);
@@ -371,6 +457,7 @@ impl LeaseManager {
         let mut ix = lock(&self.index);
         let earliest = ix.queue.first().map(|(d, _)| *d);
         ix.set(&rec.id, Meta::of(&rec));
+        Self::unreserve(&mut ix, rec.uid);
         if held {
             ix.inflight.insert(rec.id.clone());
         }
@@ -417,6 +504,15 @@ impl LeaseManager {
 
     pub fn count(&self) -> usize {
         lock(&self.index).leases.len()
+    }
+
+    /// Live leases created by `uid`.
+    pub fn count_uid(&self, uid: u32) -> usize {
+        lock(&self.index)
+            .leases
+            .values()
+            .filter(|m| m.uid == uid)
+            .count()
     }
 
     pub fn get(&self, id: &str) -> Result<LeaseRecord> {
@@ -932,6 +1028,8 @@ impl LeaseManager {
         self.loaded.store(false, Ordering::SeqCst);
         let mut ix = lock(&self.index);
         ix.leases.clear();
+        ix.per_uid.clear();
+        ix.issuing.clear();
         ix.queue.clear();
         ix.emptied.clear();
         drop(ix);

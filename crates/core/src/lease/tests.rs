@@ -104,6 +104,7 @@ fn issue(m: &LeaseManager, name: &str, ttl: u64, max: u64, uid: u32) -> String {
         renewable: true,
         uid,
         secret: serde_json::json!({"user": name}),
+        limit: None,
     })
     .expect("issue");
     id
@@ -164,6 +165,7 @@ fn non_renewable_lease_refuses_renewal() {
         renewable: false,
         uid: 1,
         secret: serde_json::Value::Null,
+        limit: None,
     })
     .expect("issue");
     assert_eq!(
@@ -446,6 +448,7 @@ fn cleanup_lease_is_retried_until_upstream_answers() {
                 renewable: false,
                 uid: 7,
                 secret: serde_json::json!({"user": "u"}),
+                limit: None,
             },
             "CreateUser timed out",
         )
@@ -533,6 +536,7 @@ fn held_leases_wait_for_release_and_discard_forgets_without_upstream() {
         renewable: true,
         uid: 1,
         secret: serde_json::json!({}),
+        limit: None,
     };
     let kept = m.issue_held(new("kept")).expect("issue").id;
     let gone = m.issue_held(new("gone")).expect("issue").id;
@@ -543,4 +547,40 @@ fn held_leases_wait_for_release_and_discard_forgets_without_upstream() {
     m.release(&kept);
     assert_eq!(m.process_due(), 1);
     assert_eq!(*lock(&rec.revoked), vec![kept]);
+}
+
+#[test]
+fn leases_per_uid_are_bounded() {
+    let (_b, clock, _rec, m) = setup();
+    let bounded = |name: &str, uid: u32| NewLease {
+        id: LeaseManager::new_id(&format!("aws/creds/{name}")),
+        path: format!("aws/creds/{name}"),
+        ttl_secs: 10,
+        max_ttl_secs: 10,
+        renewable: true,
+        uid,
+        secret: serde_json::json!({"user": name}),
+        limit: Some(2),
+    };
+    let first = m.issue(bounded("a", 7)).expect("first").id;
+    m.issue_held(bounded("b", 7)).expect("second");
+    let e = m.issue(bounded("c", 7)).expect_err("third");
+    assert_eq!(e.kind, ErrorKind::Quota);
+    assert!(e.message.contains("leases_per_uid"), "{}", e.message);
+    assert_eq!(
+        m.check_quota(7, Some(2)).map_err(|e| e.kind),
+        Err(ErrorKind::Quota)
+    );
+    assert_eq!(m.count_of(7), 2);
+    // Another uid and an unbounded issue are not affected.
+    m.issue(bounded("d", 8)).expect("other uid");
+    issue(&m, "e", 10, 10, 7);
+    assert_eq!(m.count_of(7), 3);
+    // A revoked lease frees its place; expiry too.
+    m.revoke(&first).expect("revoke");
+    assert_eq!(m.count_of(7), 2);
+    clock.advance(11_000);
+    while m.process_due() > 0 {}
+    assert!(m.count_of(7) <= 1, "expired leases still counted");
+    m.check_quota(7, Some(2)).expect("room again");
 }
