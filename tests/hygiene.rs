@@ -269,6 +269,13 @@ fn round(d: &mut Daemon, m: &Moto, c: &mut Canaries, r: usize, pass: &str) {
         .find_map(|l| l.strip_prefix("AWS_SECRET_ACCESS_KEY="))
         .expect("env secret");
     c.add("minted-env", minted_env);
+    let process = json(&std::fs::read(d.p("aws/creds/deploy.process")).expect("creds process"));
+    c.add(
+        "minted-process",
+        process["SecretAccessKey"]
+            .as_str()
+            .expect("SecretAccessKey"),
+    );
     std::fs::remove_file(d.p(&format!("sys/leases/{lease}"))).expect("revoke one lease");
 
     // Seal, a wrong passphrase, the right one, rotate.

@@ -42,7 +42,22 @@ impl Moto {
 
     /// A moto server on `port` (e.g. the port of one that was killed: same endpoint, empty state).
     pub fn start_on(port: u16) -> Self {
-        let child = Command::new(server_path())
+        Self::spawn(port, None)
+    }
+
+    /// A moto server that enforces IAM authentication and policies: the first `free` requests
+    /// are accepted unsigned (bootstrap an admin with them: `AwsIam::create_user` is 3), every
+    /// later one must be signed by a key in moto's IAM and is checked against its policies.
+    pub fn start_enforcing(free: u32) -> Self {
+        Self::spawn(free_port(), Some(free))
+    }
+
+    fn spawn(port: u16, free: Option<u32>) -> Self {
+        let mut cmd = Command::new(server_path());
+        if let Some(n) = free {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -865,10 +865,10 @@ impl Engine {
                 .as_deref()
                 .filter(|_| self.issued_here(caller, path))
             {
-                let owned = self
-                    .leases
-                    .get(id)
-                    .is_ok_and(|l| l.uid == caller.uid && l.path == path.trim_end_matches(".env"));
+                let owned = self.leases.get(id).is_ok_and(|l| {
+                    l.uid == caller.uid
+                        && l.path == path.trim_end_matches(".env").trim_end_matches(".process")
+                });
                 if owned {
                     let _ = self.leases.revoke(id);
                 }

@@ -2,7 +2,7 @@
 //!
 //! Owns: `config/root` (root credentials, JSON), what a role is (an IAM policy document),
 //! `wal/<uuid>` (intent records for IAM users being made) — the rest of the layout
-//! (`config/lease`, `roles/NAME`, `creds/NAME[.env]`) is `dynamic`'s — and the order of side
+//! (`config/lease`, `roles/NAME`, `creds/NAME[.env|.process]`) is `dynamic`'s — and the order of side
 //! effects: intent logged → IAM user made → lease stored → intent cleared. At unseal, `recover` deletes every user whose intent was never completed, so a crash between
 //! "user created" and "lease stored" leaves no orphan. A creation that fails while IAM cannot
 //! say what it made (timeout, outage) becomes a cleanup lease (`LeaseManager::issue_cleanup`),
@@ -12,12 +12,12 @@
 //! lookup, or log a credential.
 
 use super::aws_iam::{user_name, AwsIam, IamApi, RootCredentials};
-use super::dynamic::{self, parse_fields, Dynamic, SecretConfig, Upstream};
+use super::dynamic::{self, parse_fields, CredView, Dynamic, SecretConfig, Upstream};
 use super::Services;
 use crate::backend::{Backend, Ctx, DirEntry, Node};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lease::{LeaseManager, LeaseRecord, NewLease};
+use crate::lease::{rfc3339, LeaseManager, LeaseRecord, NewLease};
 use crate::secret::SecretBytes;
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
@@ -33,7 +33,12 @@ aws backend: dynamic IAM credentials, each under a lease.
   roles/NAME      an IAM policy document (JSON); rm deletes the role
   creds/NAME      each open creates an IAM user with the role's policy and one access key and
                   prints JSON: lease_id, lease_duration, renewable, access_key, secret_key
-  creds/NAME.env  the same as AWS_ACCESS_KEY_ID=... lines plus NOMADFS_LEASE_ID=...
+  creds/NAME.env  the same as AWS_ACCESS_KEY_ID=... lines plus NOMADFS_LEASE_ID=... (dotenv, no
+                  `export`: for docker --env-file, systemd EnvironmentFile=, `set -a; . FILE`)
+  creds/NAME.process
+                  the same as AWS credential_process JSON (Version 1, AccessKeyId,
+                  SecretAccessKey, Expiration = the lease's expiry, lease_id), for
+                  `credential_process = cat /run/nomadfs/aws/creds/NAME.process` in ~/.aws/config
 
 Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it.
 ";
@@ -80,6 +85,7 @@ impl Aws {
                     read_refusal:
                         "aws/config/root is write-only: the root keys are never read back",
                 },
+                &[CredView::Json, CredView::Env, CredView::Process],
             ),
             client: Mutex::new(None),
         }
@@ -164,7 +170,7 @@ impl Aws {
     }
 
     /// Make one credential: intent → IAM user → lease → intent cleared.
-    fn mint(&self, ctx: &Ctx<'_>, role: &str, env: bool) -> Result<SecretBytes> {
+    fn mint(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
         let policy = self
             .dynamic
             .view
@@ -268,33 +274,63 @@ impl Aws {
         let mut out = Zeroizing::new(Vec::with_capacity(512));
         let secret = std::str::from_utf8(key.secret_access_key.expose())
             .map_err(|_| Error::io("IAM returned a non-UTF-8 secret key"))?;
-        if env {
-            let _ = write!(
-                out,
-                "AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\nNOMADFS_LEASE_ID={}\nNOMADFS_LEASE_DURATION={}\n",
-                key.access_key_id, secret, lease.id, ttl
-            );
-        } else {
-            #[derive(Serialize)]
-            struct Out<'a> {
-                lease_id: &'a str,
-                lease_duration: u64,
-                renewable: bool,
-                access_key: &'a str,
-                secret_key: &'a str,
+        match view {
+            CredView::Env => {
+                let _ = write!(
+                    out,
+                    "AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\nNOMADFS_LEASE_ID={}\nNOMADFS_LEASE_DURATION={}\n",
+                    key.access_key_id, secret, lease.id, ttl
+                );
             }
-            serde_json::to_writer_pretty(
-                &mut *out,
-                &Out {
-                    lease_id: &lease.id,
-                    lease_duration: ttl,
-                    renewable: lease.renewable,
-                    access_key: &key.access_key_id,
-                    secret_key: secret,
-                },
-            )
-            .map_err(|e| Error::io(e.to_string()))?;
-            out.push(b'\n');
+            CredView::Process => {
+                // The AWS credential_process contract: SDKs and the CLI run the command again
+                // before `Expiration` (a new credential, a new lease). `lease_id` is an extra
+                // key they ignore; the engine reads it to tie the response to its lease.
+                #[derive(Serialize)]
+                #[serde(rename_all = "PascalCase")]
+                struct Process<'a> {
+                    version: u32,
+                    access_key_id: &'a str,
+                    secret_access_key: &'a str,
+                    expiration: String,
+                    #[serde(rename = "lease_id")]
+                    lease_id: &'a str,
+                }
+                serde_json::to_writer_pretty(
+                    &mut *out,
+                    &Process {
+                        version: 1,
+                        access_key_id: &key.access_key_id,
+                        secret_access_key: secret,
+                        expiration: rfc3339(lease.expires_ms),
+                        lease_id: &lease.id,
+                    },
+                )
+                .map_err(|e| Error::io(e.to_string()))?;
+                out.push(b'\n');
+            }
+            CredView::Json => {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    lease_id: &'a str,
+                    lease_duration: u64,
+                    renewable: bool,
+                    access_key: &'a str,
+                    secret_key: &'a str,
+                }
+                serde_json::to_writer_pretty(
+                    &mut *out,
+                    &Out {
+                        lease_id: &lease.id,
+                        lease_duration: ttl,
+                        renewable: lease.renewable,
+                        access_key: &key.access_key_id,
+                        secret_key: secret,
+                    },
+                )
+                .map_err(|e| Error::io(e.to_string()))?;
+                out.push(b'\n');
+            }
         }
         Ok(SecretBytes::from_slice(&out))
     }
@@ -326,8 +362,8 @@ impl Upstream for Aws {
         Ok(())
     }
 
-    fn issue(&self, ctx: &Ctx<'_>, role: &str, env: bool) -> Result<SecretBytes> {
-        self.mint(ctx, role, env)
+    fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
+        self.mint(ctx, role, view)
     }
 }
 

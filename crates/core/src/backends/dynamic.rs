@@ -1,6 +1,7 @@
 //! The layout common to dynamic-secret backends (`aws`, `postgresql`): `config/<secret>` (the
 //! backend's write-only upstream settings), `config/lease` (TTLs), `roles/NAME` (role documents,
-//! stored as written) and `creds/NAME[.env]` (a credential minted per open).
+//! stored as written) and `creds/NAME[.env|.process]` (a credential minted per open, in one of
+//! the views the backend offers: JSON, dotenv, or the AWS `credential_process` JSON).
 //!
 //! Owns: routing those paths; stat/list/read/create/write/delete on them (modes, errnos,
 //! messages); role-name checks; the storage and parsing of the lease settings; the
@@ -48,14 +49,38 @@ pub(crate) struct SecretConfig {
     pub read_refusal: &'static str,
 }
 
+/// The views of one minted credential: `creds/NAME` (JSON), `creds/NAME.env` (dotenv lines,
+/// no `export`: for `docker --env-file` and systemd `EnvironmentFile=`), `creds/NAME.process`
+/// (the AWS `credential_process` JSON). A backend lists the views it offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CredView {
+    Json,
+    Env,
+    Process,
+}
+
+impl CredView {
+    /// The file-name suffix of the view (`""` for the plain JSON).
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            CredView::Json => "",
+            CredView::Env => ".env",
+            CredView::Process => ".process",
+        }
+    }
+}
+
+/// Suffixes no role name may end in (they name the views of `creds/NAME`).
+const RESERVED_SUFFIXES: [&str; 2] = [".env", ".process"];
+
 /// What a dynamic-secret backend adds to the common layout.
 pub(crate) trait Upstream {
     /// Check and store a write to the write-only settings file.
     fn write_config(&self, data: &SecretBytes) -> Result<()>;
     /// Check role document `roles/name` before it is stored (its size is already checked).
     fn check_role(&self, name: &str, data: &[u8]) -> Result<()>;
-    /// Mint one credential for role `role` (`env`: as `creds/NAME.env`).
-    fn issue(&self, ctx: &Ctx<'_>, role: &str, env: bool) -> Result<SecretBytes>;
+    /// Mint one credential for role `role`, rendered as `view` (one the backend offers).
+    fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes>;
 }
 
 /// One mount's view and services, and the routes of the common layout.
@@ -64,6 +89,8 @@ pub(crate) struct Dynamic {
     pub services: Services,
     router: Router<Route>,
     secret: SecretConfig,
+    /// The views `creds/NAME` offers, the plain JSON first.
+    views: &'static [CredView],
 }
 
 /// Parse `key=value` lines (blank lines and `#` comments skipped) or a JSON object of strings.
@@ -115,9 +142,9 @@ pub(crate) fn parse_fields(
 /// The storage key of role `name`, after checking the name.
 pub(crate) fn role_key(name: &str) -> Result<String> {
     validate_name(name)?;
-    if name.ends_with(".env") {
+    if let Some(sfx) = RESERVED_SUFFIXES.iter().find(|s| name.ends_with(**s)) {
         return Err(Error::invalid(format!(
-            "role name {name:?}: names ending in .env are reserved for creds/NAME.env"
+            "role name {name:?}: names ending in {sfx} are reserved for creds/NAME{sfx}"
         )));
     }
     Ok(format!("roles/{name}"))
@@ -128,7 +155,12 @@ fn not_dir(path: &str) -> Error {
 }
 
 impl Dynamic {
-    pub(crate) fn new(view: View, services: &Services, secret: SecretConfig) -> Self {
+    pub(crate) fn new(
+        view: View,
+        services: &Services,
+        secret: SecretConfig,
+        views: &'static [CredView],
+    ) -> Self {
         Self {
             view,
             services: services.clone(),
@@ -143,7 +175,18 @@ impl Dynamic {
                 ("creds/{name}", Route::Cred),
             ]),
             secret,
+            views,
         }
+    }
+
+    /// The role and view a `creds/` file name names (`deploy.env` → `deploy`, Env); a suffix
+    /// the backend does not offer is part of the (then invalid) role name.
+    fn cred_view<'n>(&self, name: &'n str) -> (&'n str, CredView) {
+        self.views
+            .iter()
+            .filter(|v| **v != CredView::Json)
+            .find_map(|v| name.strip_suffix(v.suffix()).map(|r| (r, *v)))
+            .unwrap_or((name, CredView::Json))
     }
 
     fn route<'p>(&self, path: &'p str) -> Result<(Route, Vec<&'p str>)> {
@@ -219,7 +262,7 @@ impl Dynamic {
                 None => return Err(Error::not_found(path)),
             },
             Route::Cred => {
-                let role = caps[0].strip_suffix(".env").unwrap_or(caps[0]);
+                let (role, _) = self.cred_view(caps[0]);
                 match self.view.size(&role_key(role)?)? {
                     Some(_) => Node::generated(0o400),
                     None => return Err(Error::not_found(path)),
@@ -255,10 +298,9 @@ impl Dynamic {
             Route::Creds => Ok(roles()?
                 .into_iter()
                 .flat_map(|r| {
-                    [
-                        DirEntry::file(r.clone()),
-                        DirEntry::file(format!("{r}.env")),
-                    ]
+                    self.views
+                        .iter()
+                        .map(move |v| DirEntry::file(format!("{r}{}", v.suffix())))
                 })
                 .collect()),
             _ => Err(not_dir(path)),
@@ -290,10 +332,8 @@ impl Dynamic {
                 self.services
                     .leases
                     .check_quota(ctx.caller.uid, ctx.lease_limit)?;
-                match caps[0].strip_suffix(".env") {
-                    Some(role) => up.issue(ctx, role, true),
-                    None => up.issue(ctx, caps[0], false),
-                }
+                let (role, view) = self.cred_view(caps[0]);
+                up.issue(ctx, role, view)
             }
             Route::Root | Route::Config | Route::Roles | Route::Creds => Err(Error::new(
                 ErrorKind::IsADirectory,

@@ -16,7 +16,7 @@
 //! `stat` or lookup, or log a password.
 
 use super::aws::failpoint;
-use super::dynamic::{self, Dynamic, SecretConfig, Upstream};
+use super::dynamic::{self, CredView, Dynamic, SecretConfig, Upstream};
 use super::pg_client::{password, role_name, PgClient, Target};
 use super::Services;
 use crate::backend::{Backend, Ctx, DirEntry, Node};
@@ -260,6 +260,7 @@ impl Postgres {
                     read_refusal:
                         "config/connection is write-only: the connection URL is never read back",
                 },
+                &[CredView::Json, CredView::Env],
             ),
             conn: Mutex::new(None),
         }
@@ -342,7 +343,7 @@ impl Postgres {
     }
 
     /// Make one credential: intent → role → lease → intent cleared.
-    fn mint(&self, ctx: &Ctx<'_>, role_doc: &str, env: bool) -> Result<SecretBytes> {
+    fn mint(&self, ctx: &Ctx<'_>, role_doc: &str, view: CredView) -> Result<SecretBytes> {
         let role = self
             .load_role(role_doc)?
             .ok_or_else(|| Error::not_found(&format!("roles/{role_doc}")))?;
@@ -407,7 +408,7 @@ impl Postgres {
             .text()
             .ok_or_else(|| Error::io("generated password is not UTF-8"))?;
         let mut out = Zeroizing::new(Vec::with_capacity(512));
-        if env {
+        if view == CredView::Env {
             let _ = write!(out, "PGUSER={username}\nPGPASSWORD={pw}\n");
             if !conn.host.contains('\n') {
                 let _ = write!(out, "PGHOST={}\nPGPORT={}\n", conn.host, conn.port);
@@ -469,8 +470,8 @@ impl Upstream for Postgres {
         parse_role(name, data).map(|_| ())
     }
 
-    fn issue(&self, ctx: &Ctx<'_>, role: &str, env: bool) -> Result<SecretBytes> {
-        self.mint(ctx, role, env)
+    fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
+        self.mint(ctx, role, view)
     }
 }
 
