@@ -122,7 +122,14 @@ pub struct Engine {
     reasons: Reasons,
     /// When the mount table was last re-read from a shared store.
     table_read_at: Mutex<Option<std::time::Instant>>,
+    /// Told the logical path of each node that changed by the core's own doing (see
+    /// `set_change_listener`).
+    changes: Arc<RwLock<Option<ChangeListener>>>,
 }
+
+/// Called with a logical path whose node (and everything under it) changed by the core's own
+/// doing; its parent folders may have appeared or vanished with it. `""`: everything.
+pub type ChangeListener = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The most entries a folder rename checks (and so moves).
 const MAX_MOVED: usize = 100_000;
@@ -170,7 +177,35 @@ impl Engine {
             rates: RateBuckets::default(),
             reasons: Reasons::default(),
             table_read_at: Mutex::new(None),
+            changes: Arc::default(),
         }
+    }
+
+    /// Be told of nodes the core changes on its own, so that a cache of them (the kernel's)
+    /// can be dropped: mounts, unmounts and remounts (also another daemon's, seen on a shared
+    /// store), lease revocations (also by expiry), and policy changes (`""`: everything).
+    pub fn set_change_listener(&self, listener: Box<dyn Fn(&str) + Send + Sync>) {
+        *self.changes.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(listener));
+        let changes = Arc::downgrade(&self.changes);
+        self.leases.set_on_revoked(Box::new(move |id| {
+            let Some(c) = changes.upgrade() else { return };
+            let f = c.read().unwrap_or_else(|p| p.into_inner()).clone();
+            // The lease's file, and the folders of its path (each may have emptied).
+            let mut p = id;
+            while let (Some(f), false) = (&f, p.is_empty()) {
+                f(&format!("sys/leases/{p}"));
+                p = p.rsplit_once('/').map_or("", |(parent, _)| parent);
+            }
+        }));
+    }
+
+    fn changed(&self, path: &str) {
+        let f = self
+            .changes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        f.inspect(|f| f(path));
     }
 
     /// Set the policies from the config and the admin uids (the daemon passes its own uid
@@ -183,6 +218,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = (docs, admins);
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = compiled;
+        self.changed("");
         if !self.is_sealed() {
             self.reload_policies()?;
         }
@@ -224,6 +260,7 @@ impl Engine {
             }
         }
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = set;
+        self.changed("");
         Ok(())
     }
 
@@ -235,6 +272,7 @@ impl Engine {
         self.barrier
             .put(&format!("{POLICY_PREFIX}{name}"), text.as_bytes())?;
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = set;
+        self.changed("");
         tracing::info!(policy = name, "policy written");
         Ok(())
     }
@@ -354,7 +392,26 @@ impl Engine {
     }
 
     fn set_table(&self, t: MountTable) {
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+        let old = std::mem::replace(
+            &mut *self.table.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(t),
+        );
+        // Each mount path added, removed or re-pointed (and its sys/mounts file) changed.
+        let new = self.table();
+        let differs = |a: &MountTable, b: &MountTable, p: &str| {
+            a.mounts.get(p).map(|m| &m.entry) != b.mounts.get(p).map(|m| &m.entry)
+        };
+        for p in old.mounts.keys().chain(new.mounts.keys()) {
+            if differs(&old, &new, p) {
+                self.changed(&format!("sys/mounts/{p}"));
+                // The mount's folder, and those above it (folders only because it is there).
+                let mut at = p.as_str();
+                while !at.is_empty() {
+                    self.changed(at);
+                    at = at.rsplit_once('/').map_or("", |(parent, _)| parent);
+                }
+            }
+        }
     }
 
     /// Unseal (initialising an empty store) and load the mount table.

@@ -12,6 +12,7 @@
 use crate::errno::errno;
 use crate::handles::{Bounds, Handle, Handles, WriteBuf};
 use crate::inodes::{join, Inodes, ROOT};
+use crate::invalidate::{Invalidator, Scope};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -34,7 +35,9 @@ type Listing = Vec<(u64, FileType, String)>;
 
 pub struct NomadFs {
     engine: Arc<Engine>,
-    inodes: Inodes,
+    inodes: Arc<Inodes>,
+    /// Drops what the kernel caches of nodes that changed (`invalidate.rs`).
+    inval: Arc<Invalidator>,
     handles: Handles,
     /// Open folders: fh → (the opener's uid, the listing).
     dirs: Mutex<HashMap<u64, (u32, Listing)>>,
@@ -78,16 +81,24 @@ fn is_read(flags: i32) -> bool {
 impl NomadFs {
     /// `admitted`: the uids the kernel lets into the mount (`None` when any uid may enter).
     pub fn new(engine: Arc<Engine>, admitted: Option<Vec<u32>>) -> Self {
+        let inodes = Arc::new(Inodes::default());
         Self {
             admitted,
             engine,
-            inodes: Inodes::default(),
+            inval: Arc::new(Invalidator::new(inodes.clone())),
+            inodes,
             handles: Handles::default(),
             dirs: Mutex::new(HashMap::new()),
             next_dir: std::sync::atomic::AtomicU64::new(1),
             start: SystemTime::now(),
             log_budget: Default::default(),
         }
+    }
+
+    /// What drops the kernel's cache of changed nodes: give it the session's notifier once
+    /// mounted, and the engine's changes (`Engine::set_change_listener`).
+    pub fn invalidator(&self) -> Arc<Invalidator> {
+        self.inval.clone()
     }
 
     /// Log a refused or failed request of `uid` (paths and reasons only, never values, within
@@ -283,6 +294,7 @@ impl NomadFs {
                 w.pending_empty = false;
                 res?;
                 self.handles.stored_now(ino);
+                self.inval.attr(ino);
             }
         }
         Ok(())
@@ -368,6 +380,8 @@ impl Filesystem for NomadFs {
         reply: ReplyAttr,
     ) {
         let c = caller(req);
+        // The kernel holds this inode locked (a folder, for chmod or touch of one).
+        let mut scope = Scope::enter(&self.inval, &[ino.0]);
         let res = (|| -> Result<Node, Error> {
             let path = self.path(ino)?;
             // Modes are decided by policy: chmod is accepted and ignored (so `cp -p`/`mv` work),
@@ -446,6 +460,7 @@ impl Filesystem for NomadFs {
             }
             self.stat_ino(ino.0, &path, &c)
         })();
+        scope.settle();
         match res {
             Ok(node) => reply.attr(&self.ttl(ino.0, &node), &self.attr(ino.0, &node, &c)),
             Err(e) => reply.error(self.fail(req.uid(), "setattr", &self.log_path(ino), &e)),
@@ -462,12 +477,14 @@ impl Filesystem for NomadFs {
         reply: ReplyEntry,
     ) {
         let c = caller(req);
+        let mut scope = Scope::enter(&self.inval, &[parent.0]);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
             self.engine.mkdir(&c, &path)?;
             let node = self.engine.stat(&c, &path)?;
             Ok((path, node))
         });
+        scope.settle();
         match res {
             Ok((path, node)) => {
                 let ino = self.inodes.lookup(&path);
@@ -483,6 +500,7 @@ impl Filesystem for NomadFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = caller(req);
+        let mut scope = Scope::enter(&self.inval, &[parent.0]);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
             // Handles still open on the file store nothing from now on (POSIX: the open file
@@ -497,6 +515,7 @@ impl Filesystem for NomadFs {
             }
             Ok(path)
         });
+        scope.settle();
         match res {
             Ok(path) => {
                 self.inodes.unlink(&path);
@@ -510,6 +529,7 @@ impl Filesystem for NomadFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = caller(req);
+        let mut scope = Scope::enter(&self.inval, &[parent.0]);
         let res = self.path(parent).and_then(|p| {
             let path = join(&p, name_str(name)?);
             // Said only to a caller the policy lets remove it; anyone else hears the policy.
@@ -525,6 +545,7 @@ impl Filesystem for NomadFs {
             self.engine.rmdir(&c, &path)?;
             Ok(path)
         });
+        scope.settle();
         match res {
             Ok(path) => {
                 self.inodes.unlink(&path);
@@ -545,6 +566,7 @@ impl Filesystem for NomadFs {
         reply: ReplyEmpty,
     ) {
         let c = caller(req);
+        let mut scope = Scope::enter(&self.inval, &[parent.0, newparent.0]);
         let res = (|| -> Result<(String, String), Error> {
             let from = join(&self.path(parent)?, name_str(name)?);
             let to = join(&self.path(newparent)?, name_str(newname)?);
@@ -581,6 +603,7 @@ impl Filesystem for NomadFs {
             self.handles.renamed(&from, &to);
             Ok((from, to))
         })();
+        scope.settle();
         match res {
             Ok((from, to)) => {
                 self.inodes.rename(&from, &to);
@@ -595,6 +618,7 @@ impl Filesystem for NomadFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = caller(req);
         let flags = flags.0;
+        let mut scope = Scope::enter(&self.inval, &[]);
         let res = (|| -> Result<(u64, FopenFlags), Error> {
             let path = self.path(ino)?;
             let node = self.stat_ino(ino.0, &path, &c)?;
@@ -687,6 +711,7 @@ impl Filesystem for NomadFs {
             })?;
             Ok((fh, fopen))
         })();
+        scope.settle();
         match res {
             Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
             Err(e) => {
@@ -708,6 +733,7 @@ impl Filesystem for NomadFs {
         reply: ReplyCreate,
     ) {
         let c = caller(req);
+        let mut scope = Scope::enter(&self.inval, &[parent.0]);
         let res = (|| -> Result<(u64, u64), Error> {
             let path = join(&self.path(parent)?, name_str(name)?);
             if flags & libc::O_EXCL != 0 && self.engine.stat(&c, &path).is_ok() {
@@ -735,6 +761,7 @@ impl Filesystem for NomadFs {
             })?;
             Ok((ino, fh))
         })();
+        scope.settle();
         match res {
             Ok((ino, fh)) => {
                 let attr = self.attr(ino, &Node::file(0), &c);
@@ -803,6 +830,7 @@ impl Filesystem for NomadFs {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scope = Scope::enter(&self.inval, &[]);
         let limit = self.engine.limits().max_value_size as u64;
         let path = h.path.clone();
         let hm = &mut *h;
@@ -873,6 +901,7 @@ impl Filesystem for NomadFs {
             let res = self
                 .engine
                 .write(&caller(req), &path, SecretBytes::from_slice(data));
+            scope.settle();
             return match res {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(e) => reply.error(self.fail(req.uid(), "write", &path, &e)),
@@ -916,7 +945,10 @@ impl Filesystem for NomadFs {
             return reply.ok();
         }
         let c = h.opener.clone();
-        match self.commit(&mut h, &c, false) {
+        let mut scope = Scope::enter(&self.inval, &[]);
+        let res = self.commit(&mut h, &c, false);
+        scope.settle();
+        match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(req.uid(), "close", &h.path, &e)),
         }
@@ -939,7 +971,9 @@ impl Filesystem for NomadFs {
         // RELEASE carries no caller: commit as the process that opened the file.
         let _ = req;
         let c = h.opener.clone();
+        let mut scope = Scope::enter(&self.inval, &[]);
         let res = self.commit(&mut h, &c, true);
+        scope.settle();
         // Snapshot and buffer are zeroized as the handle drops.
         let freed = h.write.as_ref().map_or(0, |w| w.data.capacity() as u64)
             + h.exchange.as_ref().map_or(0, |x| x.input_len());

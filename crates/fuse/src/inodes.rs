@@ -84,6 +84,23 @@ impl Inodes {
         self.read().by_path.get(path).copied()
     }
 
+    /// Every path the kernel knows, with its inode.
+    pub fn known(&self) -> Vec<(String, u64)> {
+        let g = self.read();
+        g.by_path.iter().map(|(p, i)| (p.clone(), *i)).collect()
+    }
+
+    /// The inodes of `path` and of every known path under it.
+    pub fn under(&self, path: &str) -> Vec<u64> {
+        let prefix = format!("{path}/");
+        let g = self.read();
+        g.by_path
+            .iter()
+            .filter(|(p, _)| p.as_str() == path || p.starts_with(&prefix))
+            .map(|(_, i)| *i)
+            .collect()
+    }
+
     pub fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT {
             return;

@@ -10,6 +10,7 @@ mod exchange;
 mod fs;
 mod handles;
 mod inodes;
+mod invalidate;
 mod logbudget;
 pub mod memory;
 
@@ -80,7 +81,13 @@ pub fn mount(
         uids.dedup();
         Some(uids)
     };
-    fuser::spawn_mount(NomadFs::new(engine, admitted), mountpoint, &cfg)
+    let fs = NomadFs::new(engine.clone(), admitted);
+    let inval = fs.invalidator();
+    let told = inval.clone();
+    engine.set_change_listener(Box::new(move |path| told.changed(path)));
+    let session = fuser::spawn_mount(fs, mountpoint, &cfg)?;
+    inval.connect(session.notifier());
+    Ok(session)
 }
 
 /// Unmount and wait (bounded) for the request threads to finish.

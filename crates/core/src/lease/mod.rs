@@ -248,6 +248,8 @@ pub struct LeaseManager {
     clock: Arc<dyn Clock>,
     config: LeaseConfig,
     lookup: Mutex<Option<BackendLookup>>,
+    /// Told the id of each lease revoked here (`set_on_revoked`).
+    on_revoked: std::sync::OnceLock<OnRevoked>,
     index: Mutex<Index>,
     /// Wakes waiters on in-flight ids (`claim`).
     changed: Condvar,
@@ -255,6 +257,9 @@ pub struct LeaseManager {
     due: Condvar,
     loaded: AtomicBool,
 }
+
+/// Told the id of each lease revoked (`LeaseManager::set_on_revoked`).
+pub type OnRevoked = Box<dyn Fn(&str) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -267,6 +272,7 @@ impl LeaseManager {
             clock,
             config,
             lookup: Mutex::new(None),
+            on_revoked: std::sync::OnceLock::new(),
             index: Mutex::new(Index::default()),
             changed: Condvar::new(),
             due: Condvar::new(),
@@ -276,6 +282,12 @@ impl LeaseManager {
 
     pub fn set_lookup(&self, lookup: BackendLookup) {
         *lock(&self.lookup) = Some(lookup);
+    }
+
+    /// Be told the id of each lease revoked (by `rm`, a prefix, a uid, or at expiry); the
+    /// first call wins.
+    pub fn set_on_revoked(&self, f: OnRevoked) {
+        let _ = self.on_revoked.set(f);
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -733,6 +745,7 @@ impl LeaseManager {
                 // Deleting is idempotent: another daemon revoking it too is harmless.
                 self.barrier.delete(&Self::key(id))?;
                 lock(&self.index).remove(id);
+                self.on_revoked.get().inspect(|f| f(id));
                 tracing::info!(
                     lease = %id,
                     late_ms,
