@@ -6,9 +6,8 @@
 
 mod caller;
 pub mod errno;
-mod exchange;
+mod files;
 mod fs;
-mod handles;
 mod inodes;
 mod invalidate;
 mod logbudget;

@@ -6,7 +6,7 @@
 //! offset 0 after a read starts a new input. Must never: run an exchange at open, at close, or
 //! twice for one input; keep an input or output past the handle (both zeroize on drop).
 
-use crate::handles::WriteBuf;
+use crate::files::handles::WriteBuf;
 use nomadfs_core::{Engine, Error, ErrorKind, Node, SecretBytes};
 use std::time::Duration;
 

@@ -73,16 +73,33 @@ impl WriteBuf {
     }
 }
 
+/// What an open file is.
+#[derive(Debug)]
+pub enum Kind {
+    /// Open for reading only: reads see the snapshot taken at open.
+    Read(SecretBytes),
+    /// Open for writing: pending content, committed at flush/release; reads (of a read-write
+    /// open) see it, so a process reads back what it wrote.
+    Buffered(WriteBuf),
+    /// A generated node (a control file) open for writing: every write(2) is one command,
+    /// acted on at once (its error is the write's error, which shells report — they ignore
+    /// errors from close). Its writes are commands, not content: reads see the snapshot (if
+    /// opened for reading) and the buffer only carries the refusal state.
+    Immediate {
+        snapshot: Option<SecretBytes>,
+        buf: WriteBuf,
+    },
+    /// An exchange file (`transit/encrypt/NAME`): input and output live here, so nothing of
+    /// it is committed at flush or release.
+    Exchange(crate::files::exchange::Exchange),
+    /// Released: contents dropped (zeroized).
+    Closed,
+}
+
 pub struct Handle {
     pub ino: u64,
     pub path: String,
-    /// What reads see: the snapshot taken at open (None for write-only opens).
-    pub snapshot: Option<SecretBytes>,
-    /// Pending content, committed at flush/release (None for read-only opens).
-    pub write: Option<WriteBuf>,
-    /// A control file: every write(2) is one command, acted on at once (its error is the
-    /// write's error, which shells report — they ignore errors from close).
-    pub immediate: bool,
+    pub kind: Kind,
     /// The opener's process (thread group). A FLUSH from another process is a fork's copy of
     /// the fd being closed (e.g. at exec), not the writer's close: it must not commit a
     /// half-written buffer. The writer's own close (any of its threads) commits; release
@@ -96,9 +113,6 @@ pub struct Handle {
     /// When it was opened, on the `Handles` clock (set by `insert`): a created or truncated
     /// file whose value was stored by someone else since is not emptied at release.
     pub opened_seq: u64,
-    /// An exchange file (`transit/encrypt/NAME`): input and output live here, never in
-    /// `snapshot`/`write`, so nothing of it is committed at flush or release.
-    pub exchange: Option<crate::exchange::Exchange>,
     /// The per-uid bounds that apply to the opener (fixed at open).
     pub bounds: Bounds,
     /// Bytes of this open's write buffer or exchange input counted against the opener's uid
@@ -128,11 +142,36 @@ impl Handle {
     /// it wrote, before and after an `fsync`. A control file's writes are commands, not
     /// content: its reads see the snapshot.
     pub fn readable(&self) -> Option<&[u8]> {
-        match (&self.write, &self.snapshot) {
-            (Some(w), _) if !self.immediate => Some(w.data.expose()),
-            (_, Some(s)) => Some(s.expose()),
-            (Some(w), None) => Some(w.data.expose()),
-            (None, None) => None,
+        match &self.kind {
+            Kind::Read(s) => Some(s.expose()),
+            Kind::Buffered(w) => Some(w.data.expose()),
+            Kind::Immediate {
+                snapshot: Some(s), ..
+            } => Some(s.expose()),
+            Kind::Immediate { buf, .. } => Some(buf.data.expose()),
+            Kind::Exchange(_) | Kind::Closed => None,
+        }
+    }
+
+    /// The write buffer of an open for writing (buffered or immediate).
+    pub fn write_buf(&mut self) -> Option<&mut WriteBuf> {
+        match &mut self.kind {
+            Kind::Buffered(w) | Kind::Immediate { buf: w, .. } => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Is it open for writing (buffered or immediate)?
+    pub fn is_writer(&self) -> bool {
+        matches!(self.kind, Kind::Buffered(_) | Kind::Immediate { .. })
+    }
+
+    /// The buffer that will be stored at flush/release if written (or created/truncated):
+    /// a buffered write's, unless discarded.
+    fn storable(&self) -> Option<&WriteBuf> {
+        match &self.kind {
+            Kind::Buffered(w) | Kind::Immediate { buf: w, .. } if !w.poisoned => Some(w),
+            _ => None,
         }
     }
 
@@ -146,10 +185,12 @@ impl Handle {
     /// The size of the content this open will commit, if it differs from what is stored
     /// (written, truncated or created since the last commit, and not discarded).
     fn pending_len(&self) -> Option<u64> {
-        self.write
-            .as_ref()
-            .filter(|w| !self.immediate && !w.poisoned && (w.dirty || w.pending_empty))
-            .map(|w| w.data.len() as u64)
+        match &self.kind {
+            Kind::Buffered(w) if !w.poisoned && (w.dirty || w.pending_empty) => {
+                Some(w.data.len() as u64)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -193,7 +234,10 @@ impl Handles {
     pub fn insert(&self, mut h: Handle) -> Result<u64, Error> {
         let uid = h.opener.uid;
         self.reserve_open(uid, h.bounds.open_files)?;
-        let initial = h.write.as_ref().map_or(0, |w| w.data.len() as u64);
+        let initial = match &h.kind {
+            Kind::Buffered(w) | Kind::Immediate { buf: w, .. } => w.data.len() as u64,
+            _ => 0,
+        };
         let mut charged = 0;
         if let Err(e) = self.charge(uid, h.bounds, &mut charged, initial, &h.path) {
             self.unreserve_open(uid);
@@ -205,7 +249,7 @@ impl Handles {
         let slot = Slot {
             ino: h.ino,
             uid,
-            writer: h.write.is_some(),
+            writer: h.is_writer(),
             handle: Arc::new(Mutex::new(h)),
         };
         self.lock().insert(fh, slot);
@@ -365,9 +409,8 @@ impl Handles {
         self.on_ino(ino).iter().find_map(|h| {
             // Only a buffer that will still be stored stands in for the file.
             locked(h)
-                .write
-                .as_ref()
-                .filter(|w| !w.poisoned && (w.dirty || w.pending_empty))
+                .storable()
+                .filter(|w| w.dirty || w.pending_empty)
                 .map(|w| w.data.len() as u64)
         })
     }
@@ -396,14 +439,11 @@ mod tests {
         Handle {
             ino: 5,
             path: "secret/x".into(),
-            snapshot: None,
-            write: Some(WriteBuf::new(SecretBytes::new(vec![1; initial]), false)),
-            immediate: false,
+            kind: Kind::Buffered(WriteBuf::new(SecretBytes::new(vec![1; initial]), false)),
             opener_tgid: 0,
             opener: nomadfs_core::Caller::new(uid, uid, 0),
             orphaned: false,
             opened_seq: 0,
-            exchange: None,
             bounds,
             charged: 0,
         }
