@@ -86,6 +86,14 @@ impl Node {
             exchange: true,
         }
     }
+    /// A file that is an exchange file when opened read-write (write the input, read the
+    /// output in the same open) and otherwise a buffered one (written whole at close, read
+    /// back by a later open): `sys/audit-hash`. Not dynamic: nothing is generated at open.
+    pub const fn exchange_or_buffered() -> Self {
+        let mut n = Self::file(0);
+        n.exchange = true;
+        n
+    }
     pub fn is_dir(&self) -> bool {
         self.kind == NodeKind::Dir
     }

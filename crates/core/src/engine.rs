@@ -1273,9 +1273,10 @@ impl Engine {
                 Op::Mkdir => Err(Error::not_permitted(format!(
                     "{path}: folders under sys/ are fixed"
                 ))),
-                Op::Exchange(_) => Err(Error::not_permitted(format!(
-                    "{path} is not an exchange file"
-                ))),
+                Op::Exchange(input) => self
+                    .sys
+                    .exchange(self, caller.uid, rest, input)
+                    .map(Reply::Data),
             },
             Target::Mount(m, rest) => {
                 let ctx = Ctx {

@@ -70,8 +70,9 @@ sys/: the control plane.
   revoke-uid      write a uid: revoke every lease that uid created
   policies/NAME   a policy (TOML or JSON: uids, gids, users, groups, cgroups, exes, rules);
                   write to add or replace (a bad one is refused, the old one stays), rm deletes
-  audit-hash      write a value (it is hashed when that file is closed), then read the file: the
-                  HMAC the audit log shows for it (the last value you wrote; per uid)
+  audit-hash      the HMAC the audit log shows for a value: open it read-write, write the value,
+                  read the HMAC from offset 0; or write the value (hashed when that file is
+                  closed), then read the file (the last value you wrote; per uid)
 ";
 
 /// What may be written to `sys/mounts/NAME`: a bare type, or TOML/JSON with type and description.
@@ -240,9 +241,10 @@ impl Sys {
                 e.policy_text(caps[0])?;
                 Node::file(0)
             }
-            // Buffered (not dynamic): the value is hashed whole at close; reads use direct I/O,
-            // so the size 0 does not cut them short.
-            Route::AuditHash => Node::file(0),
+            // Read-write: an exchange (the hash of what was written, read in the same open).
+            // Else buffered (not dynamic): the value is hashed whole at close; reads use direct
+            // I/O, so the size 0 does not cut them short.
+            Route::AuditHash => Node::exchange_or_buffered(),
             Route::Mount => {
                 e.mount_entry(caps[0])?;
                 Node::generated(0o600)
@@ -381,6 +383,31 @@ impl Sys {
         match path.strip_prefix("mounts/") {
             Some(name) if !name.contains('/') => check_mount_spec_prefix(data),
             _ => Ok(()),
+        }
+    }
+
+    /// The exchange of `sys/audit-hash` (opened read-write): the HMAC of `input`, which is also
+    /// the last hash asked by `uid`.
+    pub(crate) fn exchange(
+        &self,
+        e: &Engine,
+        uid: u32,
+        path: &str,
+        input: SecretBytes,
+    ) -> Result<SecretBytes> {
+        match self.route(e, path)? {
+            (Route::AuditHash, _) => {
+                let h = e.audit_hash(input.expose())?;
+                let out = SecretBytes::from(format!("{h}\n"));
+                self.hashes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uid, h);
+                Ok(out)
+            }
+            _ => Err(Error::not_permitted(format!(
+                "sys/{path} is not an exchange file"
+            ))),
         }
     }
 

@@ -40,7 +40,9 @@ impl Files {
         if node.is_dir() {
             return Err(Error::new(ErrorKind::IsADirectory, format!("{path}: is a folder")).into());
         }
-        if node.exchange {
+        // An exchange-or-buffered node (not dynamic) is an exchange file only when opened
+        // read-write; otherwise a buffered one.
+        if node.exchange && (node.dynamic || (is_read(flags) && is_write(flags))) {
             // Read-after-write: nothing is read at open or committed at close.
             exchange::check_open(&path, &node, is_read(flags), is_write(flags))?;
             let h = self.new_handle(c, ino, path, Kind::Exchange(Default::default()));

@@ -318,3 +318,31 @@ fn listings_are_snapshots_with_dot_entries() {
         Err(Fail::BadHandle)
     ));
 }
+
+#[test]
+fn audit_hash_is_an_exchange_when_opened_read_write_and_buffered_otherwise() {
+    let t = files();
+    let ino = t.ino("sys/audit-hash");
+    // Write-only: buffered, hashed when closed, read back by a later open.
+    let w = t
+        .files
+        .open(&me(), ino, WO | libc::O_TRUNC)
+        .expect("open wo");
+    assert!(!w.no_flush);
+    t.files.write(&me(), w.fh, 0, b"value", WO).expect("w");
+    t.files.release(w.fh).expect("release");
+    let r = t.files.open(&me(), ino, RO).expect("open ro");
+    let hashed = t.read(&me(), r.fh);
+    t.files.release(r.fh).expect("release");
+    assert!(hashed.starts_with(b"hmac-sha256:"), "{hashed:?}");
+    // Read-write: an exchange file; nothing to commit at close.
+    let x = t.files.open(&me(), ino, RW).expect("open rw");
+    assert!(x.no_flush);
+    t.files.write(&me(), x.fh, 0, b"value", RW).expect("w");
+    assert_eq!(
+        t.read(&me(), x.fh),
+        hashed,
+        "the same hash in the same open"
+    );
+    t.files.release(x.fh).expect("release");
+}
