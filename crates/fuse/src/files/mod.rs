@@ -233,8 +233,16 @@ impl Files {
     fn store(&self, ino: u64, c: &Caller, path: &str, v: SecretBytes) -> Result<(), Error> {
         self.engine.write(c, path, v)?;
         self.handles.stored_now(ino);
-        (self.stored)(ino);
+        self.told_stored(ino);
         Ok(())
+    }
+
+    /// A value was stored for `ino`: tell the adapter, when the kernel may have cached its
+    /// attributes (only a mount that admits a fixed set of uids gives them a TTL).
+    fn told_stored(&self, ino: u64) {
+        if self.admitted.is_some() {
+            (self.stored)(ino);
+        }
     }
 
     /// Store the handle's buffer if it was written (or, at release, created/truncated —
@@ -253,7 +261,7 @@ impl Files {
                 w.pending_empty = false;
                 res?;
                 self.handles.stored_now(ino);
-                (self.stored)(ino);
+                self.told_stored(ino);
             }
         }
         Ok(())
