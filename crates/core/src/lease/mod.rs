@@ -13,96 +13,19 @@
 //! across an upstream call, or log the secret data a record carries.
 
 pub mod clock;
+mod record;
 
 use crate::backend::{Backend, DirEntry};
-use crate::barrier::{Barrier, Version};
+use crate::barrier::Barrier;
 use crate::error::{Error, ErrorKind, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+pub use record::LeaseRecord;
+use record::STORE_PREFIX;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
-
-const STORE_PREFIX: &str = "core/leases/";
-
-/// A lease as persisted.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseRecord {
-    /// `MOUNT/PATH/UUID`, e.g. `aws/creds/deploy/0d042c53-…`.
-    pub id: String,
-    /// The full path that issued it, e.g. `aws/creds/deploy`.
-    pub path: String,
-    pub issued_ms: u64,
-    pub expires_ms: u64,
-    /// Renewals never go past this.
-    pub max_expires_ms: u64,
-    /// Default renewal increment (`touch`).
-    pub increment_secs: u64,
-    pub renewable: bool,
-    /// The uid that asked for the secret.
-    pub uid: u32,
-    /// What the issuing backend needs to revoke it (e.g. the IAM user name). Never secret
-    /// material that is not needed for revocation.
-    pub secret: serde_json::Value,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default)]
-    pub retry_at_ms: Option<u64>,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub irrevocable: bool,
-}
-
-impl LeaseRecord {
-    /// When the scheduler should act on it (None: irrevocable, nothing scheduled).
-    fn due_ms(&self) -> Option<u64> {
-        if self.irrevocable {
-            None
-        } else {
-            Some(self.retry_at_ms.unwrap_or(self.expires_ms))
-        }
-    }
-
-    /// The mount path the id starts with.
-    pub fn mount(&self) -> &str {
-        self.id.split('/').next().unwrap_or("")
-    }
-
-    pub fn state(&self) -> &'static str {
-        if self.irrevocable {
-            "irrevocable"
-        } else if self.attempts > 0 {
-            "retrying"
-        } else {
-            "active"
-        }
-    }
-
-    /// The text of `sys/leases/<id>`.
-    pub fn describe(&self, now_ms: u64) -> String {
-        let v = serde_json::json!({
-            "id": self.id,
-            "path": self.path,
-            "issue_time": rfc3339(self.issued_ms),
-            "expire_time": rfc3339(self.expires_ms),
-            "ttl": self.expires_ms.saturating_sub(now_ms) / 1000,
-            "max_expire_time": rfc3339(self.max_expires_ms),
-            "renewable": self.renewable,
-            "uid": self.uid,
-            "state": self.state(),
-            "revocation_attempts": self.attempts,
-            "last_error": self.last_error,
-            "upstream": self.secret,
-        });
-        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-        s.push('\n');
-        s
-    }
-}
 
 /// A new lease, as a backend asks for it.
 pub struct NewLease {
@@ -287,37 +210,6 @@ impl LeaseManager {
         format!("{path}/{}", uuid::Uuid::new_v4())
     }
 
-    fn key(id: &str) -> String {
-        format!("{STORE_PREFIX}{id}")
-    }
-
-    fn store(&self, rec: &LeaseRecord) -> Result<()> {
-        let raw = serde_json::to_vec(rec).map_err(|e| Error::io(format!("lease record: {e}")))?;
-        self.barrier.put(&Self::key(&rec.id), &raw)
-    }
-
-    fn load(&self, id: &str) -> Result<Option<LeaseRecord>> {
-        Ok(self.load_versioned(id)?.map(|(rec, _)| rec))
-    }
-
-    /// The record and its stored version (to write it back only if nobody changed it).
-    fn load_versioned(&self, id: &str) -> Result<Option<(LeaseRecord, Version)>> {
-        match self.barrier.get_versioned(&Self::key(id))? {
-            None => Ok(None),
-            Some((raw, version)) => serde_json::from_slice(raw.expose())
-                .map(|rec| Some((rec, version)))
-                .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}"))),
-        }
-    }
-
-    /// Write `rec` back only if it is still at `version` (another daemon sharing the store
-    /// may have renewed or revoked it meanwhile). Returns whether it was written.
-    fn store_if(&self, rec: &LeaseRecord, version: &Version) -> Result<bool> {
-        let raw = serde_json::to_vec(rec).map_err(|e| Error::io(format!("lease record: {e}")))?;
-        self.barrier
-            .compare_and_swap(&Self::key(&rec.id), Some(version), Some(&raw))
-    }
-
     /// On a shared store: a lease this daemon does not know may have been issued by another
     /// one. Look for its record and index it (as foreign). Returns whether it is known now.
     fn find(&self, id: &str) -> bool {
@@ -327,7 +219,7 @@ impl LeaseManager {
         if !self.barrier.storage().shared() {
             return false;
         }
-        match self.load(id) {
+        match record::load(&self.barrier, id) {
             Ok(Some(rec)) => {
                 let mut ix = lock(&self.index);
                 if !ix.leases.contains_key(id) {
@@ -362,7 +254,7 @@ impl LeaseManager {
 
     /// Forget a lease held with `issue_held` whose secret was never made (no upstream call).
     pub fn discard(&self, id: &str) -> Result<()> {
-        let res = self.barrier.delete(&Self::key(id));
+        let res = record::delete(&self.barrier, id);
         if res.is_ok() {
             lock(&self.index).remove(id);
         }
@@ -453,7 +345,7 @@ impl LeaseManager {
             last_error: None,
             irrevocable: false,
         };
-        self.store(&rec)?;
+        record::store(&self.barrier, &rec)?;
         let mut ix = lock(&self.index);
         let earliest = ix.queue.first().map(|(d, _)| *d);
         ix.set(&rec.id, Meta::of(&rec));
@@ -491,7 +383,7 @@ impl LeaseManager {
             last_error: Some(reason.to_string()),
             irrevocable: false,
         };
-        self.store(&rec)?;
+        record::store(&self.barrier, &rec)?;
         lock(&self.index).set(&rec.id, Meta::of(&rec));
         self.due.notify_all();
         tracing::warn!(lease = %rec.id, "creation failed part way; its upstream leftovers will be revoked in the background: {reason}");
@@ -520,7 +412,7 @@ impl LeaseManager {
         if !self.find(id) {
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         }
-        self.load(id)?
+        record::load(&self.barrier, id)?
             .ok_or_else(|| Error::not_found(&format!("sys/leases/{id}")))
     }
 
@@ -595,7 +487,7 @@ impl LeaseManager {
     }
 
     fn renew_claimed(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
-        let Some((mut rec, version)) = self.load_versioned(id)? else {
+        let Some((mut rec, version)) = record::load_versioned(&self.barrier, id)? else {
             lock(&self.index).remove(id);
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         };
@@ -621,7 +513,7 @@ impl LeaseManager {
             b.renew(&rec)
                 .map_err(|e| Error::new(e.kind, format!("renewing {id}: {}", e.message)))?;
         }
-        if !self.store_if(&rec, &version)? {
+        if !record::store_if(&self.barrier, &rec, &version)? {
             return Err(Error::new(
                 ErrorKind::Busy,
                 format!("lease {id} was changed by another daemon meanwhile; try again"),
@@ -706,7 +598,7 @@ impl LeaseManager {
             .get(id)
             .and_then(|m| m.due)
             .map_or(0, |d| self.now_ms().saturating_sub(d));
-        let Some((mut rec, version)) = self.load_versioned(id)? else {
+        let Some((mut rec, version)) = record::load_versioned(&self.barrier, id)? else {
             lock(&self.index).remove(id);
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         };
@@ -731,7 +623,7 @@ impl LeaseManager {
         match upstream {
             Ok(()) => {
                 // Deleting is idempotent: another daemon revoking it too is harmless.
-                self.barrier.delete(&Self::key(id))?;
+                record::delete(&self.barrier, id)?;
                 lock(&self.index).remove(id);
                 tracing::info!(
                     lease = %id,
@@ -764,9 +656,9 @@ impl LeaseManager {
                         e.message
                     );
                 }
-                if !self.store_if(&rec, &version)? {
+                if !record::store_if(&self.barrier, &rec, &version)? {
                     // Another daemon sharing the store acted on it meanwhile: its record wins.
-                    match self.load(id)? {
+                    match record::load(&self.barrier, id)? {
                         None => {
                             lock(&self.index).remove(id);
                             tracing::info!(lease = %id, "revoked by another daemon");
@@ -903,7 +795,7 @@ impl LeaseManager {
         let mut ix = Index::default();
         for p in &paths {
             let id = &p[STORE_PREFIX.len()..];
-            match self.load(id) {
+            match record::load(&self.barrier, id) {
                 Ok(Some(rec)) => ix.set(id, Meta::of(&rec)),
                 Ok(None) => {}
                 Err(e) => {
@@ -963,7 +855,7 @@ impl LeaseManager {
         };
         let mut added = 0;
         for id in unknown {
-            if let Ok(Some(rec)) = self.load(&id) {
+            if let Ok(Some(rec)) = record::load(&self.barrier, &id) {
                 let mut ix = lock(&self.index);
                 if !ix.leases.contains_key(&id) {
                     ix.set(&id, Meta::foreign(&rec));
@@ -974,7 +866,7 @@ impl LeaseManager {
         let mut removed = 0;
         for id in gone {
             // Re-check: it may have been issued here since the listing.
-            if matches!(self.load(&id), Ok(None)) {
+            if matches!(record::load(&self.barrier, &id), Ok(None)) {
                 let mut ix = lock(&self.index);
                 if !ix.inflight.contains(&id) {
                     ix.remove(&id);
