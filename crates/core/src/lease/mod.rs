@@ -13,16 +13,17 @@
 //! across an upstream call, or log the secret data a record carries.
 
 pub mod clock;
+mod index;
 mod record;
 
 use crate::backend::{Backend, DirEntry};
 use crate::barrier::Barrier;
 use crate::error::{Error, ErrorKind, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
+use index::{Index, Meta};
 use rand::Rng;
 pub use record::LeaseRecord;
 use record::STORE_PREFIX;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -66,105 +67,9 @@ impl Default for LeaseConfig {
 /// Finds the backend mounted at a path (the engine's mount table).
 pub type BackendLookup = Box<dyn Fn(&str) -> Option<Arc<dyn Backend>> + Send + Sync>;
 
-#[derive(Clone, Copy)]
-struct Meta {
-    due: Option<u64>,
-    uid: u32,
-    /// Found in a shared store, issued by another daemon: this one acts on it only
-    /// `FOREIGN_GRACE_MS` after it is due (the issuer normally does it first; this one takes
-    /// over when the issuer is gone).
-    foreign: bool,
-}
-
-impl Meta {
-    fn of(rec: &LeaseRecord) -> Self {
-        Self {
-            due: rec.due_ms(),
-            uid: rec.uid,
-            foreign: false,
-        }
-    }
-    fn foreign(rec: &LeaseRecord) -> Self {
-        Self {
-            due: rec.due_ms().map(|d| d.saturating_add(FOREIGN_GRACE_MS)),
-            uid: rec.uid,
-            foreign: true,
-        }
-    }
-    fn like(self, rec: &LeaseRecord) -> Self {
-        if self.foreign {
-            Self::foreign(rec)
-        } else {
-            Self::of(rec)
-        }
-    }
-}
-
-/// How long after a foreign lease is due this daemon waits before revoking it itself.
-const FOREIGN_GRACE_MS: u64 = 10_000;
 /// How often a daemon on a shared store re-reads the lease records (new ones from other
 /// daemons, ones another daemon revoked).
 const SHARED_SYNC: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Index {
-    leases: BTreeMap<String, Meta>,
-    queue: BTreeSet<(u64, String)>,
-    inflight: HashSet<String>,
-    /// Folders emptied by a revocation in the last few seconds, with when. They still answer
-    /// as folders so that `rm -r` (unlink every file, then rmdir) can finish its walk.
-    emptied: BTreeMap<String, std::time::Instant>,
-    /// uid → its leases in `leases` (the `[limits] leases_per_uid` bound counts these).
-    per_uid: HashMap<u32, u64>,
-    /// uid → leases being issued (counted by the bound, not yet in `leases`).
-    issuing: HashMap<u32, u64>,
-}
-
-const EMPTIED_GRACE: Duration = Duration::from_secs(30);
-
-impl Index {
-    fn set(&mut self, id: &str, meta: Meta) {
-        match self.leases.insert(id.to_string(), meta) {
-            Some(old) => {
-                if let Some(d) = old.due {
-                    self.queue.remove(&(d, id.to_string()));
-                }
-                if old.uid != meta.uid {
-                    self.uncount(old.uid);
-                    *self.per_uid.entry(meta.uid).or_default() += 1;
-                }
-            }
-            None => *self.per_uid.entry(meta.uid).or_default() += 1,
-        }
-        if let Some(d) = meta.due {
-            self.queue.insert((d, id.to_string()));
-        }
-    }
-    fn uncount(&mut self, uid: u32) {
-        if let Some(n) = self.per_uid.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_uid.remove(&uid);
-            }
-        }
-    }
-    fn remove(&mut self, id: &str) {
-        if let Some(old) = self.leases.remove(id) {
-            if let Some(d) = old.due {
-                self.queue.remove(&(d, id.to_string()));
-            }
-            self.uncount(old.uid);
-        }
-        let now = std::time::Instant::now();
-        self.emptied
-            .retain(|_, t| now.duration_since(*t) < EMPTIED_GRACE);
-        let mut p = id;
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            self.emptied.insert(parent.to_string(), now);
-            p = parent;
-        }
-    }
-}
 
 pub struct LeaseManager {
     barrier: Arc<Barrier>,
@@ -268,60 +173,22 @@ impl LeaseManager {
         let Some(limit) = limit else {
             return Ok(());
         };
-        let ix = lock(&self.index);
-        let held =
-            ix.per_uid.get(&uid).copied().unwrap_or(0) + ix.issuing.get(&uid).copied().unwrap_or(0);
-        drop(ix);
-        Self::over_quota(uid, held, limit)
-    }
-
-    fn over_quota(uid: u32, held: u64, limit: u64) -> Result<()> {
-        if held >= limit {
-            return Err(Error::new(
-                ErrorKind::Quota,
-                format!(
-                    "uid {uid} holds {held} live leases; the bound is {limit} \
-                     ([limits] leases_per_uid): revoke some (rm sys/leases/...) or let them expire"
-                ),
-            ));
-        }
-        Ok(())
+        let held = lock(&self.index).held(uid);
+        index::over_quota(uid, held, limit)
     }
 
     /// Live leases of `uid`.
     pub fn count_of(&self, uid: u32) -> u64 {
-        lock(&self.index).per_uid.get(&uid).copied().unwrap_or(0)
-    }
-
-    /// Count one lease of `uid` as being issued, within `limit` (checked and counted under one
-    /// lock, so concurrent issues cannot overshoot the bound).
-    fn reserve(&self, uid: u32, limit: Option<u64>) -> Result<()> {
-        let mut ix = lock(&self.index);
-        if let Some(limit) = limit {
-            let held = ix.per_uid.get(&uid).copied().unwrap_or(0)
-                + ix.issuing.get(&uid).copied().unwrap_or(0);
-            Self::over_quota(uid, held, limit)?;
-        }
-        *ix.issuing.entry(uid).or_default() += 1;
-        Ok(())
-    }
-
-    fn unreserve(ix: &mut Index, uid: u32) {
-        if let Some(n) = ix.issuing.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                ix.issuing.remove(&uid);
-            }
-        }
+        lock(&self.index).count_of(uid)
     }
 
     fn issue_inner(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
         self.check_loaded()?;
         let uid = new.uid;
-        self.reserve(uid, new.limit)?;
+        lock(&self.index).reserve(uid, new.limit)?;
         let res = self.issue_reserved(new, held);
         if res.is_err() {
-            Self::unreserve(&mut lock(&self.index), uid);
+            lock(&self.index).unreserve(uid);
         }
         res
     }
@@ -349,7 +216,7 @@ impl LeaseManager {
         let mut ix = lock(&self.index);
         let earliest = ix.queue.first().map(|(d, _)| *d);
         ix.set(&rec.id, Meta::of(&rec));
-        Self::unreserve(&mut ix, rec.uid);
+        ix.unreserve(rec.uid);
         if held {
             ix.inflight.insert(rec.id.clone());
         }
@@ -400,11 +267,7 @@ impl LeaseManager {
 
     /// Live leases created by `uid`.
     pub fn count_uid(&self, uid: u32) -> usize {
-        lock(&self.index)
-            .leases
-            .values()
-            .filter(|m| m.uid == uid)
-            .count()
+        lock(&self.index).count_uid(uid)
     }
 
     pub fn get(&self, id: &str) -> Result<LeaseRecord> {
@@ -418,59 +281,17 @@ impl LeaseManager {
 
     /// Is `path` a lease (Some(false)), a folder of leases (Some(true)), or nothing (None)?
     pub fn kind(&self, path: &str) -> Option<bool> {
-        let ix = lock(&self.index);
-        if path.is_empty() {
-            return Some(true);
-        }
-        if ix.leases.contains_key(path) {
-            return Some(false);
-        }
-        let prefix = format!("{path}/");
-        let live = ix
-            .leases
-            .range(prefix.clone()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(&prefix));
-        let recently_emptied = ix
-            .emptied
-            .get(path)
-            .is_some_and(|t| t.elapsed() < EMPTIED_GRACE);
-        (live || recently_emptied).then_some(true)
+        lock(&self.index).kind(path)
     }
 
     /// `rmdir` of an emptied folder: forget it.
     pub fn forget_folder(&self, path: &str) {
-        let mut ix = lock(&self.index);
-        let prefix = format!("{path}/");
-        ix.emptied
-            .retain(|k, _| k != path && !k.starts_with(&prefix));
+        lock(&self.index).forget_folder(path);
     }
 
     /// The children of folder `path` ("" for the top).
     pub fn list(&self, path: &str) -> Vec<DirEntry> {
-        let prefix = if path.is_empty() {
-            String::new()
-        } else {
-            format!("{path}/")
-        };
-        let ix = lock(&self.index);
-        let mut out: Vec<DirEntry> = Vec::new();
-        let mut last_dir: Option<String> = None;
-        for (k, _) in ix.leases.range(prefix.clone()..) {
-            let Some(rest) = k.strip_prefix(&prefix) else {
-                break;
-            };
-            match rest.split_once('/') {
-                Some((dir, _)) => {
-                    if last_dir.as_deref() != Some(dir) {
-                        last_dir = Some(dir.to_string());
-                        out.push(DirEntry::dir(dir));
-                    }
-                }
-                None => out.push(DirEntry::file(rest)),
-            }
-        }
-        out
+        lock(&self.index).list(path)
     }
 
     /// Renew by `increment_secs` (default: the lease's own increment) counted from now, capped
@@ -735,12 +556,7 @@ impl LeaseManager {
     /// Revoke every lease whose id starts with `prefix`.
     pub fn revoke_prefix(&self, prefix: &str) -> Result<usize> {
         self.check_loaded()?;
-        let ids: Vec<String> = lock(&self.index)
-            .leases
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let ids = lock(&self.index).ids_under(prefix);
         let r = self.revoke_many(ids, false);
         self.finish_many(&format!("revoke {prefix}"), r)
     }
@@ -748,12 +564,7 @@ impl LeaseManager {
     /// Revoke every lease that `uid` created.
     pub fn revoke_uid(&self, uid: u32) -> Result<usize> {
         self.check_loaded()?;
-        let ids: Vec<String> = lock(&self.index)
-            .leases
-            .iter()
-            .filter(|(_, m)| m.uid == uid)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let ids = lock(&self.index).ids_of(uid);
         let r = self.revoke_many(ids, false);
         self.finish_many(&format!("revoke uid {uid}"), r)
     }
@@ -918,13 +729,7 @@ impl LeaseManager {
     /// Forget the in-memory index (at seal); nothing is revoked.
     pub fn clear(&self) {
         self.loaded.store(false, Ordering::SeqCst);
-        let mut ix = lock(&self.index);
-        ix.leases.clear();
-        ix.per_uid.clear();
-        ix.issuing.clear();
-        ix.queue.clear();
-        ix.emptied.clear();
-        drop(ix);
+        lock(&self.index).forget_all();
         self.changed.notify_all();
         self.due.notify_all();
     }
