@@ -15,13 +15,13 @@
 pub mod clock;
 mod index;
 mod record;
+mod revoke;
 
 use crate::backend::{Backend, DirEntry};
 use crate::barrier::Barrier;
 use crate::error::{Error, ErrorKind, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use index::{Index, Meta};
-use rand::Rng;
 pub use record::LeaseRecord;
 use record::STORE_PREFIX;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,7 +246,7 @@ impl LeaseManager {
             uid: new.uid,
             secret: new.secret,
             attempts: 1,
-            retry_at_ms: Some(now.saturating_add(self.backoff_ms(1))),
+            retry_at_ms: Some(now.saturating_add(revoke::backoff_ms(&self.config, 1))),
             last_error: Some(reason.to_string()),
             irrevocable: false,
         };
@@ -299,7 +299,7 @@ impl LeaseManager {
     pub fn renew(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
         self.check_loaded()?;
         // Claimed, so a revocation cannot finish between the read and the write back.
-        if !self.claim(id) {
+        if !revoke::claim(self, id) {
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         }
         let res = self.renew_claimed(id, increment_secs);
@@ -349,224 +349,25 @@ impl LeaseManager {
         Ok(rec)
     }
 
-    /// Take the right to revoke `id` (waits while another thread is revoking it).
-    /// Ok(false): it is gone.
-    fn claim(&self, id: &str) -> bool {
-        if !self.find(id) {
-            return false;
-        }
-        let mut ix = lock(&self.index);
-        loop {
-            if !ix.leases.contains_key(id) {
-                return false;
-            }
-            if ix.inflight.insert(id.to_string()) {
-                return true;
-            }
-            ix = self
-                .changed
-                .wait_timeout(ix, Duration::from_millis(50))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
     /// Give back a lease taken by `claim` or `issue_held`.
     pub fn release(&self, id: &str) {
-        lock(&self.index).inflight.remove(id);
-        self.changed.notify_all();
-        // A due lease a worker skipped because it was in flight may still be due (e.g. a
-        // renewal of an expired lease was refused): one idle worker looks again.
-        self.due.notify_one();
-    }
-
-    fn backoff_ms(&self, attempts: u32) -> u64 {
-        let exp = self
-            .config
-            .backoff_base_ms
-            .saturating_mul(1u64 << attempts.saturating_sub(1).min(30))
-            .min(self.config.backoff_max_ms);
-        // Full jitter in [exp/2, exp].
-        let half = exp / 2;
-        half + rand::thread_rng().gen_range(0..=half.max(1))
+        revoke::release(self, id);
     }
 
     /// Revoke one lease now: upstream first, then the record. On upstream failure the lease
     /// stays, marked for retry (or irrevocable after too many attempts), and this fails (Io).
     pub fn revoke(&self, id: &str) -> Result<()> {
-        self.revoke_if(id, false).map(|_| ())
-    }
-
-    /// `only_due`: the scheduler's call. The record in storage is the truth (another daemon
-    /// sharing the store may have renewed the lease): if it is not due by it, it is only
-    /// rescheduled. Ok(false): not revoked (not due).
-    fn revoke_if(&self, id: &str, only_due: bool) -> Result<bool> {
-        self.check_loaded()?;
-        if !self.claim(id) {
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        }
-        let res = self.revoke_claimed(id, only_due);
-        self.release(id);
-        res
-    }
-
-    fn revoke_claimed(&self, id: &str, only_due: bool) -> Result<bool> {
-        let started = std::time::Instant::now();
-        // How late this starts after the lease was due (0 for an early `rm`): the scheduler's
-        // share of expiry lateness, logged with the revocation for scripts/bench-leases.
-        let late_ms = lock(&self.index)
-            .leases
-            .get(id)
-            .and_then(|m| m.due)
-            .map_or(0, |d| self.now_ms().saturating_sub(d));
-        let Some((mut rec, version)) = record::load_versioned(&self.barrier, id)? else {
-            lock(&self.index).remove(id);
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        };
-        if only_due {
-            let mut ix = lock(&self.index);
-            let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
-            if meta.due.is_none_or(|d| d > self.now_ms()) {
-                ix.set(id, meta);
-                return Ok(false);
-            }
-        }
-        let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
-        let upstream_started = std::time::Instant::now();
-        let upstream = match backend {
-            Some(b) => b.revoke(&rec),
-            None => Err(Error::io(format!(
-                "no mount at {}/ to revoke it with",
-                rec.mount()
-            ))),
-        };
-        let upstream_ms = upstream_started.elapsed().as_millis();
-        match upstream {
-            Ok(()) => {
-                // Deleting is idempotent: another daemon revoking it too is harmless.
-                record::delete(&self.barrier, id)?;
-                lock(&self.index).remove(id);
-                tracing::info!(
-                    lease = %id,
-                    late_ms,
-                    upstream_ms,
-                    total_ms = started.elapsed().as_millis(),
-                    "revoked"
-                );
-                Ok(true)
-            }
-            Err(e) => {
-                rec.attempts += 1;
-                rec.last_error = Some(e.message.clone());
-                if rec.attempts >= self.config.max_attempts {
-                    rec.irrevocable = true;
-                    rec.retry_at_ms = None;
-                    tracing::error!(
-                        lease = %id,
-                        attempts = rec.attempts,
-                        "irrevocable: {}",
-                        e.message
-                    );
-                } else {
-                    let next = self.now_ms() + self.backoff_ms(rec.attempts);
-                    rec.retry_at_ms = Some(next);
-                    tracing::warn!(
-                        lease = %id,
-                        attempts = rec.attempts,
-                        "revocation failed, will retry: {}",
-                        e.message
-                    );
-                }
-                if !record::store_if(&self.barrier, &rec, &version)? {
-                    // Another daemon sharing the store acted on it meanwhile: its record wins.
-                    match record::load(&self.barrier, id)? {
-                        None => {
-                            lock(&self.index).remove(id);
-                            tracing::info!(lease = %id, "revoked by another daemon");
-                            return Ok(true);
-                        }
-                        Some(now) => {
-                            let mut ix = lock(&self.index);
-                            let meta = ix.leases.get(id).map_or(Meta::of(&now), |m| m.like(&now));
-                            ix.set(id, meta);
-                        }
-                    }
-                    return Err(Error::io(format!("revoking {id}: {}", e.message)));
-                }
-                let mut ix = lock(&self.index);
-                let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
-                ix.set(id, meta);
-                drop(ix);
-                self.due.notify_all();
-                Err(Error::io(format!("revoking {id}: {}", e.message)))
-            }
-        }
-    }
-
-    /// Revoke many, at most `concurrency` at a time. Returns (revoked, first error).
-    fn revoke_many(&self, ids: Vec<String>, only_due: bool) -> (usize, Option<Error>, usize) {
-        if ids.is_empty() {
-            return (0, None, 0);
-        }
-        let queue = Mutex::new(ids);
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        let failed = std::sync::atomic::AtomicUsize::new(0);
-        let first_err: Mutex<Option<Error>> = Mutex::new(None);
-        let workers = self.config.concurrency.max(1).min(lock(&queue).len());
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    let Some(id) = lock(&queue).pop() else { break };
-                    match self.revoke_if(&id, only_due) {
-                        Ok(true) => {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(false) => {}
-                        Err(e) if e.kind == ErrorKind::NotFound => {}
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            lock(&first_err).get_or_insert(e);
-                        }
-                    }
-                });
-            }
-        });
-        let err = lock(&first_err).take();
-        (
-            done.load(Ordering::Relaxed),
-            err,
-            failed.load(Ordering::Relaxed),
-        )
-    }
-
-    fn finish_many(
-        &self,
-        what: &str,
-        (n, err, failed): (usize, Option<Error>, usize),
-    ) -> Result<usize> {
-        match err {
-            None => Ok(n),
-            Some(e) => Err(Error::io(format!(
-                "{what}: {failed} revocation(s) failed ({n} done); first: {}",
-                e.message
-            ))),
-        }
+        revoke::revoke_if(self, id, false).map(|_| ())
     }
 
     /// Revoke every lease whose id starts with `prefix`.
     pub fn revoke_prefix(&self, prefix: &str) -> Result<usize> {
-        self.check_loaded()?;
-        let ids = lock(&self.index).ids_under(prefix);
-        let r = self.revoke_many(ids, false);
-        self.finish_many(&format!("revoke {prefix}"), r)
+        revoke::prefix(self, prefix)
     }
 
     /// Revoke every lease that `uid` created.
     pub fn revoke_uid(&self, uid: u32) -> Result<usize> {
-        self.check_loaded()?;
-        let ids = lock(&self.index).ids_of(uid);
-        let r = self.revoke_many(ids, false);
-        self.finish_many(&format!("revoke uid {uid}"), r)
+        revoke::uid(self, uid)
     }
 
     /// One scheduler pass: revoke every lease that is due. Returns how many were revoked.
@@ -587,7 +388,7 @@ impl LeaseManager {
         // Earliest first: `revoke_many` pops from the end.
         let mut ids = ids;
         ids.reverse();
-        self.revoke_many(ids, true).0
+        revoke::revoke_many(self, ids, true).0
     }
 
     /// Milliseconds until the next due lease (None: nothing scheduled).
@@ -701,7 +502,7 @@ impl LeaseManager {
         let mut ix = lock(&self.index);
         if let Some(meta) = ix.leases.get(id).cloned() {
             if meta.due.is_some_and(|d| d <= now) {
-                let retry = now.saturating_add(self.backoff_ms(4));
+                let retry = now.saturating_add(revoke::backoff_ms(&self.config, 4));
                 tracing::warn!(lease = %id, retry_in_ms = retry - now, "revocation could not run: {}", e.message);
                 ix.set(
                     id,
@@ -789,7 +590,7 @@ impl LeaseManager {
                                 // Upstream failures are recorded on the lease (retry or
                                 // irrevocable); Ok(false): another daemon renewed it,
                                 // rescheduled. Other errors (storage) leave it due: back off.
-                                if let Err(e) = m.revoke_claimed(&id, true) {
+                                if let Err(e) = revoke::revoke_claimed(&m, &id, true) {
                                     m.defer_if_still_due(&id, &e);
                                 }
                                 m.release(&id);
