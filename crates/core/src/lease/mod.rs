@@ -16,6 +16,7 @@ pub mod clock;
 mod index;
 mod record;
 mod revoke;
+mod sync;
 
 use crate::backend::{Backend, DirEntry};
 use crate::barrier::Barrier;
@@ -23,7 +24,6 @@ use crate::error::{Error, ErrorKind, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use index::{Index, Meta};
 pub use record::LeaseRecord;
-use record::STORE_PREFIX;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -67,10 +67,6 @@ impl Default for LeaseConfig {
 /// Finds the backend mounted at a path (the engine's mount table).
 pub type BackendLookup = Box<dyn Fn(&str) -> Option<Arc<dyn Backend>> + Send + Sync>;
 
-/// How often a daemon on a shared store re-reads the lease records (new ones from other
-/// daemons, ones another daemon revoked).
-const SHARED_SYNC: Duration = Duration::from_secs(30);
-
 pub struct LeaseManager {
     barrier: Arc<Barrier>,
     clock: Arc<dyn Clock>,
@@ -113,27 +109,6 @@ impl LeaseManager {
     /// A fresh lease id under `path` (`aws/creds/deploy` → `aws/creds/deploy/<uuid>`).
     pub fn new_id(path: &str) -> String {
         format!("{path}/{}", uuid::Uuid::new_v4())
-    }
-
-    /// On a shared store: a lease this daemon does not know may have been issued by another
-    /// one. Look for its record and index it (as foreign). Returns whether it is known now.
-    fn find(&self, id: &str) -> bool {
-        if lock(&self.index).leases.contains_key(id) {
-            return true;
-        }
-        if !self.barrier.storage().shared() {
-            return false;
-        }
-        match record::load(&self.barrier, id) {
-            Ok(Some(rec)) => {
-                let mut ix = lock(&self.index);
-                if !ix.leases.contains_key(id) {
-                    ix.set(id, Meta::foreign(&rec));
-                }
-                true
-            }
-            _ => false,
-        }
     }
 
     fn check_loaded(&self) -> Result<()> {
@@ -272,7 +247,7 @@ impl LeaseManager {
 
     pub fn get(&self, id: &str) -> Result<LeaseRecord> {
         self.check_loaded()?;
-        if !self.find(id) {
+        if !sync::find(self, id) {
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         }
         record::load(&self.barrier, id)?
@@ -400,98 +375,6 @@ impl LeaseManager {
             .map(|(d, _)| d.saturating_sub(now))
     }
 
-    /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
-    /// are due at once.
-    pub fn restore(&self) -> Result<usize> {
-        let paths = self.barrier.list(STORE_PREFIX)?;
-        let mut ix = Index::default();
-        for p in &paths {
-            let id = &p[STORE_PREFIX.len()..];
-            match record::load(&self.barrier, id) {
-                Ok(Some(rec)) => ix.set(id, Meta::of(&rec)),
-                Ok(None) => {}
-                Err(e) => {
-                    // Never forget it: listed (reads fail with the integrity error), not
-                    // scheduled, so an operator sees it and acts.
-                    tracing::error!(lease = %id, "cannot read lease record: {}", e.message);
-                    ix.set(
-                        id,
-                        Meta {
-                            due: None,
-                            uid: u32::MAX,
-                            foreign: false,
-                        },
-                    );
-                }
-            }
-        }
-        let n = ix.leases.len();
-        {
-            // Leases being revoked or held (a credential being minted) right now stay claimed:
-            // a restored copy must not be taken by a second worker meanwhile.
-            let mut cur = lock(&self.index);
-            ix.inflight = std::mem::take(&mut cur.inflight);
-            *cur = ix;
-        }
-        self.loaded.store(true, Ordering::SeqCst);
-        self.changed.notify_all();
-        self.due.notify_all();
-        tracing::info!(leases = n, "leases restored");
-        Ok(n)
-    }
-
-    /// On a shared store: index lease records other daemons wrote (as foreign) and forget the
-    /// ones that are gone from storage (another daemon revoked them). Returns (added, removed).
-    pub fn sync_shared(&self) -> Result<(usize, usize)> {
-        self.check_loaded()?;
-        let stored: std::collections::BTreeSet<String> = self
-            .barrier
-            .list(STORE_PREFIX)?
-            .into_iter()
-            .map(|p| p[STORE_PREFIX.len()..].to_string())
-            .collect();
-        let (unknown, gone): (Vec<String>, Vec<String>) = {
-            let ix = lock(&self.index);
-            (
-                stored
-                    .iter()
-                    .filter(|id| !ix.leases.contains_key(*id))
-                    .cloned()
-                    .collect(),
-                ix.leases
-                    .keys()
-                    .filter(|id| !stored.contains(*id) && !ix.inflight.contains(*id))
-                    .cloned()
-                    .collect(),
-            )
-        };
-        let mut added = 0;
-        for id in unknown {
-            if let Ok(Some(rec)) = record::load(&self.barrier, &id) {
-                let mut ix = lock(&self.index);
-                if !ix.leases.contains_key(&id) {
-                    ix.set(&id, Meta::foreign(&rec));
-                    added += 1;
-                }
-            }
-        }
-        let mut removed = 0;
-        for id in gone {
-            // Re-check: it may have been issued here since the listing.
-            if matches!(record::load(&self.barrier, &id), Ok(None)) {
-                let mut ix = lock(&self.index);
-                if !ix.inflight.contains(&id) {
-                    ix.remove(&id);
-                    removed += 1;
-                }
-            }
-        }
-        if added > 0 {
-            self.changed.notify_all();
-        }
-        Ok((added, removed))
-    }
-
     /// A revocation failed before it could reschedule the lease (e.g. storage unreachable):
     /// push its deadline back in the index so the workers do not retry it in a tight loop.
     fn defer_if_still_due(&self, id: &str, e: &Error) {
@@ -515,16 +398,16 @@ impl LeaseManager {
         }
     }
 
-    /// `sync_shared`, its outcome logged (the scheduler's periodic call).
-    fn sync_shared_logged(&self) {
-        match self.sync_shared() {
-            Ok((0, 0)) => {}
-            Ok((added, removed)) => {
-                tracing::info!(added, removed, "lease index synced with the shared store")
-            }
-            Err(e) if e.kind == ErrorKind::Sealed => {}
-            Err(e) => tracing::warn!("lease index sync failed: {}", e.message),
-        }
+    /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
+    /// are due at once.
+    pub fn restore(&self) -> Result<usize> {
+        sync::restore(self)
+    }
+
+    /// On a shared store: index lease records other daemons wrote (as foreign) and forget the
+    /// ones that are gone from storage (another daemon revoked them). Returns (added, removed).
+    pub fn sync_shared(&self) -> Result<(usize, usize)> {
+        sync::sync_shared(self)
     }
 
     /// Forget the in-memory index (at seal); nothing is revoked.
@@ -578,10 +461,12 @@ impl LeaseManager {
                     loop {
                         let Some(m) = weak.upgrade() else { break };
                         // Worker 0 also keeps the index in step with a shared store.
-                        if n == 0 && m.barrier.storage().shared() && synced.elapsed() >= SHARED_SYNC
+                        if n == 0
+                            && m.barrier.storage().shared()
+                            && synced.elapsed() >= sync::SHARED_SYNC
                         {
                             synced = std::time::Instant::now();
-                            m.sync_shared_logged();
+                            sync::sync_shared_logged(&m);
                         }
                         let mut ix = lock(&m.index);
                         match m.take_due(&mut ix) {
@@ -597,7 +482,7 @@ impl LeaseManager {
                             }
                             Err(wait) => {
                                 let wait = if n == 0 && m.barrier.storage().shared() {
-                                    wait.min(SHARED_SYNC.as_millis() as u64)
+                                    wait.min(sync::SHARED_SYNC.as_millis() as u64)
                                 } else {
                                     wait
                                 };
@@ -613,5 +498,8 @@ impl LeaseManager {
     }
 }
 
+// tests.rs (`use super::*`) also names the storage layout.
+#[cfg(test)]
+use record::STORE_PREFIX;
 #[cfg(test)]
 mod tests;

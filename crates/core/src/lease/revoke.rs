@@ -12,7 +12,7 @@
 //! daemon changed meanwhile (compare-and-swap: its record wins), or log the record's secret.
 
 use super::index::Meta;
-use super::{lock, record, LeaseConfig, LeaseManager};
+use super::{lock, record, sync, LeaseConfig, LeaseManager};
 use crate::error::{Error, ErrorKind, Result};
 use rand::Rng;
 use std::sync::atomic::Ordering;
@@ -22,7 +22,7 @@ use std::time::Duration;
 /// Take the right to revoke `id` (waits while another thread is revoking it).
 /// Ok(false): it is gone.
 pub(super) fn claim(mgr: &LeaseManager, id: &str) -> bool {
-    if !mgr.find(id) {
+    if !sync::find(mgr, id) {
         return false;
     }
     let mut ix = lock(&mgr.index);
