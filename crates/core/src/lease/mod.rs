@@ -16,6 +16,7 @@ pub mod clock;
 mod index;
 mod record;
 mod revoke;
+mod scheduler;
 mod sync;
 
 use crate::backend::{Backend, DirEntry};
@@ -25,8 +26,7 @@ pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, 
 use index::{Index, Meta};
 pub use record::LeaseRecord;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// A new lease, as a backend asks for it.
 pub struct NewLease {
@@ -347,55 +347,20 @@ impl LeaseManager {
 
     /// One scheduler pass: revoke every lease that is due. Returns how many were revoked.
     pub fn process_due(&self) -> usize {
-        if !self.loaded.load(Ordering::SeqCst) {
-            return 0;
-        }
-        let now = self.now_ms();
-        let ids: Vec<String> = {
-            let ix = lock(&self.index);
-            ix.queue
-                .iter()
-                .take_while(|(d, _)| *d <= now)
-                .filter(|(_, id)| !ix.inflight.contains(id))
-                .map(|(_, id)| id.clone())
-                .collect()
-        };
-        // Earliest first: `revoke_many` pops from the end.
-        let mut ids = ids;
-        ids.reverse();
-        revoke::revoke_many(self, ids, true).0
+        scheduler::process_due(self)
     }
 
     /// Milliseconds until the next due lease (None: nothing scheduled).
     pub fn next_due_in(&self) -> Option<u64> {
-        let now = self.now_ms();
-        lock(&self.index)
-            .queue
-            .first()
-            .map(|(d, _)| d.saturating_sub(now))
+        scheduler::next_due_in(self)
     }
 
-    /// A revocation failed before it could reschedule the lease (e.g. storage unreachable):
-    /// push its deadline back in the index so the workers do not retry it in a tight loop.
-    fn defer_if_still_due(&self, id: &str, e: &Error) {
-        if e.kind == ErrorKind::NotFound {
-            return;
-        }
-        let now = self.now_ms();
-        let mut ix = lock(&self.index);
-        if let Some(meta) = ix.leases.get(id).cloned() {
-            if meta.due.is_some_and(|d| d <= now) {
-                let retry = now.saturating_add(revoke::backoff_ms(&self.config, 4));
-                tracing::warn!(lease = %id, retry_in_ms = retry - now, "revocation could not run: {}", e.message);
-                ix.set(
-                    id,
-                    Meta {
-                        due: Some(retry),
-                        ..meta
-                    },
-                );
-            }
-        }
+    /// Start the expiry scheduler: `concurrency` worker threads. Each takes the earliest due
+    /// lease the moment it is due (no batches: a slow revocation never holds back the next
+    /// due one while another worker is free) and sleeps on a condvar until the next deadline.
+    /// They end when the manager is dropped.
+    pub fn start(self: &Arc<Self>) {
+        scheduler::start(self);
     }
 
     /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
@@ -417,89 +382,12 @@ impl LeaseManager {
         self.changed.notify_all();
         self.due.notify_all();
     }
-
-    /// Take the earliest due lease that nobody is revoking, claiming it. Err: nothing is due;
-    /// the value is how long to wait (ms) before looking again.
-    fn take_due(&self, ix: &mut Index) -> std::result::Result<String, u64> {
-        if !self.loaded.load(Ordering::SeqCst) {
-            return Err(1000);
-        }
-        let now = self.now_ms();
-        let mut pick = None;
-        let mut wait = 1000;
-        for (d, id) in &ix.queue {
-            if *d > now {
-                wait = d - now;
-                break;
-            }
-            if !ix.inflight.contains(id) {
-                pick = Some(id.clone());
-                break;
-            }
-        }
-        match pick {
-            Some(id) => {
-                ix.inflight.insert(id.clone());
-                Ok(id)
-            }
-            // Wait at least 1 ms (in-flight ones end with a notify), at most 1 s (a clock step).
-            None => Err(wait.clamp(1, 1000)),
-        }
-    }
-
-    /// Start the expiry scheduler: `concurrency` worker threads. Each takes the earliest due
-    /// lease the moment it is due (no batches: a slow revocation never holds back the next
-    /// due one while another worker is free) and sleeps on a condvar until the next deadline.
-    /// They end when the manager is dropped.
-    pub fn start(self: &Arc<Self>) {
-        for n in 0..self.config.concurrency.max(1) {
-            let weak: Weak<Self> = Arc::downgrade(self);
-            let spawned = std::thread::Builder::new()
-                .name(format!("nomadfs-lease-{n}"))
-                .spawn(move || {
-                    let mut synced = std::time::Instant::now();
-                    loop {
-                        let Some(m) = weak.upgrade() else { break };
-                        // Worker 0 also keeps the index in step with a shared store.
-                        if n == 0
-                            && m.barrier.storage().shared()
-                            && synced.elapsed() >= sync::SHARED_SYNC
-                        {
-                            synced = std::time::Instant::now();
-                            sync::sync_shared_logged(&m);
-                        }
-                        let mut ix = lock(&m.index);
-                        match m.take_due(&mut ix) {
-                            Ok(id) => {
-                                drop(ix);
-                                // Upstream failures are recorded on the lease (retry or
-                                // irrevocable); Ok(false): another daemon renewed it,
-                                // rescheduled. Other errors (storage) leave it due: back off.
-                                if let Err(e) = revoke::revoke_claimed(&m, &id, true) {
-                                    m.defer_if_still_due(&id, &e);
-                                }
-                                m.release(&id);
-                            }
-                            Err(wait) => {
-                                let wait = if n == 0 && m.barrier.storage().shared() {
-                                    wait.min(sync::SHARED_SYNC.as_millis() as u64)
-                                } else {
-                                    wait
-                                };
-                                let _ = m.due.wait_timeout(ix, Duration::from_millis(wait));
-                            }
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!("cannot start a lease scheduler worker: {e}");
-            }
-        }
-    }
 }
 
-// tests.rs (`use super::*`) also names the storage layout.
+// tests.rs (`use super::*`) also names the storage layout and durations.
 #[cfg(test)]
 use record::STORE_PREFIX;
+#[cfg(test)]
+use std::time::Duration;
 #[cfg(test)]
 mod tests;
