@@ -14,6 +14,7 @@
 
 pub mod clock;
 mod index;
+mod issue;
 mod record;
 mod revoke;
 mod scheduler;
@@ -24,23 +25,10 @@ use crate::barrier::Barrier;
 use crate::error::{Error, ErrorKind, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use index::{Index, Meta};
+pub use issue::NewLease;
 pub use record::LeaseRecord;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-
-/// A new lease, as a backend asks for it.
-pub struct NewLease {
-    pub id: String,
-    pub path: String,
-    pub ttl_secs: u64,
-    pub max_ttl_secs: u64,
-    pub renewable: bool,
-    pub uid: u32,
-    pub secret: serde_json::Value,
-    /// The bound on `uid`'s live leases (`[limits] leases_per_uid`; `None` for admins and
-    /// when unbounded): past it the lease is refused (EDQUOT).
-    pub limit: Option<u64>,
-}
 
 /// Tuning of revocation.
 #[derive(Debug, Clone, Copy)]
@@ -121,7 +109,7 @@ impl LeaseManager {
 
     /// Record a new lease (persisted before this returns).
     pub fn issue(&self, new: NewLease) -> Result<LeaseRecord> {
-        self.issue_inner(new, false)
+        issue::issue(self, new, false)
     }
 
     /// Record a new lease before its secret exists upstream, held: nothing revokes or renews it
@@ -129,17 +117,12 @@ impl LeaseManager {
     /// the secret — or `discard` — when making it certainly failed. A crash in between leaves a
     /// durable lease whose revocation finds nothing or the secret: never an untracked secret.
     pub fn issue_held(&self, new: NewLease) -> Result<LeaseRecord> {
-        self.issue_inner(new, true)
+        issue::issue(self, new, true)
     }
 
     /// Forget a lease held with `issue_held` whose secret was never made (no upstream call).
     pub fn discard(&self, id: &str) -> Result<()> {
-        let res = record::delete(&self.barrier, id);
-        if res.is_ok() {
-            lock(&self.index).remove(id);
-        }
-        self.release(id);
-        res
+        issue::discard(self, id)
     }
 
     /// Would one more lease for `uid` stay within `limit`? EDQUOT (with the reason) if not.
@@ -152,84 +135,18 @@ impl LeaseManager {
         index::over_quota(uid, held, limit)
     }
 
-    /// Live leases of `uid`.
-    pub fn count_of(&self, uid: u32) -> u64 {
-        lock(&self.index).count_of(uid)
-    }
-
-    fn issue_inner(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
-        self.check_loaded()?;
-        let uid = new.uid;
-        lock(&self.index).reserve(uid, new.limit)?;
-        let res = self.issue_reserved(new, held);
-        if res.is_err() {
-            lock(&self.index).unreserve(uid);
-        }
-        res
-    }
-
-    fn issue_reserved(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
-        let now = self.now_ms();
-        let max_ttl = new.max_ttl_secs.max(1);
-        let ttl = new.ttl_secs.clamp(1, max_ttl);
-        let rec = LeaseRecord {
-            id: new.id,
-            path: new.path,
-            issued_ms: now,
-            expires_ms: now.saturating_add(ttl.saturating_mul(1000)),
-            max_expires_ms: now.saturating_add(max_ttl.saturating_mul(1000)),
-            increment_secs: ttl,
-            renewable: new.renewable,
-            uid: new.uid,
-            secret: new.secret,
-            attempts: 0,
-            retry_at_ms: None,
-            last_error: None,
-            irrevocable: false,
-        };
-        record::store(&self.barrier, &rec)?;
-        let mut ix = lock(&self.index);
-        let earliest = ix.queue.first().map(|(d, _)| *d);
-        ix.set(&rec.id, Meta::of(&rec));
-        ix.unreserve(rec.uid);
-        if held {
-            ix.inflight.insert(rec.id.clone());
-        }
-        drop(ix);
-        if earliest.is_none_or(|e| rec.expires_ms < e) {
-            self.due.notify_all();
-        }
-        Ok(rec)
-    }
-
     /// Record the upstream leftovers of a creation that failed part way (e.g. an IAM user that
     /// may exist after a timed-out call) as a lease already being revoked: not renewable, state
     /// "retrying" with `reason`, first attempt after the backoff. The scheduler retries it like
     /// any failed revocation, so the leftover goes away once the upstream answers again, and a
     /// restart keeps it (it is persisted before this returns).
     pub fn issue_cleanup(&self, new: NewLease, reason: &str) -> Result<LeaseRecord> {
-        self.check_loaded()?;
-        let now = self.now_ms();
-        let rec = LeaseRecord {
-            id: new.id,
-            path: new.path,
-            issued_ms: now,
-            expires_ms: now,
-            max_expires_ms: now,
-            increment_secs: 0,
-            renewable: false,
-            uid: new.uid,
-            secret: new.secret,
-            attempts: 1,
-            retry_at_ms: Some(now.saturating_add(revoke::backoff_ms(&self.config, 1))),
-            last_error: Some(reason.to_string()),
-            irrevocable: false,
-        };
-        record::store(&self.barrier, &rec)?;
-        lock(&self.index).set(&rec.id, Meta::of(&rec));
-        self.due.notify_all();
-        tracing::warn!(lease = %rec.id, "creation failed part way; its upstream leftovers will be revoked in the background: {reason}");
-        Ok(rec)
+        issue::cleanup(self, new, reason)
+    }
+
+    /// Live leases of `uid`.
+    pub fn count_of(&self, uid: u32) -> u64 {
+        lock(&self.index).count_of(uid)
     }
 
     pub fn exists(&self, id: &str) -> bool {
