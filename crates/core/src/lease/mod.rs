@@ -16,15 +16,16 @@ pub mod clock;
 mod index;
 mod issue;
 mod record;
+mod renew;
 mod revoke;
 mod scheduler;
 mod sync;
 
 use crate::backend::{Backend, DirEntry};
 use crate::barrier::Barrier;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
-use index::{Index, Meta};
+use index::Index;
 pub use issue::NewLease;
 pub use record::LeaseRecord;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,56 +190,7 @@ impl LeaseManager {
     /// Renew by `increment_secs` (default: the lease's own increment) counted from now, capped
     /// by the lease's max TTL (capping is not an error).
     pub fn renew(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
-        self.check_loaded()?;
-        // Claimed, so a revocation cannot finish between the read and the write back.
-        if !revoke::claim(self, id) {
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        }
-        let res = self.renew_claimed(id, increment_secs);
-        self.release(id);
-        res
-    }
-
-    fn renew_claimed(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
-        let Some((mut rec, version)) = record::load_versioned(&self.barrier, id)? else {
-            lock(&self.index).remove(id);
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        };
-        if !rec.renewable {
-            return Err(Error::not_permitted(format!("lease {id} is not renewable")));
-        }
-        if rec.irrevocable || rec.attempts > 0 {
-            return Err(Error::invalid(format!(
-                "lease {id} is being revoked; it cannot be renewed"
-            )));
-        }
-        let now = self.now_ms();
-        if now >= rec.expires_ms {
-            return Err(Error::invalid(format!("lease {id} has expired")));
-        }
-        let inc = increment_secs.unwrap_or(rec.increment_secs);
-        rec.expires_ms = now
-            .saturating_add(inc.saturating_mul(1000))
-            .min(rec.max_expires_ms);
-        // Upstream first (e.g. a database role's VALID UNTIL): if that fails, nothing changes.
-        let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
-        if let Some(b) = backend {
-            b.renew(&rec)
-                .map_err(|e| Error::new(e.kind, format!("renewing {id}: {}", e.message)))?;
-        }
-        if !record::store_if(&self.barrier, &rec, &version)? {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!("lease {id} was changed by another daemon meanwhile; try again"),
-            ));
-        }
-        let mut ix = lock(&self.index);
-        let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
-        ix.set(id, meta);
-        drop(ix);
-        self.changed.notify_all();
-        self.due.notify_all();
-        Ok(rec)
+        renew::renew(self, id, increment_secs)
     }
 
     /// Give back a lease taken by `claim` or `issue_held`.
@@ -301,10 +253,8 @@ impl LeaseManager {
     }
 }
 
-// tests.rs (`use super::*`) also names the storage layout and durations.
+// tests.rs (`use super::*`) also names these.
 #[cfg(test)]
-use record::STORE_PREFIX;
-#[cfg(test)]
-use std::time::Duration;
+use {crate::error::ErrorKind, record::STORE_PREFIX, std::time::Duration};
 #[cfg(test)]
 mod tests;
