@@ -1,16 +1,32 @@
 //! Leases: every dynamic secret handed out carries one; it is the handle for renewal and
 //! revocation, and the daemon revokes it itself at expiry.
 //!
-//! Owns: lease records (persisted encrypted through the barrier at `core/leases/<id>`, with
-//! wall-clock deadlines), the in-memory index and expiry queue (an ordered set + a condvar + a
-//! timed wait), restore at unseal (leases that expired while the daemon was down are due at
-//! once), revocation with bounded concurrency (a pool of `concurrency` scheduler workers, each
-//! taking the earliest due lease the moment it is due), retry with exponential backoff and
-//! jitter, cleanup leases (`issue_cleanup`: upstream leftovers of a failed creation, retried in
-//! the background like a failed revocation), and the irrevocable state (kept and listed with
-//! its reason, never silently dropped).
+//! This module is the facade: `LeaseManager` (its state, construction, and the public API,
+//! each call delegating to the part that does the job). The parts, one job each:
+//! - `record`: the persisted `LeaseRecord` (encrypted through the barrier at
+//!   `core/leases/<id>`, wall-clock deadlines), its serialisation and `describe`;
+//! - `index`: the in-memory index (per-lease `Meta`, the due queue ordered by deadline, ids in
+//!   flight, listings and `kind`, per-uid counts and the `leases_per_uid` bound);
+//! - `issue`: issuing (`NewLease`, held leases, cleanup leases for the upstream leftovers of a
+//!   failed creation, `discard`);
+//! - `renew`: renewal (upstream first, then the record by compare-and-swap);
+//! - `revoke`: claims and revocation (one, a prefix, a uid; bounded concurrency; retry with
+//!   exponential backoff and jitter; the irrevocable state, kept and listed with its reason);
+//! - `scheduler`: the pool of `concurrency` expiry workers over the due queue;
+//! - `sync`: the index in step with storage (restore at unseal: leases that expired while the
+//!   daemon was down are due at once; on a shared store, foreign leases and takeover after
+//!   the grace);
+//! - `clock`: wall-clock time behind a trait (virtual time in tests).
+//!
+//! Parts depend on the facade (`LeaseManager`'s fields, `lock`) and on `record`/`index`;
+//! beyond that only `revoke` → `sync`, `scheduler` → `revoke`/`sync`, and `issue`/`renew` →
+//! `revoke` (claims). Nothing depends on `scheduler`, `issue` or `renew` but the facade.
+//!
+//! Owns: the lease manager's state (index lock, the `changed` and `due` condvars, the loaded
+//! flag, the backend lookup) and its public API.
 //! Must never: forget a lease whose upstream revocation has not succeeded, hold the index lock
-//! across an upstream call, or log the secret data a record carries.
+//! across an upstream or storage call, log the secret data a record carries, or grow logic of
+//! its own (a new job is a new part).
 
 pub mod clock;
 mod index;
@@ -108,6 +124,8 @@ impl LeaseManager {
         }
     }
 
+    // Issuing.
+
     /// Record a new lease (persisted before this returns).
     pub fn issue(&self, new: NewLease) -> Result<LeaseRecord> {
         issue::issue(self, new, false)
@@ -119,6 +137,15 @@ impl LeaseManager {
     /// durable lease whose revocation finds nothing or the secret: never an untracked secret.
     pub fn issue_held(&self, new: NewLease) -> Result<LeaseRecord> {
         issue::issue(self, new, true)
+    }
+
+    /// Record the upstream leftovers of a creation that failed part way (e.g. an IAM user that
+    /// may exist after a timed-out call) as a lease already being revoked: not renewable, state
+    /// "retrying" with `reason`, first attempt after the backoff. The scheduler retries it like
+    /// any failed revocation, so the leftover goes away once the upstream answers again, and a
+    /// restart keeps it (it is persisted before this returns).
+    pub fn issue_cleanup(&self, new: NewLease, reason: &str) -> Result<LeaseRecord> {
+        issue::cleanup(self, new, reason)
     }
 
     /// Forget a lease held with `issue_held` whose secret was never made (no upstream call).
@@ -136,19 +163,7 @@ impl LeaseManager {
         index::over_quota(uid, held, limit)
     }
 
-    /// Record the upstream leftovers of a creation that failed part way (e.g. an IAM user that
-    /// may exist after a timed-out call) as a lease already being revoked: not renewable, state
-    /// "retrying" with `reason`, first attempt after the backoff. The scheduler retries it like
-    /// any failed revocation, so the leftover goes away once the upstream answers again, and a
-    /// restart keeps it (it is persisted before this returns).
-    pub fn issue_cleanup(&self, new: NewLease, reason: &str) -> Result<LeaseRecord> {
-        issue::cleanup(self, new, reason)
-    }
-
-    /// Live leases of `uid`.
-    pub fn count_of(&self, uid: u32) -> u64 {
-        lock(&self.index).count_of(uid)
-    }
+    // Reading the index.
 
     pub fn exists(&self, id: &str) -> bool {
         lock(&self.index).leases.contains_key(id)
@@ -156,6 +171,11 @@ impl LeaseManager {
 
     pub fn count(&self) -> usize {
         lock(&self.index).leases.len()
+    }
+
+    /// Live leases of `uid`.
+    pub fn count_of(&self, uid: u32) -> u64 {
+        lock(&self.index).count_of(uid)
     }
 
     /// Live leases created by `uid`.
@@ -177,15 +197,17 @@ impl LeaseManager {
         lock(&self.index).kind(path)
     }
 
+    /// The children of folder `path` ("" for the top).
+    pub fn list(&self, path: &str) -> Vec<DirEntry> {
+        lock(&self.index).list(path)
+    }
+
     /// `rmdir` of an emptied folder: forget it.
     pub fn forget_folder(&self, path: &str) {
         lock(&self.index).forget_folder(path);
     }
 
-    /// The children of folder `path` ("" for the top).
-    pub fn list(&self, path: &str) -> Vec<DirEntry> {
-        lock(&self.index).list(path)
-    }
+    // Renewal and revocation.
 
     /// Renew by `increment_secs` (default: the lease's own increment) counted from now, capped
     /// by the lease's max TTL (capping is not an error).
@@ -214,6 +236,16 @@ impl LeaseManager {
         revoke::uid(self, uid)
     }
 
+    // The scheduler.
+
+    /// Start the expiry scheduler: `concurrency` worker threads. Each takes the earliest due
+    /// lease the moment it is due (no batches: a slow revocation never holds back the next
+    /// due one while another worker is free) and sleeps on a condvar until the next deadline.
+    /// They end when the manager is dropped.
+    pub fn start(self: &Arc<Self>) {
+        scheduler::start(self);
+    }
+
     /// One scheduler pass: revoke every lease that is due. Returns how many were revoked.
     pub fn process_due(&self) -> usize {
         scheduler::process_due(self)
@@ -224,13 +256,7 @@ impl LeaseManager {
         scheduler::next_due_in(self)
     }
 
-    /// Start the expiry scheduler: `concurrency` worker threads. Each takes the earliest due
-    /// lease the moment it is due (no batches: a slow revocation never holds back the next
-    /// due one while another worker is free) and sleeps on a condvar until the next deadline.
-    /// They end when the manager is dropped.
-    pub fn start(self: &Arc<Self>) {
-        scheduler::start(self);
-    }
+    // The index and storage: unseal, shared store, seal.
 
     /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
     /// are due at once.
