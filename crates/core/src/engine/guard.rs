@@ -90,7 +90,7 @@ impl Engine {
             }
         }
         // A credential read makes something upstream: a change like any write.
-        let mints = matches!(op, Op::Read) && self.issued_here(caller, path);
+        let mints = matches!(op, Op::Read) && self.mints(path);
         let changes = mints
             || matches!(
                 op,
@@ -145,11 +145,13 @@ impl Engine {
         if is_chmod {
             result = result.map(|_| Reply::Done);
         }
-        let lease_id = match &result {
-            Ok(Reply::Data(d)) if mints => gate::lease_id_of(d.expose()),
-            _ => path.strip_prefix("sys/leases/").map(str::to_string),
+        // The lease this request made, or the one a `sys/` request acted on.
+        let minted = match &result {
+            Ok(Reply::Credential(_, id)) => Some(id.clone()),
+            _ => None,
         };
-        if let (true, Ok(Reply::Data(d))) = (hashing, &result) {
+        let lease_id = minted.clone().or_else(|| self.lease_named(path));
+        if let (true, Ok(Reply::Data(d) | Reply::Credential(d, _))) = (hashing, &result) {
             if let Ok(h) = self.barrier.audit_hmac(d.expose()) {
                 values.push(("response", h));
             }
@@ -201,17 +203,8 @@ impl Engine {
         );
         if let Err(e) = audited {
             // A credential this very request made cannot be handed out unaudited: undo it.
-            if let Some(id) = lease_id
-                .as_deref()
-                .filter(|_| self.issued_here(caller, path))
-            {
-                let owned = self.leases.get(id).is_ok_and(|l| {
-                    l.uid == caller.uid
-                        && l.path == path.trim_end_matches(".env").trim_end_matches(".process")
-                });
-                if owned {
-                    let _ = self.leases.revoke(id);
-                }
+            if let Some(id) = &minted {
+                let _ = self.leases.revoke(id);
             }
             // A change that was made is already in the log (its intent line); its outcome
             // stands, and the next request finds the log failing and is refused.
@@ -334,19 +327,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    /// Whether a read of `path` mints a leased credential (a `creds/` read of a dynamic mount).
-    pub(super) fn issued_here(&self, _caller: &Caller, path: &str) -> bool {
-        let Some((head, rest)) = path.split_once('/') else {
-            return false;
-        };
-        rest.starts_with("creds/")
-            && self
-                .table()
-                .mounts
-                .get(head)
-                .is_some_and(|m| matches!(m.backend.kind(), "aws" | "postgresql"))
     }
 
     /// What `op` on `path` needs: (audit operation name, policy need, secret-bearing).

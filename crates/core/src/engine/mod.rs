@@ -97,6 +97,8 @@ pub enum Reply {
     Node(Node),
     Entries(Vec<DirEntry>),
     Data(SecretBytes),
+    /// A credential minted by this read, and the lease it is held under.
+    Credential(SecretBytes, String),
     Done,
 }
 
@@ -250,7 +252,7 @@ impl Engine {
     }
     pub fn read(&self, caller: &Caller, path: &str) -> Result<SecretBytes> {
         match self.dispatch(caller, path, Op::Read)? {
-            Reply::Data(d) => Ok(d),
+            Reply::Data(d) | Reply::Credential(d, _) => Ok(d),
             _ => Err(Error::io("internal: read answered without data")),
         }
     }

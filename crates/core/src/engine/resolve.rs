@@ -44,6 +44,19 @@ impl Engine {
         }
     }
 
+    /// Whether a read of `path` mints a leased credential (its backend says so).
+    pub(super) fn mints(&self, path: &str) -> bool {
+        matches!(self.resolve(path), Ok(Target::Mount(m, rest)) if m.backend.mints(rest))
+    }
+
+    /// The lease a `sys/` request names (`sys/leases/ID`), for its audit line.
+    pub(super) fn lease_named(&self, path: &str) -> Option<String> {
+        match self.resolve(path) {
+            Ok(Target::Sys(rest)) => crate::backends::sys::lease_of(rest).map(str::to_string),
+            _ => None,
+        }
+    }
+
     pub(super) fn dispatch_inner(&self, caller: &Caller, path: &str, op: Op<'_>) -> Result<Reply> {
         let target = self.resolve(path)?;
         match target {
@@ -80,20 +93,7 @@ impl Engine {
                 Op::List => self.sys.list(self, rest).map(Reply::Entries),
                 Op::Read => self.sys.read(self, caller, rest).map(Reply::Data),
                 // Files under sys/ are control files: each write acts at once.
-                Op::Create => self.sys.create(self, rest).map(|_| {
-                    // Policies, mount specs and audit-hash values are buffered and applied
-                    // whole at close (a document cut at a write(2) boundary must never go
-                    // live; mount specs are checked as bytes arrive, `check_partial`); every
-                    // other control file acts on each write.
-                    if rest.starts_with("policies/")
-                        || rest.starts_with("mounts/")
-                        || rest == "audit-hash"
-                    {
-                        Reply::Node(Node::file(0))
-                    } else {
-                        Reply::Node(Node::write_only())
-                    }
-                }),
+                Op::Create => self.sys.create_node(self, rest).map(Reply::Node),
                 Op::Write(data) => self
                     .sys
                     .write(self, caller.uid, rest, data)
@@ -121,6 +121,7 @@ impl Engine {
                         .uid_limits
                         .leases
                         .filter(|_| self.bounded(caller)),
+                    issued: Default::default(),
                 };
                 let b = &m.backend;
                 match op {
@@ -132,7 +133,13 @@ impl Engine {
                         }
                         Ok(Reply::Entries(entries))
                     }
-                    Op::Read => b.read(&ctx, rest).map(Reply::Data),
+                    Op::Read => {
+                        let data = b.read(&ctx, rest)?;
+                        Ok(match ctx.issued.into_inner() {
+                            Some(lease) => Reply::Credential(data, lease),
+                            None => Reply::Data(data),
+                        })
+                    }
                     Op::Create => b.create(&ctx, rest).map(|_| Reply::Done),
                     Op::Write(data) => b.write(&ctx, rest, data).map(|_| Reply::Done),
                     Op::Delete => b.delete(&ctx, rest).map(|_| Reply::Done),
