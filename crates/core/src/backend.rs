@@ -119,6 +119,16 @@ pub struct Ctx<'a> {
     pub mount: &'a str,
     /// The bound on the caller's live leases (`None`: unbounded, e.g. an admin).
     pub lease_limit: Option<u64>,
+    /// The lease a `read` minted (set by the backend): the answer carries it, so nothing has
+    /// to find it in the bytes.
+    pub issued: std::sync::OnceLock<String>,
+}
+
+impl Ctx<'_> {
+    /// Say that this request's answer is a credential held under lease `id`.
+    pub fn issued(&self, id: &str) {
+        let _ = self.issued.set(id.to_string());
+    }
 }
 
 fn unsupported(op: &str, path: &str) -> Error {
@@ -135,8 +145,15 @@ pub trait Backend: Send + Sync {
     /// Describe a path. Must have no side effects (lookups and `ls -l` call it).
     fn stat(&self, ctx: &Ctx<'_>, path: &str) -> Result<Node>;
     fn list(&self, ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>>;
-    /// The content a new open sees (one snapshot per open).
+    /// The content a new open sees (one snapshot per open). A read that mints a credential
+    /// (see `mints`) names its lease with `ctx.issued(id)`.
     fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes>;
+    /// Whether a `read` of `path` makes something upstream (a credential under a lease): it is
+    /// then a change like a write, announced in the audit log before it happens.
+    fn mints(&self, path: &str) -> bool {
+        let _ = path;
+        false
+    }
     /// Commit a whole new content (called at close).
     fn write(&self, ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
         let _ = (ctx, data);

@@ -270,6 +270,7 @@ impl Aws {
             tracing::warn!("clearing an intent record failed: {}", e.message);
         }
         tracing::info!(lease = %lease.id, user = %user, uid = ctx.caller.uid, "issued IAM credentials");
+        ctx.issued(&lease.id);
         let ttl = cfg.ttl.min(cfg.max_ttl);
         let mut out = Zeroizing::new(Vec::with_capacity(512));
         let secret = std::str::from_utf8(key.secret_access_key.expose())
@@ -386,6 +387,10 @@ impl Backend for Aws {
 
     fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes> {
         self.dynamic.read(self, ctx, path)
+    }
+
+    fn mints(&self, path: &str) -> bool {
+        self.dynamic.mints(path)
     }
 
     fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {

@@ -307,6 +307,11 @@ impl Dynamic {
         }
     }
 
+    /// Whether reading `path` mints a credential (`creds/NAME` and its views).
+    pub(crate) fn mints(&self, path: &str) -> bool {
+        matches!(self.route(path), Ok((Route::Cred, _)))
+    }
+
     pub(crate) fn read(
         &self,
         up: &impl Upstream,

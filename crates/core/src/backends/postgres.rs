@@ -403,6 +403,7 @@ impl Postgres {
         failpoint("pg-after-create-role");
         self.leases().release(&lease.id);
         tracing::info!(lease = %lease.id, role = %username, uid = ctx.caller.uid, "issued PostgreSQL credentials");
+        ctx.issued(&lease.id);
         let duration = lease.expires_ms.saturating_sub(lease.issued_ms) / 1000;
         let pw = pass
             .text()
@@ -494,6 +495,10 @@ impl Backend for Postgres {
 
     fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes> {
         self.dynamic.read(self, ctx, path)
+    }
+
+    fn mints(&self, path: &str) -> bool {
+        self.dynamic.mints(path)
     }
 
     fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
