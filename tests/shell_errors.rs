@@ -193,11 +193,29 @@ default_ttl = "1h""#;
 
 #[test]
 fn postgres_documents_fail_the_write() {
-    let pg = Pg::start();
+    let pg = Pg::start_with(&["-c log_connections=on"]);
     let d = Daemon::start();
     good(&d, "sys/mounts/pg", "postgresql");
 
-    // config/connection: a URL, parsed and test-connected at the write that completes it.
+    // config/connection: a URL, parsed and test-connected at the write that completes it; the
+    // commit at close does not connect again.
+    let tcp = || {
+        pg.log_text()
+            .matches("connection received: host=127.0.0.1")
+            .count()
+    };
+    let before = tcp();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(d.p("pg/config/connection")).expect("open");
+        f.write_all(format!("{}\n", pg.admin_url()).as_bytes())
+            .expect("write");
+        let tested = tcp();
+        assert!(tested > before, "the write did not test-connect");
+        f.sync_all().expect("commit");
+        drop(f);
+        assert_eq!(tcp(), tested, "the commit connected a second time");
+    }
     good(&d, "pg/config/connection", &pg.admin_url());
     bad(
         &d,
