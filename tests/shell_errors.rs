@@ -117,6 +117,11 @@ fn aws_documents_fail_the_write() {
         "aws/config/root",
         "",
     );
+    assert!(
+        errors(&d).contains("aws/config/root: unknown key \"bogus\""),
+        "the reason names the path and what is wrong: {}",
+        errors(&d)
+    );
 
     // roles/NAME: an IAM policy document (JSON).
     for v in [
@@ -252,6 +257,11 @@ fn postgres_documents_fail_the_write() {
         bad(&d, "pg/roles/app", v);
         assert!(read(&d, "pg/roles/app").is_none(), "{v:?} stored");
     }
+    assert!(
+        errors(&d).contains("pg/roles/app: invalid TOML at line 1 column 5"),
+        "the reason names the path and where: {}",
+        errors(&d)
+    );
     // JSON as for aws.
     for v in [
         "{not json",
@@ -379,4 +389,11 @@ fn transit_sys_and_generic_fail_the_write() {
     );
     good(&d, "sys/policies/j", "{\"uids\": [1002], \"rules\": []}");
     assert!(read(&d, "sys/policies/j").is_some());
+
+    // Other buffered or control files: sys/audit-hash over the size limit, sys/revoke-uid.
+    bad_script(&d, r#"printf '%5000s' x > "$P""#, "sys/audit-hash", "");
+    good(&d, "sys/audit-hash", "v");
+    assert!(read(&d, "sys/audit-hash").is_some_and(|h| h.starts_with("hmac-sha256:")));
+    bad(&d, "sys/revoke-uid", "nobody");
+    good(&d, "sys/revoke-uid", "4242");
 }

@@ -51,12 +51,18 @@ pub(crate) fn json_complete(text: &str, what: &str) -> Result<bool> {
     match serde_json::from_str::<serde::de::IgnoredAny>(text) {
         Ok(_) => Ok(true),
         Err(e) if e.classify() == serde_json::error::Category::Eof => Ok(false),
-        Err(e) => Err(Error::invalid(format!(
-            "{what}: invalid JSON at line {} column {}: {}",
-            e.line(),
-            e.column(),
-            first_line(&e.to_string())
-        ))),
+        Err(e) => {
+            // serde_json's text ends in " at line L column C": say where once.
+            let (line, col) = (e.line(), e.column());
+            let text = e.to_string();
+            let why = text
+                .strip_suffix(&format!(" at line {line} column {col}"))
+                .unwrap_or(&text);
+            Err(Error::invalid(format!(
+                "{what}: invalid JSON at line {line} column {col}: {}",
+                first_line(why)
+            )))
+        }
     }
 }
 
@@ -175,7 +181,10 @@ mod tests {
         assert_eq!(json_complete("  ", "x").ok(), Some(false));
         assert_eq!(json_complete("{\"a\": 1}\n", "x").ok(), Some(true));
         let e = json_complete("{not json", "x").err().map(|e| e.message);
-        assert!(e.is_some_and(|m| m.contains("line 1 column 2")));
+        assert_eq!(
+            e.as_deref(),
+            Some("x: invalid JSON at line 1 column 2: key must be a string")
+        );
         assert!(json_complete("{} x", "x").is_err());
     }
 
