@@ -390,6 +390,23 @@ fn transit_sys_and_generic_fail_the_write() {
     good(&d, "sys/policies/j", "{\"uids\": [1002], \"rules\": []}");
     assert!(read(&d, "sys/policies/j").is_some());
 
+    // dash too (its builtin echo): a bad policy fails the write, a good one is stored.
+    let dash = |v: &str| {
+        Command::new("dash")
+            .arg("-c")
+            .arg(r#"echo "$V" > "$P""#)
+            .current_dir(&d.mnt)
+            .env("P", "sys/policies/d")
+            .env("V", v)
+            .status()
+            .expect("dash")
+            .success()
+    };
+    assert!(!dash("{not json"), "dash: a bad policy exited 0");
+    assert!(read(&d, "sys/policies/d").is_none());
+    assert!(dash("uids = [1003]"), "dash: a good policy failed");
+    assert!(read(&d, "sys/policies/d").is_some());
+
     // Other buffered or control files: sys/audit-hash over the size limit, sys/revoke-uid.
     bad_script(&d, r#"printf '%5000s' x > "$P""#, "sys/audit-hash", "");
     good(&d, "sys/audit-hash", "v");
