@@ -159,6 +159,15 @@ pub trait Backend: Send + Sync {
         let _ = (ctx, data);
         Err(unsupported("write", path))
     }
+    /// Check the content buffered so far for `path` (an open for writing, committed whole at
+    /// close by `write`): refuse what can no longer become valid, so the write(2) that carries
+    /// the bad bytes fails (shells ignore the result of close). Called on every write(2) with
+    /// the whole buffer so far: return at once for paths with nothing to check, and bound the
+    /// work (see `backends::partial`). Nothing is stored here. Default: nothing to check.
+    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        let _ = (path, data);
+        Ok(())
+    }
     /// Check that `path` may be written: called when a file is created and when one is opened
     /// for writing, so refusals come at open rather than at close. Nothing is stored here.
     fn create(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {

@@ -396,8 +396,18 @@ impl Sys {
 
     /// Check a buffered control file's content so far (see `Engine::check_partial`).
     pub(crate) fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
-        match path.strip_prefix("mounts/") {
-            Some(name) if !name.contains('/') => check_mount_spec_prefix(data),
+        if let Some(name) = path.strip_prefix("mounts/") {
+            if !name.contains('/') {
+                return check_mount_spec_prefix(data);
+            }
+        }
+        // Policy documents (TOML or JSON), as `put_policy` will check them at close.
+        match path.strip_prefix("policies/") {
+            Some(name) if !name.contains('/') => {
+                super::partial::check_document(data, &format!("policy {name}"), |text| {
+                    crate::policy::PolicyDoc::parse(name, text).map(|_| ())
+                })
+            }
             _ => Ok(()),
         }
     }

@@ -266,12 +266,27 @@ impl Engine {
     }
     /// Check the content buffered so far for `path` (an open file the caller created or opened
     /// for writing, applied whole at close): refuses what can no longer become valid, so the
-    /// write(2) that carries it fails (shells ignore errors at close). Only control files that
-    /// are buffered (`sys/mounts/NAME`) check anything; everything else is decided at close.
+    /// write(2) that carries it fails (shells ignore errors at close). Control files under
+    /// `sys/` are checked by sys, paths in a mount by its backend (`Backend::check_partial`);
+    /// what only storage can refuse is still decided at close.
     pub fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
-        match path.strip_prefix("sys/") {
-            Some(rest) => self.sys.check_partial(rest, data),
-            None => Ok(()),
+        use resolve::Target;
+        match self.resolve(path) {
+            Ok(Target::Sys(rest)) => self.sys.check_partial(rest, data),
+            Ok(Target::Mount(m, rest)) if !rest.is_empty() => {
+                // The adapter names the full path; drop the backend's own prefix of it.
+                m.backend.check_partial(rest, data).map_err(|mut e| {
+                    if let Some(msg) = e
+                        .message
+                        .strip_prefix(rest)
+                        .and_then(|m| m.strip_prefix(": "))
+                    {
+                        e.message = msg.to_string();
+                    }
+                    e
+                })
+            }
+            _ => Ok(()),
         }
     }
     pub fn write(&self, caller: &Caller, path: &str, data: SecretBytes) -> Result<()> {
