@@ -210,15 +210,15 @@ fn live_policy_files() {
         as_user(&d, u, "cat secret/shared >/dev/null 2>&1; echo $?").trim(),
         "0"
     );
-    // A bad policy is refused with EINVAL at commit (fsync/close); the old (none) stays.
+    // A bad policy is refused with EINVAL (at the write that carries it, tests/shell_errors.rs;
+    // else at commit, fsync/close); the old (none) stays.
     let bad = {
         use std::io::Write;
         let mut f = std::fs::File::create(d.p("sys/policies/p")).expect("create");
         f.write_all(
             b"uids = [1001]\nrules = [ { path = \"secret/*\", capabilities = [\"fly\"] } ]\n",
         )
-        .expect("write");
-        f.sync_all()
+        .and_then(|()| f.sync_all())
     };
     assert_eq!(common::errno_of(bad), Some(libc::EINVAL));
     assert!(!d.p("sys/policies/p").exists());

@@ -127,6 +127,16 @@ pub struct Ctx<'a> {
     pub mount: &'a str,
     /// The bound on the caller's live leases (`None`: unbounded, e.g. an admin).
     pub lease_limit: Option<u64>,
+    /// The lease a `read` minted (set by the backend): the answer carries it, so nothing has
+    /// to find it in the bytes.
+    pub issued: std::sync::OnceLock<String>,
+}
+
+impl Ctx<'_> {
+    /// Say that this request's answer is a credential held under lease `id`.
+    pub fn issued(&self, id: &str) {
+        let _ = self.issued.set(id.to_string());
+    }
 }
 
 fn unsupported(op: &str, path: &str) -> Error {
@@ -143,12 +153,28 @@ pub trait Backend: Send + Sync {
     /// Describe a path. Must have no side effects (lookups and `ls -l` call it).
     fn stat(&self, ctx: &Ctx<'_>, path: &str) -> Result<Node>;
     fn list(&self, ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>>;
-    /// The content a new open sees (one snapshot per open).
+    /// The content a new open sees (one snapshot per open). A read that mints a credential
+    /// (see `mints`) names its lease with `ctx.issued(id)`.
     fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes>;
+    /// Whether a `read` of `path` makes something upstream (a credential under a lease): it is
+    /// then a change like a write, announced in the audit log before it happens.
+    fn mints(&self, path: &str) -> bool {
+        let _ = path;
+        false
+    }
     /// Commit a whole new content (called at close).
     fn write(&self, ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
         let _ = (ctx, data);
         Err(unsupported("write", path))
+    }
+    /// Check the content buffered so far for `path` (an open for writing, committed whole at
+    /// close by `write`): refuse what can no longer become valid, so the write(2) that carries
+    /// the bad bytes fails (shells ignore the result of close). Called on every write(2) with
+    /// the whole buffer so far: return at once for paths with nothing to check, and bound the
+    /// work (see `backends::partial`). Nothing is stored here. Default: nothing to check.
+    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        let _ = (path, data);
+        Ok(())
     }
     /// Check that `path` may be written: called when a file is created and when one is opened
     /// for writing, so refusals come at open rather than at close. Nothing is stored here.

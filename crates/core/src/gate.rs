@@ -238,20 +238,3 @@ pub(crate) fn write_aggregates(mode: &AuditMode, aggregates: Vec<crate::refusals
         }
     }
 }
-
-/// The lease id in a credential response (JSON `lease_id` or an env `NOMADFS_LEASE_ID=` line).
-pub(crate) fn lease_id_of(data: &[u8]) -> Option<String> {
-    if data.first() == Some(&b'{') {
-        #[derive(serde::Deserialize)]
-        struct L {
-            lease_id: Option<String>,
-        }
-        return serde_json::from_slice::<L>(data)
-            .ok()
-            .and_then(|l| l.lease_id);
-    }
-    let text = std::str::from_utf8(data).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("NOMADFS_LEASE_ID="))
-        .map(str::to_string)
-}

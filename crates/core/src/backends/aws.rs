@@ -13,7 +13,7 @@
 
 use super::aws_iam::{user_name, AwsIam, IamApi, RootCredentials};
 use super::dynamic::{self, parse_fields, CredView, Dynamic, SecretConfig, Upstream};
-use super::Services;
+use super::{partial, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
@@ -120,7 +120,25 @@ impl Aws {
         Ok(c)
     }
 
-    fn write_root(&self, data: &SecretBytes) -> Result<()> {
+    /// One `config/root` field, checked on its own (unknown keys, empty keys, the endpoint's
+    /// scheme): what each complete line is checked with as it arrives, and again at commit.
+    fn root_field(k: &str, v: &str) -> Result<()> {
+        match k {
+            "access_key" | "secret_key" if v.is_empty() => Err(Error::invalid(
+                "config/root: empty access_key or secret_key",
+            )),
+            "endpoint" if !(v.starts_with("http://") || v.starts_with("https://")) => Err(
+                Error::invalid("config/root: endpoint must start with http:// or https://"),
+            ),
+            "access_key" | "secret_key" | "region" | "endpoint" => Ok(()),
+            other => Err(Error::invalid(format!(
+                "config/root: unknown key {other:?} (access_key, secret_key, region, endpoint)"
+            ))),
+        }
+    }
+
+    /// Parse and check a whole `config/root` write (nothing is stored).
+    fn parse_root(data: &SecretBytes) -> Result<StoredRoot> {
         let mut access_key = None;
         let mut secret_key: Option<Zeroizing<String>> = None;
         let mut region = None;
@@ -155,12 +173,16 @@ impl Aws {
                 ));
             }
         }
-        let stored = StoredRoot {
+        Ok(StoredRoot {
             access_key,
             secret_key: secret_key.to_string(),
             region,
             endpoint,
-        };
+        })
+    }
+
+    fn write_root(&self, data: &SecretBytes) -> Result<()> {
+        let stored = Self::parse_root(data)?;
         let mut buf = Zeroizing::new(Vec::with_capacity(512));
         serde_json::to_writer(&mut *buf, &stored)
             .map_err(|e| Error::io(format!("config/root: {e}")))?;
@@ -270,6 +292,7 @@ impl Aws {
             tracing::warn!("clearing an intent record failed: {}", e.message);
         }
         tracing::info!(lease = %lease.id, user = %user, uid = ctx.caller.uid, "issued IAM credentials");
+        ctx.issued(&lease.id);
         let ttl = cfg.ttl.min(cfg.max_ttl);
         let mut out = Zeroizing::new(Vec::with_capacity(512));
         let secret = std::str::from_utf8(key.secret_access_key.expose())
@@ -362,6 +385,27 @@ impl Upstream for Aws {
         Ok(())
     }
 
+    fn check_config_partial(&self, data: &[u8]) -> Result<()> {
+        partial::check_fields(
+            data,
+            "config/root",
+            |k, v, _| Self::root_field(k, v),
+            |text| Self::parse_root(&SecretBytes::from_slice(text.as_bytes())).map(|_| ()),
+        )
+    }
+
+    fn check_role_partial(&self, name: &str, data: &[u8]) -> Result<()> {
+        if !partial::worth_checking(data) {
+            return Ok(());
+        }
+        let what = format!("roles/{name}");
+        let text = partial::text_so_far(data, &what)?;
+        match partial::json_complete(text, &format!("{what}: not a JSON policy document"))? {
+            true => self.check_role(name, text.as_bytes()),
+            false => Ok(()),
+        }
+    }
+
     fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
         self.mint(ctx, role, view)
     }
@@ -388,12 +432,20 @@ impl Backend for Aws {
         self.dynamic.read(self, ctx, path)
     }
 
+    fn mints(&self, path: &str) -> bool {
+        self.dynamic.mints(path)
+    }
+
     fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
         self.dynamic.create(path)
     }
 
     fn write(&self, _ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
         self.dynamic.write(self, path, data)
+    }
+
+    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.dynamic.check_partial(self, path, data)
     }
 
     fn delete(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {

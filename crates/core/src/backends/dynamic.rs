@@ -9,7 +9,7 @@
 //! what differs: storing its upstream settings, checking a role document, minting a credential.
 //! Must never: talk to an upstream itself, or return the write-only settings.
 
-use super::{validate_name, Services};
+use super::{partial, validate_name, Services};
 use crate::backend::{Ctx, DirEntry, Node, NodeKind};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
@@ -79,6 +79,10 @@ pub(crate) trait Upstream {
     fn write_config(&self, data: &SecretBytes) -> Result<()>;
     /// Check role document `roles/name` before it is stored (its size is already checked).
     fn check_role(&self, name: &str, data: &[u8]) -> Result<()>;
+    /// Check the settings file's content so far (see `Backend::check_partial`).
+    fn check_config_partial(&self, data: &[u8]) -> Result<()>;
+    /// Check role document `roles/name` so far (see `Backend::check_partial`).
+    fn check_role_partial(&self, name: &str, data: &[u8]) -> Result<()>;
     /// Mint one credential for role `role`, rendered as `view` (one the backend offers).
     fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes>;
 }
@@ -207,30 +211,61 @@ impl Dynamic {
         }
     }
 
-    fn write_lease_cfg(&self, data: &SecretBytes) -> Result<()> {
+    /// One `config/lease` field: whether it sets the ttl (else max_ttl), and its seconds.
+    fn lease_field(k: &str, v: &str) -> Result<(bool, u64)> {
+        let secs = parse_duration(v).filter(|s| *s > 0).ok_or_else(|| {
+            Error::invalid(format!("config/lease: {k} = {v:?} is not a duration"))
+        })?;
+        match k {
+            "ttl" | "lease" | "default_ttl" => Ok((true, secs)),
+            "max_ttl" | "lease_max" => Ok((false, secs)),
+            other => Err(Error::invalid(format!(
+                "config/lease: unknown key {other:?} (ttl, max_ttl)"
+            ))),
+        }
+    }
+
+    /// The lease settings a write of `data` to `config/lease` makes (nothing is stored).
+    fn lease_cfg_from(&self, data: &SecretBytes) -> Result<LeaseCfg> {
         let mut cfg = self.lease_cfg()?;
         for (k, v) in parse_fields(data, "config/lease")? {
-            let secs = parse_duration(&v).filter(|s| *s > 0).ok_or_else(|| {
-                Error::invalid(format!(
-                    "config/lease: {k} = {:?} is not a duration",
-                    v.as_str()
-                ))
-            })?;
-            match k.as_str() {
-                "ttl" | "lease" | "default_ttl" => cfg.ttl = secs,
-                "max_ttl" | "lease_max" => cfg.max_ttl = secs,
-                other => {
-                    return Err(Error::invalid(format!(
-                        "config/lease: unknown key {other:?} (ttl, max_ttl)"
-                    )))
-                }
+            match Self::lease_field(&k, &v)? {
+                (true, secs) => cfg.ttl = secs,
+                (false, secs) => cfg.max_ttl = secs,
             }
         }
         if cfg.ttl > cfg.max_ttl {
             return Err(Error::invalid("config/lease: ttl is larger than max_ttl"));
         }
+        Ok(cfg)
+    }
+
+    fn write_lease_cfg(&self, data: &SecretBytes) -> Result<()> {
+        let cfg = self.lease_cfg_from(data)?;
         let raw = serde_json::to_vec(&cfg).map_err(|e| Error::io(e.to_string()))?;
         self.view.put("config/lease", &raw)
+    }
+
+    /// Check a buffered write so far (see `Backend::check_partial`): the settings file by the
+    /// backend, `config/lease` line by line (or whole, as JSON), role documents by the backend.
+    pub(crate) fn check_partial(&self, up: &impl Upstream, path: &str, data: &[u8]) -> Result<()> {
+        match self.router.route(path) {
+            Some((Route::ConfigSecret, _)) => up.check_config_partial(data),
+            Some((Route::ConfigLease, _)) => partial::check_fields(
+                data,
+                "config/lease",
+                |k, v, _| Self::lease_field(k, v).map(|_| ()),
+                |text| {
+                    self.lease_cfg_from(&SecretBytes::from_slice(text.as_bytes()))
+                        .map(|_| ())
+                },
+            ),
+            Some((Route::Role, caps)) => match caps.first() {
+                Some(name) => up.check_role_partial(name, data),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
     }
 
     fn write_role(&self, up: &impl Upstream, name: &str, data: &SecretBytes) -> Result<()> {
@@ -305,6 +340,11 @@ impl Dynamic {
                 .collect()),
             _ => Err(not_dir(path)),
         }
+    }
+
+    /// Whether reading `path` mints a credential (`creds/NAME` and its views).
+    pub(crate) fn mints(&self, path: &str) -> bool {
+        matches!(self.route(path), Ok((Route::Cred, _)))
     }
 
     pub(crate) fn read(

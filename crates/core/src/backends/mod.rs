@@ -4,6 +4,7 @@ pub mod aws;
 pub mod aws_iam;
 mod dynamic;
 pub mod generic;
+pub(crate) mod partial;
 pub mod pg_client;
 pub mod postgres;
 pub mod sys;

@@ -18,7 +18,7 @@
 use super::aws::failpoint;
 use super::dynamic::{self, CredView, Dynamic, SecretConfig, Upstream};
 use super::pg_client::{password, role_name, PgClient, Target};
-use super::Services;
+use super::{partial, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
@@ -27,6 +27,7 @@ use crate::secret::SecretBytes;
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 const HELP: &str = "\
@@ -244,9 +245,21 @@ struct Conn {
     dbname: Option<String>,
 }
 
+/// A connection URL test-connected at write(2), kept so the commit at close does not connect
+/// a second time for the same bytes.
+struct Tested {
+    url: Zeroizing<String>,
+    conn: Arc<Conn>,
+    at: Instant,
+}
+
+/// How long a test connection made at write(2) stands for the commit at close.
+const TESTED_FOR: Duration = Duration::from_secs(60);
+
 pub struct Postgres {
     dynamic: Dynamic,
     conn: Mutex<Option<Arc<Conn>>>,
+    tested: Mutex<Option<Tested>>,
 }
 
 impl Postgres {
@@ -263,6 +276,7 @@ impl Postgres {
                 &[CredView::Json, CredView::Env],
             ),
             conn: Mutex::new(None),
+            tested: Mutex::new(None),
         }
     }
 
@@ -295,16 +309,54 @@ impl Postgres {
         Ok(c)
     }
 
-    /// Check, test-connect, then store; a URL that fails keeps the previous one.
+    /// The client for `url`, test-connected: the one tested at write(2) for the same URL (if
+    /// recent), else a new one, pinged.
+    fn tested_conn(&self, url: &str, target: &Target) -> Result<Arc<Conn>> {
+        {
+            let slot = self.tested.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = slot.as_ref() {
+                if t.url.as_str() == url && t.at.elapsed() < TESTED_FOR {
+                    return Ok(t.conn.clone());
+                }
+            }
+        }
+        let conn = Self::conn_of(target)?;
+        conn.client.ping().map_err(|e| {
+            e.context("config/connection: test connection failed; kept the old one")
+        })?;
+        Ok(Arc::new(conn))
+    }
+
+    /// Check the URL as it arrives: once its line is complete, parse it and test-connect (the
+    /// write(2) that completes it fails with the reason); the client is kept for the commit.
+    fn check_connection_partial(&self, data: &[u8]) -> Result<()> {
+        if !data.ends_with(b"\n") || data.len() > partial::CHECK_CAP {
+            return Ok(());
+        }
+        let text = partial::text_so_far(data, "config/connection")?;
+        let url = text.trim();
+        if url.is_empty() {
+            return Ok(());
+        }
+        let target = Target::parse(url)?;
+        let conn = self.tested_conn(url, &target)?;
+        *self.tested.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tested {
+            url: Zeroizing::new(url.to_string()),
+            conn,
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Check, test-connect (unless the same URL was tested at write), then store; a URL that
+    /// fails keeps the previous one.
     fn write_connection(&self, data: &SecretBytes) -> Result<()> {
         let text = std::str::from_utf8(data.expose())
             .map_err(|_| Error::invalid("config/connection: not UTF-8 text"))?
             .trim();
         let target = Target::parse(text)?;
-        let conn = Self::conn_of(&target)?;
-        conn.client.ping().map_err(|e| {
-            e.context("config/connection: test connection failed; kept the old one")
-        })?;
+        let conn = self.tested_conn(text, &target)?;
+        *self.tested.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let stored = StoredConnection {
             url: text.to_string(),
         };
@@ -312,7 +364,7 @@ impl Postgres {
         serde_json::to_writer(&mut *buf, &stored)
             .map_err(|e| Error::io(format!("config/connection: {e}")))?;
         self.dynamic.view.put("config/connection", &buf)?;
-        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(conn));
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         tracing::info!(target = %target.display, "PostgreSQL connection configured");
         Ok(())
     }
@@ -403,6 +455,7 @@ impl Postgres {
         failpoint("pg-after-create-role");
         self.leases().release(&lease.id);
         tracing::info!(lease = %lease.id, role = %username, uid = ctx.caller.uid, "issued PostgreSQL credentials");
+        ctx.issued(&lease.id);
         let duration = lease.expires_ms.saturating_sub(lease.issued_ms) / 1000;
         let pw = pass
             .text()
@@ -470,6 +523,16 @@ impl Upstream for Postgres {
         parse_role(name, data).map(|_| ())
     }
 
+    fn check_config_partial(&self, data: &[u8]) -> Result<()> {
+        self.check_connection_partial(data)
+    }
+
+    fn check_role_partial(&self, name: &str, data: &[u8]) -> Result<()> {
+        partial::check_document(data, &format!("roles/{name}"), |text| {
+            parse_role(name, text.as_bytes()).map(|_| ())
+        })
+    }
+
     fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
         self.mint(ctx, role, view)
     }
@@ -496,12 +559,20 @@ impl Backend for Postgres {
         self.dynamic.read(self, ctx, path)
     }
 
+    fn mints(&self, path: &str) -> bool {
+        self.dynamic.mints(path)
+    }
+
     fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
         self.dynamic.create(path)
     }
 
     fn write(&self, _ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
         self.dynamic.write(self, path, data)
+    }
+
+    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.dynamic.check_partial(self, path, data)
     }
 
     fn delete(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
@@ -556,6 +627,46 @@ max_ttl = 7200
         assert_eq!(r.revocation, vec!["DROP ROLE \"{{name}}\"".to_string()]);
         assert_eq!(r.renew.len(), 1);
     }
+
+    #[test]
+    fn role_documents_are_checked_as_they_arrive() {
+        let check = |data: &[u8]| {
+            partial::check_document(data, "roles/r", |t| {
+                parse_role("r", t.as_bytes()).map(|_| ())
+            })
+        };
+        // Not yet decidable: a required field still to come, an open array, a cut line, an
+        // incomplete JSON object.
+        for wait in [
+            &b"default_ttl = \"1h\"\n"[..],
+            b"creation_statements = [\n  \"CREATE ROLE x\",\n",
+            b"creation_statements = \"CREATE",
+            b"{\"creation_statements\": ",
+            b"",
+        ] {
+            assert!(check(wait).is_ok(), "{}", String::from_utf8_lossy(wait));
+        }
+        // Final: broken syntax, a wrong type, an unknown key, a complete invalid document.
+        for bad in [
+            &b"foo bar\n"[..],
+            b"creation_statements = 1\n",
+            b"extra = 1\n",
+            b"creation_statements = \"CREATE ROLE x\"\n",
+            b"{\"creation_statements\": []}",
+            b"{not json",
+            b"\xff\n",
+        ] {
+            assert_eq!(
+                check(bad).err().map(|e| e.kind),
+                Some(ErrorKind::InvalidInput),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(check(ROLE_OK.as_bytes()).is_ok());
+    }
+
+    const ROLE_OK: &str = "creation_statements = \"CREATE ROLE \\\"{{name}}\\\"\"\n";
 
     #[test]
     fn bad_role_documents_are_invalid() {

@@ -35,6 +35,11 @@ pub(crate) enum Route {
     SelfErrors,
 }
 
+/// The lease id a `sys/` path names (`leases/ID`).
+pub(crate) fn lease_of(rest: &str) -> Option<&str> {
+    rest.strip_prefix("leases/")
+}
+
 /// Paths under `sys/` anyone who can enter may read (no `sudo`): health, help, and the
 /// caller's own refusals.
 pub(crate) fn is_open_to_all(rest: &str) -> bool {
@@ -342,7 +347,20 @@ impl Sys {
         Ok(SecretBytes::from(text))
     }
 
-    pub(crate) fn create(&self, e: &Engine, path: &str) -> Result<()> {
+    /// Check that `sys/path` may be written, and say how its writes apply: documents
+    /// (policies, mount specs, audit-hash values) are buffered and applied whole at close (a
+    /// document cut at a write(2) boundary must never go live; mount specs are checked as bytes
+    /// arrive, `check_partial`); every other control file acts on each write.
+    pub(crate) fn create_node(&self, e: &Engine, path: &str) -> Result<Node> {
+        self.create(e, path)?;
+        Ok(match self.router.route(path).map(|(r, _)| r) {
+            Some(Route::Policy | Route::Mount | Route::AuditHash) => Node::file(0),
+            _ if path.starts_with("policies/") || path.starts_with("mounts/") => Node::file(0),
+            _ => Node::write_only(),
+        })
+    }
+
+    fn create(&self, e: &Engine, path: &str) -> Result<()> {
         match self.route(e, path) {
             Ok((Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid, _)) => Ok(()),
             Ok((Route::Policy | Route::AuditHash, _)) => Ok(()),
@@ -380,8 +398,18 @@ impl Sys {
 
     /// Check a buffered control file's content so far (see `Engine::check_partial`).
     pub(crate) fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
-        match path.strip_prefix("mounts/") {
-            Some(name) if !name.contains('/') => check_mount_spec_prefix(data),
+        if let Some(name) = path.strip_prefix("mounts/") {
+            if !name.contains('/') {
+                return check_mount_spec_prefix(data);
+            }
+        }
+        // Policy documents (TOML or JSON), as `put_policy` will check them at close.
+        match path.strip_prefix("policies/") {
+            Some(name) if !name.contains('/') => {
+                super::partial::check_document(data, &format!("policy {name}"), |text| {
+                    crate::policy::PolicyDoc::parse(name, text).map(|_| ())
+                })
+            }
             _ => Ok(()),
         }
     }

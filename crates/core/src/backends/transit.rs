@@ -12,7 +12,7 @@
 //! plaintext or key into an error message, or change a key except under the mutation lock in one
 //! atomic batch (a rotation lost to a race would make its ciphertexts undecryptable).
 
-use super::{validate_name, Services};
+use super::{partial, validate_name, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node};
 use crate::barrier::view::ViewOp;
 use crate::barrier::View;
@@ -51,7 +51,8 @@ transit backend: encryption as a service. Keys never leave the daemon.
                           rotate                     add a new version (new encryptions use it)
                           min_decryption_version=N   refuse ciphertexts older than version N
                           deletion_allowed=true|false
-                        a bad command fails the write with EINVAL (reason in the daemon log)
+                        applied at close, all or none; a bad line fails the write that
+                        carries it with EINVAL (reason in sys/self/errors and the daemon log)
   rmdir keys/NAME       delete the key (also rm -r); EPERM until deletion_allowed=true.
                         Everything encrypted with it becomes undecryptable.
 
@@ -102,6 +103,13 @@ pub struct Transit {
     view: View,
     services: Services,
     router: Router<Route>,
+}
+
+/// One line of a `ctl` write.
+enum Command {
+    Rotate,
+    MinDecryption(u32),
+    DeletionAllowed(bool),
 }
 
 fn meta_key(name: &str) -> String {
@@ -327,6 +335,68 @@ impl Transit {
         Ok(())
     }
 
+    /// One `ctl` command line (trimmed, not blank, not a comment).
+    fn command(name: &str, line: &str) -> Result<Command> {
+        let (cmd, value) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (line, None),
+        };
+        match (cmd, value) {
+            ("rotate", None) => Ok(Command::Rotate),
+            ("min_decryption_version", Some(v)) => {
+                v.parse().map(Command::MinDecryption).map_err(|_| {
+                    Error::invalid(format!(
+                        "keys/{name}/ctl: min_decryption_version must be a whole number, got {v:?}"
+                    ))
+                })
+            }
+            ("deletion_allowed", Some("true")) => Ok(Command::DeletionAllowed(true)),
+            ("deletion_allowed", Some("false")) => Ok(Command::DeletionAllowed(false)),
+            ("deletion_allowed", Some(v)) => Err(Error::invalid(format!(
+                "keys/{name}/ctl: deletion_allowed must be true or false, got {v:?}"
+            ))),
+            _ => {
+                let shown: String = cmd.chars().take(40).collect();
+                Err(Error::invalid(format!(
+                    "keys/{name}/ctl: unknown command {shown:?} (rotate, min_decryption_version=N, deletion_allowed=true|false)"
+                )))
+            }
+        }
+    }
+
+    fn min_version_range(name: &str, n: u32, latest: u32) -> Result<()> {
+        if n == 0 || n > latest {
+            return Err(Error::invalid(format!(
+                "keys/{name}/ctl: min_decryption_version must be between 1 and the latest version {latest}, got {n}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check the commands of a buffered `ctl` write as they arrive: each complete line is
+    /// final (see `Backend::check_partial`).
+    fn check_control(&self, name: &str, data: &[u8]) -> Result<()> {
+        if !partial::worth_checking(data) {
+            return Ok(());
+        }
+        let what = format!("keys/{name}/ctl");
+        let text = partial::text_so_far(data, &what)
+            .map_err(|_| Error::invalid(format!("{what}: commands must be text")))?;
+        let mut latest = self.meta(name)?.latest_version;
+        for line in partial::complete_lines(text).lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match Self::command(name, line)? {
+                Command::Rotate => latest = latest.saturating_add(1),
+                Command::MinDecryption(n) => Self::min_version_range(name, n, latest)?,
+                Command::DeletionAllowed(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Apply the commands of one `ctl` write (one per line), all or nothing.
     fn control(&self, name: &str, data: &SecretBytes) -> Result<()> {
         let text = std::str::from_utf8(data.expose())
@@ -341,12 +411,8 @@ impl Transit {
                 continue;
             }
             any = true;
-            let (cmd, value) = match line.split_once('=') {
-                Some((k, v)) => (k.trim(), Some(v.trim())),
-                None => (line, None),
-            };
-            match (cmd, value) {
-                ("rotate", None) => {
+            match Self::command(name, line)? {
+                Command::Rotate => {
                     let next = meta.latest_version.checked_add(1).ok_or_else(|| {
                         Error::invalid(format!("keys/{name}: no more versions available"))
                     })?;
@@ -354,37 +420,11 @@ impl Transit {
                     meta.versions.insert(next, self.services.leases.now_ms());
                     new_keys.push((next, Self::new_key_bytes()));
                 }
-                ("min_decryption_version", Some(v)) => {
-                    let n: u32 = v.parse().map_err(|_| {
-                        Error::invalid(format!(
-                            "keys/{name}/ctl: min_decryption_version must be a whole number, got {v:?}"
-                        ))
-                    })?;
-                    if n == 0 || n > meta.latest_version {
-                        return Err(Error::invalid(format!(
-                            "keys/{name}/ctl: min_decryption_version must be between 1 and the latest version {}, got {n}",
-                            meta.latest_version
-                        )));
-                    }
+                Command::MinDecryption(n) => {
+                    Self::min_version_range(name, n, meta.latest_version)?;
                     meta.min_decryption_version = n;
                 }
-                ("deletion_allowed", Some(v)) => {
-                    meta.deletion_allowed = match v {
-                        "true" => true,
-                        "false" => false,
-                        _ => {
-                            return Err(Error::invalid(format!(
-                                "keys/{name}/ctl: deletion_allowed must be true or false, got {v:?}"
-                            )))
-                        }
-                    }
-                }
-                _ => {
-                    let shown: String = cmd.chars().take(40).collect();
-                    return Err(Error::invalid(format!(
-                        "keys/{name}/ctl: unknown command {shown:?} (rotate, min_decryption_version=N, deletion_allowed=true|false)"
-                    )));
-                }
+                Command::DeletionAllowed(b) => meta.deletion_allowed = b,
             }
         }
         if !any {
@@ -537,7 +577,12 @@ impl Backend for Transit {
             }
             Route::Ctl => {
                 known(name)?;
-                Node::write_only()
+                // Buffered, applied whole at close (all commands or none, even when a shell
+                // writes them line by line); each complete line is checked as it arrives.
+                Node {
+                    dynamic: false,
+                    ..Node::write_only()
+                }
             }
             Route::OpFile(_) => {
                 known(name)?;
@@ -616,6 +661,13 @@ impl Backend for Transit {
         match route {
             Route::Ctl => self.control(name, &data),
             _ => self.create(ctx, path),
+        }
+    }
+
+    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        match self.route(path) {
+            Ok((Route::Ctl, name)) => self.check_control(name, data),
+            _ => Ok(()),
         }
     }
 

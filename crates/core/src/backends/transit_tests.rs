@@ -416,3 +416,38 @@ fn concurrent_rotations_lose_no_version() {
         );
     }
 }
+
+#[test]
+fn ctl_lines_are_checked_as_they_arrive() {
+    let (e, _) = engine();
+    e.mkdir(&root(), "transit/keys/k").expect("mkdir");
+    let check = |data: &str| e.check_partial("transit/keys/k/ctl", data.as_bytes());
+    // Complete good lines, and an incomplete last line, pass; nothing is applied.
+    for ok in [
+        "rotate\n",
+        "rotate\nmin_decryption_version=2\n",
+        "frobn",
+        "# note\n\n",
+    ] {
+        assert!(check(ok).is_ok(), "{ok:?}");
+    }
+    assert_eq!(info(&e, "k")["latest_version"], 1);
+    for bad in [
+        "frobnicate\n",
+        "min_decryption_version=2\n",
+        "rotate\nmin_decryption_version=3\n",
+        "min_decryption_version=x\n",
+        "deletion_allowed=maybe\n",
+    ] {
+        assert_eq!(kind(check(bad)), Some(ErrorKind::InvalidInput), "{bad:?}");
+    }
+    // The engine drops the backend's own path prefix: the adapter names the full path.
+    let msg = check("frobnicate\n")
+        .err()
+        .map(|e| e.message)
+        .unwrap_or_default();
+    assert!(msg.starts_with("unknown command \"frobnicate\""), "{msg}");
+    // Paths with nothing to check answer at once.
+    assert!(e.check_partial("transit/keys/k/info", b"{not json").is_ok());
+    assert!(e.check_partial("secret/x", b"{not json").is_ok());
+}

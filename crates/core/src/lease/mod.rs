@@ -1,122 +1,51 @@
 //! Leases: every dynamic secret handed out carries one; it is the handle for renewal and
 //! revocation, and the daemon revokes it itself at expiry.
 //!
-//! Owns: lease records (persisted encrypted through the barrier at `core/leases/<id>`, with
-//! wall-clock deadlines), the in-memory index and expiry queue (an ordered set + a condvar + a
-//! timed wait), restore at unseal (leases that expired while the daemon was down are due at
-//! once), revocation with bounded concurrency (a pool of `concurrency` scheduler workers, each
-//! taking the earliest due lease the moment it is due), retry with exponential backoff and
-//! jitter, cleanup leases (`issue_cleanup`: upstream leftovers of a failed creation, retried in
-//! the background like a failed revocation), and the irrevocable state (kept and listed with
-//! its reason, never silently dropped).
+//! This module is the facade: `LeaseManager` (its state, construction, and the public API,
+//! each call delegating to the part that does the job). The parts, one job each:
+//! - `record`: the persisted `LeaseRecord` (encrypted through the barrier at
+//!   `core/leases/<id>`, wall-clock deadlines), its serialisation and `describe`;
+//! - `index`: the in-memory index (per-lease `Meta`, the due queue ordered by deadline, ids in
+//!   flight, listings and `kind`, per-uid counts and the `leases_per_uid` bound);
+//! - `issue`: issuing (`NewLease`, held leases, cleanup leases for the upstream leftovers of a
+//!   failed creation, `discard`);
+//! - `renew`: renewal (upstream first, then the record by compare-and-swap);
+//! - `revoke`: claims and revocation (one, a prefix, a uid; bounded concurrency; retry with
+//!   exponential backoff and jitter; the irrevocable state, kept and listed with its reason);
+//! - `scheduler`: the pool of `concurrency` expiry workers over the due queue;
+//! - `sync`: the index in step with storage (restore at unseal: leases that expired while the
+//!   daemon was down are due at once; on a shared store, foreign leases and takeover after
+//!   the grace);
+//! - `clock`: wall-clock time behind a trait (virtual time in tests).
+//!
+//! Parts depend on the facade (`LeaseManager`'s fields, `lock`) and on `record`/`index`;
+//! beyond that only `revoke` → `sync`, `scheduler` → `revoke`/`sync`, and `issue`/`renew` →
+//! `revoke` (claims). Nothing depends on `scheduler`, `issue` or `renew` but the facade.
+//!
+//! Owns: the lease manager's state (index lock, the `changed` and `due` condvars, the loaded
+//! flag, the backend lookup) and its public API.
 //! Must never: forget a lease whose upstream revocation has not succeeded, hold the index lock
-//! across an upstream call, or log the secret data a record carries.
+//! across an upstream or storage call, log the secret data a record carries, or grow logic of
+//! its own (a new job is a new part).
 
 pub mod clock;
+mod index;
+mod issue;
+mod record;
+mod renew;
+mod revoke;
+mod scheduler;
+mod sync;
 
 use crate::backend::{Backend, DirEntry};
-use crate::barrier::{Barrier, Version};
-use crate::error::{Error, ErrorKind, Result};
+use crate::barrier::Barrier;
+use crate::error::{Error, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
-use rand::Rng;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use index::Index;
+pub use issue::NewLease;
+pub use record::LeaseRecord;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::Duration;
-
-const STORE_PREFIX: &str = "core/leases/";
-
-/// A lease as persisted.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseRecord {
-    /// `MOUNT/PATH/UUID`, e.g. `aws/creds/deploy/0d042c53-…`.
-    pub id: String,
-    /// The full path that issued it, e.g. `aws/creds/deploy`.
-    pub path: String,
-    pub issued_ms: u64,
-    pub expires_ms: u64,
-    /// Renewals never go past this.
-    pub max_expires_ms: u64,
-    /// Default renewal increment (`touch`).
-    pub increment_secs: u64,
-    pub renewable: bool,
-    /// The uid that asked for the secret.
-    pub uid: u32,
-    /// What the issuing backend needs to revoke it (e.g. the IAM user name). Never secret
-    /// material that is not needed for revocation.
-    pub secret: serde_json::Value,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default)]
-    pub retry_at_ms: Option<u64>,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub irrevocable: bool,
-}
-
-impl LeaseRecord {
-    /// When the scheduler should act on it (None: irrevocable, nothing scheduled).
-    fn due_ms(&self) -> Option<u64> {
-        if self.irrevocable {
-            None
-        } else {
-            Some(self.retry_at_ms.unwrap_or(self.expires_ms))
-        }
-    }
-
-    /// The mount path the id starts with.
-    pub fn mount(&self) -> &str {
-        self.id.split('/').next().unwrap_or("")
-    }
-
-    pub fn state(&self) -> &'static str {
-        if self.irrevocable {
-            "irrevocable"
-        } else if self.attempts > 0 {
-            "retrying"
-        } else {
-            "active"
-        }
-    }
-
-    /// The text of `sys/leases/<id>`.
-    pub fn describe(&self, now_ms: u64) -> String {
-        let v = serde_json::json!({
-            "id": self.id,
-            "path": self.path,
-            "issue_time": rfc3339(self.issued_ms),
-            "expire_time": rfc3339(self.expires_ms),
-            "ttl": self.expires_ms.saturating_sub(now_ms) / 1000,
-            "max_expire_time": rfc3339(self.max_expires_ms),
-            "renewable": self.renewable,
-            "uid": self.uid,
-            "state": self.state(),
-            "revocation_attempts": self.attempts,
-            "last_error": self.last_error,
-            "upstream": self.secret,
-        });
-        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-        s.push('\n');
-        s
-    }
-}
-
-/// A new lease, as a backend asks for it.
-pub struct NewLease {
-    pub id: String,
-    pub path: String,
-    pub ttl_secs: u64,
-    pub max_ttl_secs: u64,
-    pub renewable: bool,
-    pub uid: u32,
-    pub secret: serde_json::Value,
-    /// The bound on `uid`'s live leases (`[limits] leases_per_uid`; `None` for admins and
-    /// when unbounded): past it the lease is refused (EDQUOT).
-    pub limit: Option<u64>,
-}
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Tuning of revocation.
 #[derive(Debug, Clone, Copy)]
@@ -142,106 +71,6 @@ impl Default for LeaseConfig {
 
 /// Finds the backend mounted at a path (the engine's mount table).
 pub type BackendLookup = Box<dyn Fn(&str) -> Option<Arc<dyn Backend>> + Send + Sync>;
-
-#[derive(Clone, Copy)]
-struct Meta {
-    due: Option<u64>,
-    uid: u32,
-    /// Found in a shared store, issued by another daemon: this one acts on it only
-    /// `FOREIGN_GRACE_MS` after it is due (the issuer normally does it first; this one takes
-    /// over when the issuer is gone).
-    foreign: bool,
-}
-
-impl Meta {
-    fn of(rec: &LeaseRecord) -> Self {
-        Self {
-            due: rec.due_ms(),
-            uid: rec.uid,
-            foreign: false,
-        }
-    }
-    fn foreign(rec: &LeaseRecord) -> Self {
-        Self {
-            due: rec.due_ms().map(|d| d.saturating_add(FOREIGN_GRACE_MS)),
-            uid: rec.uid,
-            foreign: true,
-        }
-    }
-    fn like(self, rec: &LeaseRecord) -> Self {
-        if self.foreign {
-            Self::foreign(rec)
-        } else {
-            Self::of(rec)
-        }
-    }
-}
-
-/// How long after a foreign lease is due this daemon waits before revoking it itself.
-const FOREIGN_GRACE_MS: u64 = 10_000;
-/// How often a daemon on a shared store re-reads the lease records (new ones from other
-/// daemons, ones another daemon revoked).
-const SHARED_SYNC: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Index {
-    leases: BTreeMap<String, Meta>,
-    queue: BTreeSet<(u64, String)>,
-    inflight: HashSet<String>,
-    /// Folders emptied by a revocation in the last few seconds, with when. They still answer
-    /// as folders so that `rm -r` (unlink every file, then rmdir) can finish its walk.
-    emptied: BTreeMap<String, std::time::Instant>,
-    /// uid → its leases in `leases` (the `[limits] leases_per_uid` bound counts these).
-    per_uid: HashMap<u32, u64>,
-    /// uid → leases being issued (counted by the bound, not yet in `leases`).
-    issuing: HashMap<u32, u64>,
-}
-
-const EMPTIED_GRACE: Duration = Duration::from_secs(30);
-
-impl Index {
-    fn set(&mut self, id: &str, meta: Meta) {
-        match self.leases.insert(id.to_string(), meta) {
-            Some(old) => {
-                if let Some(d) = old.due {
-                    self.queue.remove(&(d, id.to_string()));
-                }
-                if old.uid != meta.uid {
-                    self.uncount(old.uid);
-                    *self.per_uid.entry(meta.uid).or_default() += 1;
-                }
-            }
-            None => *self.per_uid.entry(meta.uid).or_default() += 1,
-        }
-        if let Some(d) = meta.due {
-            self.queue.insert((d, id.to_string()));
-        }
-    }
-    fn uncount(&mut self, uid: u32) {
-        if let Some(n) = self.per_uid.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_uid.remove(&uid);
-            }
-        }
-    }
-    fn remove(&mut self, id: &str) {
-        if let Some(old) = self.leases.remove(id) {
-            if let Some(d) = old.due {
-                self.queue.remove(&(d, id.to_string()));
-            }
-            self.uncount(old.uid);
-        }
-        let now = std::time::Instant::now();
-        self.emptied
-            .retain(|_, t| now.duration_since(*t) < EMPTIED_GRACE);
-        let mut p = id;
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            self.emptied.insert(parent.to_string(), now);
-            p = parent;
-        }
-    }
-}
 
 pub struct LeaseManager {
     barrier: Arc<Barrier>,
@@ -299,58 +128,6 @@ impl LeaseManager {
         format!("{path}/{}", uuid::Uuid::new_v4())
     }
 
-    fn key(id: &str) -> String {
-        format!("{STORE_PREFIX}{id}")
-    }
-
-    fn store(&self, rec: &LeaseRecord) -> Result<()> {
-        let raw = serde_json::to_vec(rec).map_err(|e| Error::io(format!("lease record: {e}")))?;
-        self.barrier.put(&Self::key(&rec.id), &raw)
-    }
-
-    fn load(&self, id: &str) -> Result<Option<LeaseRecord>> {
-        Ok(self.load_versioned(id)?.map(|(rec, _)| rec))
-    }
-
-    /// The record and its stored version (to write it back only if nobody changed it).
-    fn load_versioned(&self, id: &str) -> Result<Option<(LeaseRecord, Version)>> {
-        match self.barrier.get_versioned(&Self::key(id))? {
-            None => Ok(None),
-            Some((raw, version)) => serde_json::from_slice(raw.expose())
-                .map(|rec| Some((rec, version)))
-                .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}"))),
-        }
-    }
-
-    /// Write `rec` back only if it is still at `version` (another daemon sharing the store
-    /// may have renewed or revoked it meanwhile). Returns whether it was written.
-    fn store_if(&self, rec: &LeaseRecord, version: &Version) -> Result<bool> {
-        let raw = serde_json::to_vec(rec).map_err(|e| Error::io(format!("lease record: {e}")))?;
-        self.barrier
-            .compare_and_swap(&Self::key(&rec.id), Some(version), Some(&raw))
-    }
-
-    /// On a shared store: a lease this daemon does not know may have been issued by another
-    /// one. Look for its record and index it (as foreign). Returns whether it is known now.
-    fn find(&self, id: &str) -> bool {
-        if lock(&self.index).leases.contains_key(id) {
-            return true;
-        }
-        if !self.barrier.storage().shared() {
-            return false;
-        }
-        match self.load(id) {
-            Ok(Some(rec)) => {
-                let mut ix = lock(&self.index);
-                if !ix.leases.contains_key(id) {
-                    ix.set(id, Meta::foreign(&rec));
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-
     fn check_loaded(&self) -> Result<()> {
         if self.loaded.load(Ordering::SeqCst) {
             Ok(())
@@ -359,9 +136,11 @@ impl LeaseManager {
         }
     }
 
+    // Issuing.
+
     /// Record a new lease (persisted before this returns).
     pub fn issue(&self, new: NewLease) -> Result<LeaseRecord> {
-        self.issue_inner(new, false)
+        issue::issue(self, new, false)
     }
 
     /// Record a new lease before its secret exists upstream, held: nothing revokes or renews it
@@ -369,115 +148,7 @@ impl LeaseManager {
     /// the secret — or `discard` — when making it certainly failed. A crash in between leaves a
     /// durable lease whose revocation finds nothing or the secret: never an untracked secret.
     pub fn issue_held(&self, new: NewLease) -> Result<LeaseRecord> {
-        self.issue_inner(new, true)
-    }
-
-    /// Forget a lease held with `issue_held` whose secret was never made (no upstream call).
-    pub fn discard(&self, id: &str) -> Result<()> {
-        let res = self.barrier.delete(&Self::key(id));
-        if res.is_ok() {
-            lock(&self.index).remove(id);
-        }
-        self.release(id);
-        res
-    }
-
-    /// Would one more lease for `uid` stay within `limit`? EDQUOT (with the reason) if not.
-    /// Backends ask before making anything upstream; `issue` asks again.
-    pub fn check_quota(&self, uid: u32, limit: Option<u64>) -> Result<()> {
-        let Some(limit) = limit else {
-            return Ok(());
-        };
-        let ix = lock(&self.index);
-        let held =
-            ix.per_uid.get(&uid).copied().unwrap_or(0) + ix.issuing.get(&uid).copied().unwrap_or(0);
-        drop(ix);
-        Self::over_quota(uid, held, limit)
-    }
-
-    fn over_quota(uid: u32, held: u64, limit: u64) -> Result<()> {
-        if held >= limit {
-            return Err(Error::new(
-                ErrorKind::Quota,
-                format!(
-                    "uid {uid} holds {held} live leases; the bound is {limit} \
-                     ([limits] leases_per_uid): revoke some (rm sys/leases/...) or let them expire"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Live leases of `uid`.
-    pub fn count_of(&self, uid: u32) -> u64 {
-        lock(&self.index).per_uid.get(&uid).copied().unwrap_or(0)
-    }
-
-    /// Count one lease of `uid` as being issued, within `limit` (checked and counted under one
-    /// lock, so concurrent issues cannot overshoot the bound).
-    fn reserve(&self, uid: u32, limit: Option<u64>) -> Result<()> {
-        let mut ix = lock(&self.index);
-        if let Some(limit) = limit {
-            let held = ix.per_uid.get(&uid).copied().unwrap_or(0)
-                + ix.issuing.get(&uid).copied().unwrap_or(0);
-            Self::over_quota(uid, held, limit)?;
-        }
-        *ix.issuing.entry(uid).or_default() += 1;
-        Ok(())
-    }
-
-    fn unreserve(ix: &mut Index, uid: u32) {
-        if let Some(n) = ix.issuing.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                ix.issuing.remove(&uid);
-            }
-        }
-    }
-
-    fn issue_inner(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
-        self.check_loaded()?;
-        let uid = new.uid;
-        self.reserve(uid, new.limit)?;
-        let res = self.issue_reserved(new, held);
-        if res.is_err() {
-            Self::unreserve(&mut lock(&self.index), uid);
-        }
-        res
-    }
-
-    fn issue_reserved(&self, new: NewLease, held: bool) -> Result<LeaseRecord> {
-        let now = self.now_ms();
-        let max_ttl = new.max_ttl_secs.max(1);
-        let ttl = new.ttl_secs.clamp(1, max_ttl);
-        let rec = LeaseRecord {
-            id: new.id,
-            path: new.path,
-            issued_ms: now,
-            expires_ms: now.saturating_add(ttl.saturating_mul(1000)),
-            max_expires_ms: now.saturating_add(max_ttl.saturating_mul(1000)),
-            increment_secs: ttl,
-            renewable: new.renewable,
-            uid: new.uid,
-            secret: new.secret,
-            attempts: 0,
-            retry_at_ms: None,
-            last_error: None,
-            irrevocable: false,
-        };
-        self.store(&rec)?;
-        let mut ix = lock(&self.index);
-        let earliest = ix.queue.first().map(|(d, _)| *d);
-        ix.set(&rec.id, Meta::of(&rec));
-        Self::unreserve(&mut ix, rec.uid);
-        if held {
-            ix.inflight.insert(rec.id.clone());
-        }
-        drop(ix);
-        if earliest.is_none_or(|e| rec.expires_ms < e) {
-            self.due.notify_all();
-        }
-        Ok(rec)
+        issue::issue(self, new, true)
     }
 
     /// Record the upstream leftovers of a creation that failed part way (e.g. an IAM user that
@@ -486,29 +157,25 @@ impl LeaseManager {
     /// any failed revocation, so the leftover goes away once the upstream answers again, and a
     /// restart keeps it (it is persisted before this returns).
     pub fn issue_cleanup(&self, new: NewLease, reason: &str) -> Result<LeaseRecord> {
-        self.check_loaded()?;
-        let now = self.now_ms();
-        let rec = LeaseRecord {
-            id: new.id,
-            path: new.path,
-            issued_ms: now,
-            expires_ms: now,
-            max_expires_ms: now,
-            increment_secs: 0,
-            renewable: false,
-            uid: new.uid,
-            secret: new.secret,
-            attempts: 1,
-            retry_at_ms: Some(now.saturating_add(self.backoff_ms(1))),
-            last_error: Some(reason.to_string()),
-            irrevocable: false,
-        };
-        self.store(&rec)?;
-        lock(&self.index).set(&rec.id, Meta::of(&rec));
-        self.due.notify_all();
-        tracing::warn!(lease = %rec.id, "creation failed part way; its upstream leftovers will be revoked in the background: {reason}");
-        Ok(rec)
+        issue::cleanup(self, new, reason)
     }
+
+    /// Forget a lease held with `issue_held` whose secret was never made (no upstream call).
+    pub fn discard(&self, id: &str) -> Result<()> {
+        issue::discard(self, id)
+    }
+
+    /// Would one more lease for `uid` stay within `limit`? EDQUOT (with the reason) if not.
+    /// Backends ask before making anything upstream; `issue` asks again.
+    pub fn check_quota(&self, uid: u32, limit: Option<u64>) -> Result<()> {
+        let Some(limit) = limit else {
+            return Ok(());
+        };
+        let held = lock(&self.index).held(uid);
+        index::over_quota(uid, held, limit)
+    }
+
+    // Reading the index.
 
     pub fn exists(&self, id: &str) -> bool {
         lock(&self.index).leases.contains_key(id)
@@ -518,615 +185,114 @@ impl LeaseManager {
         lock(&self.index).leases.len()
     }
 
+    /// Live leases of `uid`.
+    pub fn count_of(&self, uid: u32) -> u64 {
+        lock(&self.index).count_of(uid)
+    }
+
     /// Live leases created by `uid`.
     pub fn count_uid(&self, uid: u32) -> usize {
-        lock(&self.index)
-            .leases
-            .values()
-            .filter(|m| m.uid == uid)
-            .count()
+        lock(&self.index).count_uid(uid)
     }
 
     pub fn get(&self, id: &str) -> Result<LeaseRecord> {
         self.check_loaded()?;
-        if !self.find(id) {
+        if !sync::find(self, id) {
             return Err(Error::not_found(&format!("sys/leases/{id}")));
         }
-        self.load(id)?
+        record::load(&self.barrier, id)?
             .ok_or_else(|| Error::not_found(&format!("sys/leases/{id}")))
     }
 
     /// Is `path` a lease (Some(false)), a folder of leases (Some(true)), or nothing (None)?
     pub fn kind(&self, path: &str) -> Option<bool> {
-        let ix = lock(&self.index);
-        if path.is_empty() {
-            return Some(true);
-        }
-        if ix.leases.contains_key(path) {
-            return Some(false);
-        }
-        let prefix = format!("{path}/");
-        let live = ix
-            .leases
-            .range(prefix.clone()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(&prefix));
-        let recently_emptied = ix
-            .emptied
-            .get(path)
-            .is_some_and(|t| t.elapsed() < EMPTIED_GRACE);
-        (live || recently_emptied).then_some(true)
-    }
-
-    /// `rmdir` of an emptied folder: forget it.
-    pub fn forget_folder(&self, path: &str) {
-        let mut ix = lock(&self.index);
-        let prefix = format!("{path}/");
-        ix.emptied
-            .retain(|k, _| k != path && !k.starts_with(&prefix));
+        lock(&self.index).kind(path)
     }
 
     /// The children of folder `path` ("" for the top).
     pub fn list(&self, path: &str) -> Vec<DirEntry> {
-        let prefix = if path.is_empty() {
-            String::new()
-        } else {
-            format!("{path}/")
-        };
-        let ix = lock(&self.index);
-        let mut out: Vec<DirEntry> = Vec::new();
-        let mut last_dir: Option<String> = None;
-        for (k, _) in ix.leases.range(prefix.clone()..) {
-            let Some(rest) = k.strip_prefix(&prefix) else {
-                break;
-            };
-            match rest.split_once('/') {
-                Some((dir, _)) => {
-                    if last_dir.as_deref() != Some(dir) {
-                        last_dir = Some(dir.to_string());
-                        out.push(DirEntry::dir(dir));
-                    }
-                }
-                None => out.push(DirEntry::file(rest)),
-            }
-        }
-        out
+        lock(&self.index).list(path)
     }
+
+    /// `rmdir` of an emptied folder: forget it.
+    pub fn forget_folder(&self, path: &str) {
+        lock(&self.index).forget_folder(path);
+    }
+
+    // Renewal and revocation.
 
     /// Renew by `increment_secs` (default: the lease's own increment) counted from now, capped
     /// by the lease's max TTL (capping is not an error).
     pub fn renew(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
-        self.check_loaded()?;
-        // Claimed, so a revocation cannot finish between the read and the write back.
-        if !self.claim(id) {
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        }
-        let res = self.renew_claimed(id, increment_secs);
-        self.release(id);
-        res
-    }
-
-    fn renew_claimed(&self, id: &str, increment_secs: Option<u64>) -> Result<LeaseRecord> {
-        let Some((mut rec, version)) = self.load_versioned(id)? else {
-            lock(&self.index).remove(id);
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        };
-        if !rec.renewable {
-            return Err(Error::not_permitted(format!("lease {id} is not renewable")));
-        }
-        if rec.irrevocable || rec.attempts > 0 {
-            return Err(Error::invalid(format!(
-                "lease {id} is being revoked; it cannot be renewed"
-            )));
-        }
-        let now = self.now_ms();
-        if now >= rec.expires_ms {
-            return Err(Error::invalid(format!("lease {id} has expired")));
-        }
-        let inc = increment_secs.unwrap_or(rec.increment_secs);
-        rec.expires_ms = now
-            .saturating_add(inc.saturating_mul(1000))
-            .min(rec.max_expires_ms);
-        // Upstream first (e.g. a database role's VALID UNTIL): if that fails, nothing changes.
-        let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
-        if let Some(b) = backend {
-            b.renew(&rec)
-                .map_err(|e| Error::new(e.kind, format!("renewing {id}: {}", e.message)))?;
-        }
-        if !self.store_if(&rec, &version)? {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!("lease {id} was changed by another daemon meanwhile; try again"),
-            ));
-        }
-        let mut ix = lock(&self.index);
-        let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
-        ix.set(id, meta);
-        drop(ix);
-        self.changed.notify_all();
-        self.due.notify_all();
-        Ok(rec)
-    }
-
-    /// Take the right to revoke `id` (waits while another thread is revoking it).
-    /// Ok(false): it is gone.
-    fn claim(&self, id: &str) -> bool {
-        if !self.find(id) {
-            return false;
-        }
-        let mut ix = lock(&self.index);
-        loop {
-            if !ix.leases.contains_key(id) {
-                return false;
-            }
-            if ix.inflight.insert(id.to_string()) {
-                return true;
-            }
-            ix = self
-                .changed
-                .wait_timeout(ix, Duration::from_millis(50))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
+        renew::renew(self, id, increment_secs)
     }
 
     /// Give back a lease taken by `claim` or `issue_held`.
     pub fn release(&self, id: &str) {
-        lock(&self.index).inflight.remove(id);
-        self.changed.notify_all();
-        // A due lease a worker skipped because it was in flight may still be due (e.g. a
-        // renewal of an expired lease was refused): one idle worker looks again.
-        self.due.notify_one();
-    }
-
-    fn backoff_ms(&self, attempts: u32) -> u64 {
-        let exp = self
-            .config
-            .backoff_base_ms
-            .saturating_mul(1u64 << attempts.saturating_sub(1).min(30))
-            .min(self.config.backoff_max_ms);
-        // Full jitter in [exp/2, exp].
-        let half = exp / 2;
-        half + rand::thread_rng().gen_range(0..=half.max(1))
+        revoke::release(self, id);
     }
 
     /// Revoke one lease now: upstream first, then the record. On upstream failure the lease
     /// stays, marked for retry (or irrevocable after too many attempts), and this fails (Io).
     pub fn revoke(&self, id: &str) -> Result<()> {
-        self.revoke_if(id, false).map(|_| ())
-    }
-
-    /// `only_due`: the scheduler's call. The record in storage is the truth (another daemon
-    /// sharing the store may have renewed the lease): if it is not due by it, it is only
-    /// rescheduled. Ok(false): not revoked (not due).
-    fn revoke_if(&self, id: &str, only_due: bool) -> Result<bool> {
-        self.check_loaded()?;
-        if !self.claim(id) {
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        }
-        let res = self.revoke_claimed(id, only_due);
-        self.release(id);
-        res
-    }
-
-    fn revoke_claimed(&self, id: &str, only_due: bool) -> Result<bool> {
-        let started = std::time::Instant::now();
-        // How late this starts after the lease was due (0 for an early `rm`): the scheduler's
-        // share of expiry lateness, logged with the revocation for scripts/bench-leases.
-        let late_ms = lock(&self.index)
-            .leases
-            .get(id)
-            .and_then(|m| m.due)
-            .map_or(0, |d| self.now_ms().saturating_sub(d));
-        let Some((mut rec, version)) = self.load_versioned(id)? else {
-            lock(&self.index).remove(id);
-            return Err(Error::not_found(&format!("sys/leases/{id}")));
-        };
-        if only_due {
-            let mut ix = lock(&self.index);
-            let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
-            if meta.due.is_none_or(|d| d > self.now_ms()) {
-                ix.set(id, meta);
-                return Ok(false);
-            }
-        }
-        let backend = lock(&self.lookup).as_ref().and_then(|f| f(rec.mount()));
-        let upstream_started = std::time::Instant::now();
-        let upstream = match backend {
-            Some(b) => b.revoke(&rec),
-            None => Err(Error::io(format!(
-                "no mount at {}/ to revoke it with",
-                rec.mount()
-            ))),
-        };
-        let upstream_ms = upstream_started.elapsed().as_millis();
-        match upstream {
-            Ok(()) => {
-                // Deleting is idempotent: another daemon revoking it too is harmless.
-                self.barrier.delete(&Self::key(id))?;
-                lock(&self.index).remove(id);
-                self.on_revoked.get().inspect(|f| f(id));
-                tracing::info!(
-                    lease = %id,
-                    late_ms,
-                    upstream_ms,
-                    total_ms = started.elapsed().as_millis(),
-                    "revoked"
-                );
-                Ok(true)
-            }
-            Err(e) => {
-                rec.attempts += 1;
-                rec.last_error = Some(e.message.clone());
-                if rec.attempts >= self.config.max_attempts {
-                    rec.irrevocable = true;
-                    rec.retry_at_ms = None;
-                    tracing::error!(
-                        lease = %id,
-                        attempts = rec.attempts,
-                        "irrevocable: {}",
-                        e.message
-                    );
-                } else {
-                    let next = self.now_ms() + self.backoff_ms(rec.attempts);
-                    rec.retry_at_ms = Some(next);
-                    tracing::warn!(
-                        lease = %id,
-                        attempts = rec.attempts,
-                        "revocation failed, will retry: {}",
-                        e.message
-                    );
-                }
-                if !self.store_if(&rec, &version)? {
-                    // Another daemon sharing the store acted on it meanwhile: its record wins.
-                    match self.load(id)? {
-                        None => {
-                            lock(&self.index).remove(id);
-                            tracing::info!(lease = %id, "revoked by another daemon");
-                            return Ok(true);
-                        }
-                        Some(now) => {
-                            let mut ix = lock(&self.index);
-                            let meta = ix.leases.get(id).map_or(Meta::of(&now), |m| m.like(&now));
-                            ix.set(id, meta);
-                        }
-                    }
-                    return Err(Error::io(format!("revoking {id}: {}", e.message)));
-                }
-                let mut ix = lock(&self.index);
-                let meta = ix.leases.get(id).map_or(Meta::of(&rec), |m| m.like(&rec));
-                ix.set(id, meta);
-                drop(ix);
-                self.due.notify_all();
-                Err(Error::io(format!("revoking {id}: {}", e.message)))
-            }
-        }
-    }
-
-    /// Revoke many, at most `concurrency` at a time. Returns (revoked, first error).
-    fn revoke_many(&self, ids: Vec<String>, only_due: bool) -> (usize, Option<Error>, usize) {
-        if ids.is_empty() {
-            return (0, None, 0);
-        }
-        let queue = Mutex::new(ids);
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        let failed = std::sync::atomic::AtomicUsize::new(0);
-        let first_err: Mutex<Option<Error>> = Mutex::new(None);
-        let workers = self.config.concurrency.max(1).min(lock(&queue).len());
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    let Some(id) = lock(&queue).pop() else { break };
-                    match self.revoke_if(&id, only_due) {
-                        Ok(true) => {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(false) => {}
-                        Err(e) if e.kind == ErrorKind::NotFound => {}
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            lock(&first_err).get_or_insert(e);
-                        }
-                    }
-                });
-            }
-        });
-        let err = lock(&first_err).take();
-        (
-            done.load(Ordering::Relaxed),
-            err,
-            failed.load(Ordering::Relaxed),
-        )
-    }
-
-    fn finish_many(
-        &self,
-        what: &str,
-        (n, err, failed): (usize, Option<Error>, usize),
-    ) -> Result<usize> {
-        match err {
-            None => Ok(n),
-            Some(e) => Err(Error::io(format!(
-                "{what}: {failed} revocation(s) failed ({n} done); first: {}",
-                e.message
-            ))),
-        }
+        revoke::revoke_if(self, id, false).map(|_| ())
     }
 
     /// Revoke every lease whose id starts with `prefix`.
     pub fn revoke_prefix(&self, prefix: &str) -> Result<usize> {
-        self.check_loaded()?;
-        let ids: Vec<String> = lock(&self.index)
-            .leases
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let r = self.revoke_many(ids, false);
-        self.finish_many(&format!("revoke {prefix}"), r)
+        revoke::prefix(self, prefix)
     }
 
     /// Revoke every lease that `uid` created.
     pub fn revoke_uid(&self, uid: u32) -> Result<usize> {
-        self.check_loaded()?;
-        let ids: Vec<String> = lock(&self.index)
-            .leases
-            .iter()
-            .filter(|(_, m)| m.uid == uid)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let r = self.revoke_many(ids, false);
-        self.finish_many(&format!("revoke uid {uid}"), r)
+        revoke::uid(self, uid)
     }
 
-    /// One scheduler pass: revoke every lease that is due. Returns how many were revoked.
-    pub fn process_due(&self) -> usize {
-        if !self.loaded.load(Ordering::SeqCst) {
-            return 0;
-        }
-        let now = self.now_ms();
-        let ids: Vec<String> = {
-            let ix = lock(&self.index);
-            ix.queue
-                .iter()
-                .take_while(|(d, _)| *d <= now)
-                .filter(|(_, id)| !ix.inflight.contains(id))
-                .map(|(_, id)| id.clone())
-                .collect()
-        };
-        // Earliest first: `revoke_many` pops from the end.
-        let mut ids = ids;
-        ids.reverse();
-        self.revoke_many(ids, true).0
-    }
-
-    /// Milliseconds until the next due lease (None: nothing scheduled).
-    pub fn next_due_in(&self) -> Option<u64> {
-        let now = self.now_ms();
-        lock(&self.index)
-            .queue
-            .first()
-            .map(|(d, _)| d.saturating_sub(now))
-    }
-
-    /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
-    /// are due at once.
-    pub fn restore(&self) -> Result<usize> {
-        let paths = self.barrier.list(STORE_PREFIX)?;
-        let mut ix = Index::default();
-        for p in &paths {
-            let id = &p[STORE_PREFIX.len()..];
-            match self.load(id) {
-                Ok(Some(rec)) => ix.set(id, Meta::of(&rec)),
-                Ok(None) => {}
-                Err(e) => {
-                    // Never forget it: listed (reads fail with the integrity error), not
-                    // scheduled, so an operator sees it and acts.
-                    tracing::error!(lease = %id, "cannot read lease record: {}", e.message);
-                    ix.set(
-                        id,
-                        Meta {
-                            due: None,
-                            uid: u32::MAX,
-                            foreign: false,
-                        },
-                    );
-                }
-            }
-        }
-        let n = ix.leases.len();
-        {
-            // Leases being revoked or held (a credential being minted) right now stay claimed:
-            // a restored copy must not be taken by a second worker meanwhile.
-            let mut cur = lock(&self.index);
-            ix.inflight = std::mem::take(&mut cur.inflight);
-            *cur = ix;
-        }
-        self.loaded.store(true, Ordering::SeqCst);
-        self.changed.notify_all();
-        self.due.notify_all();
-        tracing::info!(leases = n, "leases restored");
-        Ok(n)
-    }
-
-    /// On a shared store: index lease records other daemons wrote (as foreign) and forget the
-    /// ones that are gone from storage (another daemon revoked them). Returns (added, removed).
-    pub fn sync_shared(&self) -> Result<(usize, usize)> {
-        self.check_loaded()?;
-        let stored: std::collections::BTreeSet<String> = self
-            .barrier
-            .list(STORE_PREFIX)?
-            .into_iter()
-            .map(|p| p[STORE_PREFIX.len()..].to_string())
-            .collect();
-        let (unknown, gone): (Vec<String>, Vec<String>) = {
-            let ix = lock(&self.index);
-            (
-                stored
-                    .iter()
-                    .filter(|id| !ix.leases.contains_key(*id))
-                    .cloned()
-                    .collect(),
-                ix.leases
-                    .keys()
-                    .filter(|id| !stored.contains(*id) && !ix.inflight.contains(*id))
-                    .cloned()
-                    .collect(),
-            )
-        };
-        let mut added = 0;
-        for id in unknown {
-            if let Ok(Some(rec)) = self.load(&id) {
-                let mut ix = lock(&self.index);
-                if !ix.leases.contains_key(&id) {
-                    ix.set(&id, Meta::foreign(&rec));
-                    added += 1;
-                }
-            }
-        }
-        let mut removed = 0;
-        for id in gone {
-            // Re-check: it may have been issued here since the listing.
-            if matches!(self.load(&id), Ok(None)) {
-                let mut ix = lock(&self.index);
-                if !ix.inflight.contains(&id) {
-                    ix.remove(&id);
-                    removed += 1;
-                }
-            }
-        }
-        if added > 0 {
-            self.changed.notify_all();
-        }
-        Ok((added, removed))
-    }
-
-    /// A revocation failed before it could reschedule the lease (e.g. storage unreachable):
-    /// push its deadline back in the index so the workers do not retry it in a tight loop.
-    fn defer_if_still_due(&self, id: &str, e: &Error) {
-        if e.kind == ErrorKind::NotFound {
-            return;
-        }
-        let now = self.now_ms();
-        let mut ix = lock(&self.index);
-        if let Some(meta) = ix.leases.get(id).cloned() {
-            if meta.due.is_some_and(|d| d <= now) {
-                let retry = now.saturating_add(self.backoff_ms(4));
-                tracing::warn!(lease = %id, retry_in_ms = retry - now, "revocation could not run: {}", e.message);
-                ix.set(
-                    id,
-                    Meta {
-                        due: Some(retry),
-                        ..meta
-                    },
-                );
-            }
-        }
-    }
-
-    /// `sync_shared`, its outcome logged (the scheduler's periodic call).
-    fn sync_shared_logged(&self) {
-        match self.sync_shared() {
-            Ok((0, 0)) => {}
-            Ok((added, removed)) => {
-                tracing::info!(added, removed, "lease index synced with the shared store")
-            }
-            Err(e) if e.kind == ErrorKind::Sealed => {}
-            Err(e) => tracing::warn!("lease index sync failed: {}", e.message),
-        }
-    }
-
-    /// Forget the in-memory index (at seal); nothing is revoked.
-    pub fn clear(&self) {
-        self.loaded.store(false, Ordering::SeqCst);
-        let mut ix = lock(&self.index);
-        ix.leases.clear();
-        ix.per_uid.clear();
-        ix.issuing.clear();
-        ix.queue.clear();
-        ix.emptied.clear();
-        drop(ix);
-        self.changed.notify_all();
-        self.due.notify_all();
-    }
-
-    /// Take the earliest due lease that nobody is revoking, claiming it. Err: nothing is due;
-    /// the value is how long to wait (ms) before looking again.
-    fn take_due(&self, ix: &mut Index) -> std::result::Result<String, u64> {
-        if !self.loaded.load(Ordering::SeqCst) {
-            return Err(1000);
-        }
-        let now = self.now_ms();
-        let mut pick = None;
-        let mut wait = 1000;
-        for (d, id) in &ix.queue {
-            if *d > now {
-                wait = d - now;
-                break;
-            }
-            if !ix.inflight.contains(id) {
-                pick = Some(id.clone());
-                break;
-            }
-        }
-        match pick {
-            Some(id) => {
-                ix.inflight.insert(id.clone());
-                Ok(id)
-            }
-            // Wait at least 1 ms (in-flight ones end with a notify), at most 1 s (a clock step).
-            None => Err(wait.clamp(1, 1000)),
-        }
-    }
+    // The scheduler.
 
     /// Start the expiry scheduler: `concurrency` worker threads. Each takes the earliest due
     /// lease the moment it is due (no batches: a slow revocation never holds back the next
     /// due one while another worker is free) and sleeps on a condvar until the next deadline.
     /// They end when the manager is dropped.
     pub fn start(self: &Arc<Self>) {
-        for n in 0..self.config.concurrency.max(1) {
-            let weak: Weak<Self> = Arc::downgrade(self);
-            let spawned = std::thread::Builder::new()
-                .name(format!("nomadfs-lease-{n}"))
-                .spawn(move || {
-                    let mut synced = std::time::Instant::now();
-                    loop {
-                        let Some(m) = weak.upgrade() else { break };
-                        // Worker 0 also keeps the index in step with a shared store.
-                        if n == 0 && m.barrier.storage().shared() && synced.elapsed() >= SHARED_SYNC
-                        {
-                            synced = std::time::Instant::now();
-                            m.sync_shared_logged();
-                        }
-                        let mut ix = lock(&m.index);
-                        match m.take_due(&mut ix) {
-                            Ok(id) => {
-                                drop(ix);
-                                // Upstream failures are recorded on the lease (retry or
-                                // irrevocable); Ok(false): another daemon renewed it,
-                                // rescheduled. Other errors (storage) leave it due: back off.
-                                if let Err(e) = m.revoke_claimed(&id, true) {
-                                    m.defer_if_still_due(&id, &e);
-                                }
-                                m.release(&id);
-                            }
-                            Err(wait) => {
-                                let wait = if n == 0 && m.barrier.storage().shared() {
-                                    wait.min(SHARED_SYNC.as_millis() as u64)
-                                } else {
-                                    wait
-                                };
-                                let _ = m.due.wait_timeout(ix, Duration::from_millis(wait));
-                            }
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!("cannot start a lease scheduler worker: {e}");
-            }
-        }
+        scheduler::start(self);
+    }
+
+    /// One scheduler pass: revoke every lease that is due. Returns how many were revoked.
+    pub fn process_due(&self) -> usize {
+        scheduler::process_due(self)
+    }
+
+    /// Milliseconds until the next due lease (None: nothing scheduled).
+    pub fn next_due_in(&self) -> Option<u64> {
+        scheduler::next_due_in(self)
+    }
+
+    // The index and storage: unseal, shared store, seal.
+
+    /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
+    /// are due at once.
+    pub fn restore(&self) -> Result<usize> {
+        sync::restore(self)
+    }
+
+    /// On a shared store: index lease records other daemons wrote (as foreign) and forget the
+    /// ones that are gone from storage (another daemon revoked them). Returns (added, removed).
+    pub fn sync_shared(&self) -> Result<(usize, usize)> {
+        sync::sync_shared(self)
+    }
+
+    /// Forget the in-memory index (at seal); nothing is revoked.
+    pub fn clear(&self) {
+        self.loaded.store(false, Ordering::SeqCst);
+        lock(&self.index).forget_all();
+        self.changed.notify_all();
+        self.due.notify_all();
     }
 }
 
+// tests.rs (`use super::*`) also names these.
+#[cfg(test)]
+use {crate::error::ErrorKind, record::STORE_PREFIX, std::time::Duration};
 #[cfg(test)]
 mod tests;

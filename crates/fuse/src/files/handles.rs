@@ -414,6 +414,14 @@ impl Handles {
                 .map(|w| w.data.len() as u64)
         })
     }
+    /// Does thread `pid` hold `ino` open with a buffer that will still be stored (it created or
+    /// truncated the file and has not closed it)?
+    pub fn pending_by_thread(&self, ino: u64, pid: u32) -> bool {
+        self.on_ino(ino).iter().any(|h| {
+            let h = locked(h);
+            h.opener.pid == pid && h.pending_len().is_some()
+        })
+    }
     /// The size the process of thread `pid` sees for `ino`: the size of its own uncommitted
     /// write buffer, if it has one (its writes are not stored until close, but its own
     /// `fstat`/`lseek(SEEK_END)`/`O_APPEND` must see them, as on any filesystem).

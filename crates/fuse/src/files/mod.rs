@@ -218,13 +218,18 @@ impl Files {
     }
 
     /// Read a stored value; a file created but not yet stored (its creator has not closed it)
-    /// reads as empty.
+    /// reads as empty to the thread creating it, and is not there for anyone else.
     fn read_value(&self, ino: u64, path: &str, c: &Caller) -> Result<SecretBytes, Error> {
         match self.engine.read(c, path) {
-            Err(e) if e.kind == ErrorKind::NotFound => match self.pending_for(ino, path, c) {
-                Some(_) => Ok(SecretBytes::default()),
-                None => self.engine.read(c, path),
-            },
+            // Only the thread that is creating it reads it (as empty): to everyone else a value
+            // appears whole at its writer's close, so a new file is not there until then.
+            Err(e)
+                if e.kind == ErrorKind::NotFound
+                    && self.handles.pending_by_thread(ino, c.pid)
+                    && self.pending_for(ino, path, c).is_some() =>
+            {
+                Ok(SecretBytes::default())
+            }
             other => other,
         }
     }

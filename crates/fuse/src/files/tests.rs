@@ -346,3 +346,18 @@ fn audit_hash_is_an_exchange_when_opened_read_write_and_buffered_otherwise() {
     );
     t.files.release(x.fh).expect("release");
 }
+
+#[test]
+fn a_file_being_created_reads_as_empty_only_for_the_thread_creating_it() {
+    let t = files();
+    let (ino, fh) = t.create("secret/c");
+    let own = t.files.open(&me(), ino, RO).expect("the creating thread");
+    assert_eq!(t.read(&me(), own.fh), b"");
+    assert_eq!(
+        errno_kind(t.files.open(&other(), ino, RO)),
+        Some(ErrorKind::NotFound)
+    );
+    t.files.release(own.fh).expect("release");
+    t.files.release(fh).expect("release");
+    assert!(t.files.open(&other(), ino, RO).is_ok(), "there once closed");
+}

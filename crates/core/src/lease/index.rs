@@ -1,0 +1,246 @@
+//! The in-memory lease index: every lease this daemon knows, by id, with what scheduling and
+//! the per-uid bound need (`Meta`: due time, uid, foreign), the due queue ordered by deadline,
+//! the ids in flight (claimed), folders a revocation just emptied, and the per-uid counts
+//! (live leases and leases being issued).
+//!
+//! Owns: `Index` and `Meta` and every answer computed from them alone: whether a path is a
+//! lease or a folder of leases, folder listings, counts, and the `[limits] leases_per_uid`
+//! bound (checked and counted together, under the one index lock).
+//! Must never: do I/O (storage or upstream) or sleep — it is only touched under the manager's
+//! index lock, which is never held across such calls — or decide on its own to drop a lease
+//! (only the revocation, restore and sync paths remove entries).
+
+use super::record::LeaseRecord;
+use crate::backend::DirEntry;
+use crate::error::{Error, ErrorKind, Result};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How long after a foreign lease is due this daemon waits before revoking it itself.
+pub(super) const FOREIGN_GRACE_MS: u64 = 10_000;
+
+/// How long a folder emptied by a revocation still answers as a folder.
+const EMPTIED_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy)]
+pub(super) struct Meta {
+    pub(super) due: Option<u64>,
+    pub(super) uid: u32,
+    /// Found in a shared store, issued by another daemon: this one acts on it only
+    /// `FOREIGN_GRACE_MS` after it is due (the issuer normally does it first; this one takes
+    /// over when the issuer is gone).
+    pub(super) foreign: bool,
+}
+
+impl Meta {
+    pub(super) fn of(rec: &LeaseRecord) -> Self {
+        Self {
+            due: rec.due_ms(),
+            uid: rec.uid,
+            foreign: false,
+        }
+    }
+    pub(super) fn foreign(rec: &LeaseRecord) -> Self {
+        Self {
+            due: rec.due_ms().map(|d| d.saturating_add(FOREIGN_GRACE_MS)),
+            uid: rec.uid,
+            foreign: true,
+        }
+    }
+    /// `rec`'s scheduling, keeping whether this entry is foreign.
+    pub(super) fn like(self, rec: &LeaseRecord) -> Self {
+        if self.foreign {
+            Self::foreign(rec)
+        } else {
+            Self::of(rec)
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Index {
+    pub(super) leases: BTreeMap<String, Meta>,
+    pub(super) queue: BTreeSet<(u64, String)>,
+    pub(super) inflight: HashSet<String>,
+    /// Folders emptied by a revocation in the last few seconds, with when. They still answer
+    /// as folders so that `rm -r` (unlink every file, then rmdir) can finish its walk.
+    emptied: BTreeMap<String, Instant>,
+    /// uid → its leases in `leases` (the `[limits] leases_per_uid` bound counts these).
+    per_uid: HashMap<u32, u64>,
+    /// uid → leases being issued (counted by the bound, not yet in `leases`).
+    issuing: HashMap<u32, u64>,
+}
+
+impl Index {
+    pub(super) fn set(&mut self, id: &str, meta: Meta) {
+        match self.leases.insert(id.to_string(), meta) {
+            Some(old) => {
+                if let Some(d) = old.due {
+                    self.queue.remove(&(d, id.to_string()));
+                }
+                if old.uid != meta.uid {
+                    self.uncount(old.uid);
+                    *self.per_uid.entry(meta.uid).or_default() += 1;
+                }
+            }
+            None => *self.per_uid.entry(meta.uid).or_default() += 1,
+        }
+        if let Some(d) = meta.due {
+            self.queue.insert((d, id.to_string()));
+        }
+    }
+    fn uncount(&mut self, uid: u32) {
+        if let Some(n) = self.per_uid.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+    }
+    pub(super) fn remove(&mut self, id: &str) {
+        if let Some(old) = self.leases.remove(id) {
+            if let Some(d) = old.due {
+                self.queue.remove(&(d, id.to_string()));
+            }
+            self.uncount(old.uid);
+        }
+        let now = Instant::now();
+        self.emptied
+            .retain(|_, t| now.duration_since(*t) < EMPTIED_GRACE);
+        let mut p = id;
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            self.emptied.insert(parent.to_string(), now);
+            p = parent;
+        }
+    }
+
+    /// Forget every lease (at seal). Claims in flight stay: their holders release them.
+    pub(super) fn forget_all(&mut self) {
+        self.leases.clear();
+        self.per_uid.clear();
+        self.issuing.clear();
+        self.queue.clear();
+        self.emptied.clear();
+    }
+
+    /// Live leases created by `uid`.
+    pub(super) fn count_of(&self, uid: u32) -> u64 {
+        self.per_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Live leases of `uid` plus the ones being issued for it (what the bound counts).
+    pub(super) fn held(&self, uid: u32) -> u64 {
+        self.per_uid.get(&uid).copied().unwrap_or(0) + self.issuing.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Count one lease of `uid` as being issued, within `limit` (checked and counted under one
+    /// lock, so concurrent issues cannot overshoot the bound).
+    pub(super) fn reserve(&mut self, uid: u32, limit: Option<u64>) -> Result<()> {
+        if let Some(limit) = limit {
+            over_quota(uid, self.held(uid), limit)?;
+        }
+        *self.issuing.entry(uid).or_default() += 1;
+        Ok(())
+    }
+
+    /// Give back a `reserve` (the lease is now in `leases`, or its issue failed).
+    pub(super) fn unreserve(&mut self, uid: u32) {
+        if let Some(n) = self.issuing.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.issuing.remove(&uid);
+            }
+        }
+    }
+
+    /// Is `path` a lease (Some(false)), a folder of leases (Some(true)), or nothing (None)?
+    pub(super) fn kind(&self, path: &str) -> Option<bool> {
+        if path.is_empty() {
+            return Some(true);
+        }
+        if self.leases.contains_key(path) {
+            return Some(false);
+        }
+        let prefix = format!("{path}/");
+        let live = self
+            .leases
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        let recently_emptied = self
+            .emptied
+            .get(path)
+            .is_some_and(|t| t.elapsed() < EMPTIED_GRACE);
+        (live || recently_emptied).then_some(true)
+    }
+
+    /// `rmdir` of an emptied folder: forget it.
+    pub(super) fn forget_folder(&mut self, path: &str) {
+        let prefix = format!("{path}/");
+        self.emptied
+            .retain(|k, _| k != path && !k.starts_with(&prefix));
+    }
+
+    /// The children of folder `path` ("" for the top).
+    pub(super) fn list(&self, path: &str) -> Vec<DirEntry> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let mut out: Vec<DirEntry> = Vec::new();
+        let mut last_dir: Option<String> = None;
+        for (k, _) in self.leases.range(prefix.clone()..) {
+            let Some(rest) = k.strip_prefix(&prefix) else {
+                break;
+            };
+            match rest.split_once('/') {
+                Some((dir, _)) => {
+                    if last_dir.as_deref() != Some(dir) {
+                        last_dir = Some(dir.to_string());
+                        out.push(DirEntry::dir(dir));
+                    }
+                }
+                None => out.push(DirEntry::file(rest)),
+            }
+        }
+        out
+    }
+
+    /// Live leases created by `uid`, counted over the index itself.
+    pub(super) fn count_uid(&self, uid: u32) -> usize {
+        self.leases.values().filter(|m| m.uid == uid).count()
+    }
+
+    /// The ids that start with `prefix`.
+    pub(super) fn ids_under(&self, prefix: &str) -> Vec<String> {
+        self.leases
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The ids of the leases `uid` created.
+    pub(super) fn ids_of(&self, uid: u32) -> Vec<String> {
+        self.leases
+            .iter()
+            .filter(|(_, m)| m.uid == uid)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// EDQUOT (with the reason) if `uid`, holding `held`, may not have one more lease.
+pub(super) fn over_quota(uid: u32, held: u64, limit: u64) -> Result<()> {
+    if held >= limit {
+        return Err(Error::new(
+            ErrorKind::Quota,
+            format!(
+                "uid {uid} holds {held} live leases; the bound is {limit} \
+                 ([limits] leases_per_uid): revoke some (rm sys/leases/...) or let them expire"
+            ),
+        ));
+    }
+    Ok(())
+}
