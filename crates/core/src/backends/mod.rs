@@ -1,14 +1,17 @@
 //! The backend types that can be mounted, and the factory that builds one for a mount entry.
 
 pub mod aws;
-pub mod aws_iam;
 mod dynamic;
 pub mod generic;
 pub(crate) mod partial;
-pub mod pg_client;
 pub mod postgres;
 pub mod sys;
 pub mod transit;
+
+/// The IAM client, under its older path (`backends::aws_iam`), which tests and tools use.
+pub use aws::iam as aws_iam;
+/// The PostgreSQL client, under its older path (`backends::pg_client`).
+pub use postgres::client as pg_client;
 
 use crate::backend::Backend;
 use crate::barrier::View;

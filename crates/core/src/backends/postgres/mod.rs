@@ -17,7 +17,6 @@
 
 use super::aws::failpoint;
 use super::dynamic::{self, CredView, Dynamic, SecretConfig, Upstream};
-use super::pg_client::{password, role_name, PgClient, Target};
 use super::{partial, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node};
 use crate::barrier::View;
@@ -29,6 +28,10 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
+
+pub mod client;
+
+use client::{password, role_name, PgClient, Target};
 
 const HELP: &str = "\
 postgresql backend: dynamic PostgreSQL login roles, each under a lease.

@@ -745,5 +745,4 @@ impl Backend for Transit {
 }
 
 #[cfg(test)]
-#[path = "transit_tests.rs"]
 mod tests;

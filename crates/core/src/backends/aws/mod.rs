@@ -11,7 +11,6 @@
 //! Must never: return the root keys (config/root is write-only), create anything on `stat` or
 //! lookup, or log a credential.
 
-use super::aws_iam::{user_name, AwsIam, IamApi, RootCredentials};
 use super::dynamic::{self, parse_fields, CredView, Dynamic, SecretConfig, Upstream};
 use super::{partial, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node};
@@ -23,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
+
+pub mod iam;
+
+use iam::{user_name, AwsIam, IamApi, RootCredentials};
 
 const HELP: &str = "\
 aws backend: dynamic IAM credentials, each under a lease.
