@@ -1,4 +1,7 @@
 //! The backend types that can be mounted, and the factory that builds one for a mount entry.
+//!
+//! One folder per backend: `generic/`, `transit/`, `sys/`, and the dynamic-secret backends
+//! `aws/` and `postgres/`, which share `dynamic/` (the common layout over an `Upstream`).
 
 pub mod aws;
 mod dynamic;

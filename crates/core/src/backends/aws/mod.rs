@@ -11,6 +11,8 @@
 //! Must never: return the root keys (config/root is write-only), create anything on `stat` or
 //! lookup, or log a credential.
 
+pub mod iam;
+
 use super::dynamic::{self, parse_fields, CredView, Dynamic, SecretConfig, Upstream};
 use super::{partial, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node};
@@ -18,14 +20,11 @@ use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{rfc3339, LeaseManager, LeaseRecord, NewLease};
 use crate::secret::SecretBytes;
+use iam::{user_name, AwsIam, IamApi, RootCredentials};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
-
-pub mod iam;
-
-use iam::{user_name, AwsIam, IamApi, RootCredentials};
 
 const HELP: &str = "\
 aws backend: dynamic IAM credentials, each under a lease.

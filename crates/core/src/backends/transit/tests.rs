@@ -1,4 +1,5 @@
 //! The transit backend through the engine (no FUSE), with a memory store.
+use super::crypto::{max_ciphertext_len, parse_ciphertext};
 use super::*;
 use crate::barrier::KdfParams;
 use crate::caller::Caller;
