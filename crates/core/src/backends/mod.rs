@@ -20,6 +20,7 @@ use crate::backend::Backend;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::LeaseManager;
+use dynamic::Dynamic;
 use std::sync::Arc;
 
 /// What the engine lends every backend it builds.
@@ -50,8 +51,16 @@ impl Default for Limits {
 pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Backend>> {
     match kind {
         "generic" => Ok(Arc::new(generic::Generic::new(view, services.limits))),
-        "aws" => Ok(Arc::new(aws::Aws::new(view, services))),
-        "postgresql" => Ok(Arc::new(postgres::Postgres::new(view, services))),
+        "aws" => Ok(Arc::new(Dynamic::new(
+            view.clone(),
+            services,
+            aws::Aws::new(view, services),
+        ))),
+        "postgresql" => Ok(Arc::new(Dynamic::new(
+            view.clone(),
+            services,
+            postgres::Postgres::new(view, services),
+        ))),
         "transit" => Ok(Arc::new(transit::Transit::new(view, services))),
         other => Err(Error::invalid(format!(
             "unknown backend type {other:?} (known: {})",

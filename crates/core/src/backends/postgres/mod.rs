@@ -12,17 +12,17 @@
 //! Revocation drops the role (the role document's
 //! `revocation_statements` at revocation time, or the default that ends access, see
 //! `client::PgClient::drop_role`); renewal moves its `VALID UNTIL` to the new expiry.
+//! `Postgres` implements only `Upstream`; the mounted `Backend` is `Dynamic<Postgres>`.
 //! Must never: return the connection URL (config/connection is write-only), create anything on
 //! `stat` or lookup, or log a password.
 
-use super::aws::failpoint;
-use super::dynamic::{self, CredView, Dynamic, SecretConfig, Upstream};
+use super::dynamic::{self, failpoint, CredView, SecretConfig, Upstream};
 pub mod client;
 mod roles;
 mod target;
 
 use super::{partial, Services};
-use crate::backend::{Backend, Ctx, DirEntry, Node};
+use crate::backend::Ctx;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{rfc3339, LeaseManager, LeaseRecord, NewLease};
@@ -95,7 +95,8 @@ struct Tested {
 const TESTED_FOR: Duration = Duration::from_secs(60);
 
 pub struct Postgres {
-    dynamic: Dynamic,
+    view: View,
+    services: Services,
     conn: Mutex<Option<Arc<Conn>>>,
     tested: Mutex<Option<Tested>>,
 }
@@ -103,23 +104,15 @@ pub struct Postgres {
 impl Postgres {
     pub fn new(view: View, services: &Services) -> Self {
         Self {
-            dynamic: Dynamic::new(
-                view,
-                services,
-                SecretConfig {
-                    path: "config/connection",
-                    read_refusal:
-                        "config/connection is write-only: the connection URL is never read back",
-                },
-                &[CredView::Json, CredView::Env],
-            ),
+            view,
+            services: services.clone(),
             conn: Mutex::new(None),
             tested: Mutex::new(None),
         }
     }
 
     fn leases(&self) -> &LeaseManager {
-        &self.dynamic.services.leases
+        &self.services.leases
     }
 
     fn conn_of(target: &Target) -> Result<Conn> {
@@ -137,7 +130,7 @@ impl Postgres {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let raw = self.dynamic.view.get("config/connection")?.ok_or_else(|| {
+        let raw = self.view.get("config/connection")?.ok_or_else(|| {
             Error::io("config/connection is not set: write the connection URL first")
         })?;
         let stored: StoredConnection = serde_json::from_slice(raw.expose())
@@ -201,14 +194,14 @@ impl Postgres {
         let mut buf = Zeroizing::new(Vec::with_capacity(256));
         serde_json::to_writer(&mut *buf, &stored)
             .map_err(|e| Error::io(format!("config/connection: {e}")))?;
-        self.dynamic.view.put("config/connection", &buf)?;
+        self.view.put("config/connection", &buf)?;
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         tracing::info!(target = %target.display, "PostgreSQL connection configured");
         Ok(())
     }
 
     fn load_role(&self, name: &str) -> Result<Option<Role>> {
-        match self.dynamic.view.get(&dynamic::role_key(name)?)? {
+        match self.view.get(&dynamic::role_key(name)?)? {
             None => Ok(None),
             Some(raw) => parse_role(name, raw.expose())
                 .map(Some)
@@ -238,7 +231,7 @@ impl Postgres {
             .load_role(role_doc)?
             .ok_or_else(|| Error::not_found(&format!("roles/{role_doc}")))?;
         let conn = self.conn()?;
-        let cfg = self.dynamic.lease_cfg()?;
+        let cfg = dynamic::lease_cfg(&self.view)?;
         let max_ttl = role.max_ttl.unwrap_or(cfg.max_ttl).min(cfg.max_ttl).max(1);
         let ttl = role.default_ttl.unwrap_or(cfg.ttl).clamp(1, max_ttl);
         let path = format!("{}/creds/{role_doc}", ctx.mount);
@@ -353,6 +346,17 @@ impl Postgres {
 }
 
 impl Upstream for Postgres {
+    const KIND: &'static str = "postgresql";
+    const SECRET: SecretConfig = SecretConfig {
+        path: "config/connection",
+        read_refusal: "config/connection is write-only: the connection URL is never read back",
+    };
+    const VIEWS: &'static [CredView] = &[CredView::Json, CredView::Env];
+
+    fn help(&self) -> String {
+        HELP.to_string()
+    }
+
     fn write_config(&self, data: &SecretBytes) -> Result<()> {
         self.write_connection(data)
     }
@@ -373,48 +377,6 @@ impl Upstream for Postgres {
 
     fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
         self.mint(ctx, role, view)
-    }
-}
-
-impl Backend for Postgres {
-    fn kind(&self) -> &'static str {
-        "postgresql"
-    }
-
-    fn help(&self) -> String {
-        HELP.to_string()
-    }
-
-    fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
-        self.dynamic.stat(path)
-    }
-
-    fn list(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>> {
-        self.dynamic.list(path)
-    }
-
-    fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes> {
-        self.dynamic.read(self, ctx, path)
-    }
-
-    fn mints(&self, path: &str) -> bool {
-        self.dynamic.mints(path)
-    }
-
-    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        self.dynamic.create(path)
-    }
-
-    fn write(&self, _ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
-        self.dynamic.write(self, path, data)
-    }
-
-    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
-        self.dynamic.check_partial(self, path, data)
-    }
-
-    fn delete(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        self.dynamic.delete(path)
     }
 
     fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
