@@ -12,7 +12,7 @@ use crate::caller::Caller;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mounts::normalize_path;
-use crate::route::Router;
+use crate::route::{Ops, PathDecl, Router};
 use crate::secret::SecretBytes;
 use mount_spec::{check_mount_spec_prefix, parse_mount_spec};
 
@@ -54,32 +54,123 @@ pub(crate) struct Sys {
     hashes: std::sync::Mutex<std::collections::HashMap<u32, String>>,
 }
 
-const HELP: &str = "\
-sys/: the control plane.
+const HELP_INTRO: &str = "sys/: the control plane.";
 
-  health          read: JSON with sealed, version, storage type, lease count
-  self/errors     read: your own recent refusals, with their reasons (time, operation,
-                  path, errno, reason); nobody else's
-  seal            write anything: seal (every mount disappears until unsealed)
-  unseal          write the passphrase: unseal (initialises an empty store)
-  rotate          write anything: add an encryption key term (old data stays readable)
-  mounts/         ls: mount paths; cat mounts/NAME: its type and description
-                  echo generic > mounts/NAME: mount a generic backend at NAME/
-                  printf 'type = \"generic\"\\ndescription = \"team A\"\\n' > mounts/NAME
-                  rm mounts/NAME: unmount (revokes its leases, deletes its data)
-                  mv mounts/A mounts/B: remount (data kept, leases revoked)
-  mounts.table    the mount table as `Path Type Description` columns
-  leases/         one file per lease, in folders by path: leases/aws/creds/deploy/<uuid>
-                  cat: issue and expiry time, ttl, renewable, path, uid, state
-                  rm: revoke now (upstream first; EIO and kept if upstream refuses)
-                  rm -r FOLDER: revoke every lease under it
-                  touch: renew by the default increment; echo 3600 > (or 1h): renew by that
-  revoke-uid      write a uid: revoke every lease that uid created
-  policies/NAME   a policy (TOML or JSON: uids, gids, users, groups, cgroups, exes, rules);
-                  write to add or replace (a bad one is refused, the old one stays), rm deletes
-  audit-hash      write a value (it is hashed when that file is closed), then read the file: the
-                  HMAC the audit log shows for it (the last value you wrote; per uid)
-";
+/// The paths of `sys/`: routes, operations, help lines. The help text and the fixed entries of
+/// the `sys/` listing are derived from this table.
+const PATHS: &[PathDecl<Route>] = &[
+    PathDecl::new("", Route::Root, Ops::LIST, ""),
+    PathDecl::new(".help", Route::Help, Ops::READ, ""),
+    PathDecl::new(
+        "health",
+        Route::Health,
+        Ops::READ,
+        "read: JSON with sealed, version, storage type, lease count",
+    ),
+    PathDecl::new("self", Route::SelfDir, Ops::LIST, ""),
+    PathDecl::new(
+        "self/errors",
+        Route::SelfErrors,
+        Ops::READ,
+        "read: your own recent refusals, with their reasons (time, operation,\n\
+         path, errno, reason); nobody else's",
+    ),
+    PathDecl::new(
+        "seal",
+        Route::Seal,
+        Ops::WRITE,
+        "write anything: seal (every mount disappears until unsealed)",
+    ),
+    PathDecl::new(
+        "unseal",
+        Route::Unseal,
+        Ops::WRITE,
+        "write the passphrase: unseal (initialises an empty store)",
+    ),
+    PathDecl::new(
+        "rotate",
+        Route::Rotate,
+        Ops::WRITE,
+        "write anything: add an encryption key term (old data stays readable)",
+    ),
+    PathDecl::new(
+        "mounts",
+        Route::Mounts,
+        Ops::LIST,
+        "ls: mount paths; cat mounts/NAME: its type and description\n\
+         echo generic > mounts/NAME: mount a generic backend at NAME/\n\
+         printf 'type = \"generic\"\\ndescription = \"team A\"\\n' > mounts/NAME\n\
+         rm mounts/NAME: unmount (revokes its leases, deletes its data)\n\
+         mv mounts/A mounts/B: remount (data kept, leases revoked)",
+    ),
+    PathDecl::new(
+        "mounts.table",
+        Route::MountsTable,
+        Ops::READ,
+        "the mount table as `Path Type Description` columns",
+    ),
+    PathDecl::new(
+        "mounts/{name}",
+        Route::Mount,
+        Ops::READ.and(Ops::WRITE).and(Ops::DELETE).and(Ops::RENAME),
+        "",
+    ),
+    PathDecl::new(
+        "leases",
+        Route::Leases,
+        Ops::LIST,
+        "one file per lease, in folders by path: leases/aws/creds/deploy/<uuid>\n\
+         cat: issue and expiry time, ttl, renewable, path, uid, state\n\
+         rm: revoke now (upstream first; EIO and kept if upstream refuses)\n\
+         rm -r FOLDER: revoke every lease under it\n\
+         touch: renew by the default increment; echo 3600 > (or 1h): renew by that",
+    ),
+    PathDecl::new(
+        "leases/{*id}",
+        Route::Lease,
+        Ops::READ
+            .and(Ops::WRITE)
+            .and(Ops::DELETE)
+            .and(Ops::LIST)
+            .and(Ops::RMDIR),
+        "",
+    ),
+    PathDecl::new(
+        "revoke-uid",
+        Route::RevokeUid,
+        Ops::WRITE,
+        "write a uid: revoke every lease that uid created",
+    ),
+    PathDecl::new("policies", Route::Policies, Ops::LIST, ""),
+    PathDecl::new(
+        "policies/{name}",
+        Route::Policy,
+        Ops::READ.and(Ops::WRITE).and(Ops::DELETE),
+        "a policy (TOML or JSON: uids, gids, users, groups, cgroups, exes, rules);\n\
+         write to add or replace (a bad one is refused, the old one stays), rm deletes",
+    ),
+    PathDecl::new(
+        "audit-hash",
+        Route::AuditHash,
+        Ops::READ.and(Ops::WRITE),
+        "write a value (it is hashed when that file is closed), then read the file: the\n\
+         HMAC the audit log shows for it (the last value you wrote; per uid)",
+    ),
+];
+
+/// Whether `route` answers while sealed.
+fn open_while_sealed(route: Route) -> bool {
+    matches!(
+        route,
+        Route::Root
+            | Route::Help
+            | Route::Health
+            | Route::Seal
+            | Route::Unseal
+            | Route::SelfDir
+            | Route::SelfErrors
+    )
+}
 
 /// The lease id of a `leases/...` path.
 fn caps_first(path: &str) -> &str {
@@ -89,25 +180,7 @@ fn caps_first(path: &str) -> &str {
 impl Sys {
     pub(crate) fn new() -> Self {
         Self {
-            router: Router::new(&[
-                ("", Route::Root),
-                (".help", Route::Help),
-                ("health", Route::Health),
-                ("self", Route::SelfDir),
-                ("self/errors", Route::SelfErrors),
-                ("seal", Route::Seal),
-                ("unseal", Route::Unseal),
-                ("rotate", Route::Rotate),
-                ("mounts", Route::Mounts),
-                ("mounts.table", Route::MountsTable),
-                ("mounts/{name}", Route::Mount),
-                ("leases", Route::Leases),
-                ("leases/{*id}", Route::Lease),
-                ("revoke-uid", Route::RevokeUid),
-                ("policies", Route::Policies),
-                ("policies/{name}", Route::Policy),
-                ("audit-hash", Route::AuditHash),
-            ]),
+            router: Router::declare(PATHS),
             hashes: Default::default(),
         }
     }
@@ -117,17 +190,7 @@ impl Sys {
             .router
             .route(path)
             .ok_or_else(|| Error::not_found(&format!("sys/{path}")))?;
-        let open_while_sealed = matches!(
-            route,
-            Route::Root
-                | Route::Help
-                | Route::Health
-                | Route::Seal
-                | Route::Unseal
-                | Route::SelfDir
-                | Route::SelfErrors
-        );
-        if e.is_sealed() && !open_while_sealed {
+        if e.is_sealed() && !open_while_sealed(route) {
             return Err(Error::not_found(&format!("sys/{path}")));
         }
         Ok((route, caps))
@@ -167,27 +230,21 @@ impl Sys {
     pub(crate) fn list(&self, e: &Engine, path: &str) -> Result<Vec<DirEntry>> {
         let (route, _) = self.route(e, path)?;
         match route {
-            Route::Root => {
-                let mut out = vec![
-                    DirEntry::file(".help"),
-                    DirEntry::file("health"),
-                    DirEntry::dir("self"),
-                ];
-                out.push(DirEntry::file("seal"));
-                out.push(DirEntry::file("unseal"));
-                if !e.is_sealed() {
-                    out.push(DirEntry::file("rotate"));
-                    out.push(DirEntry::dir("mounts"));
-                    out.push(DirEntry::file("mounts.table"));
-                    out.push(DirEntry::dir("leases"));
-                    out.push(DirEntry::file("revoke-uid"));
-                    out.push(DirEntry::dir("policies"));
-                    out.push(DirEntry::file("audit-hash"));
-                }
-                Ok(out)
-            }
+            // The fixed entries, from the table; while sealed only those that answer.
+            Route::Root => Ok(self
+                .router
+                .literal_children("")
+                .into_iter()
+                .filter(|c| {
+                    !e.is_sealed()
+                        || self
+                            .router
+                            .route(&c.name)
+                            .is_some_and(|(r, _)| open_while_sealed(r))
+                })
+                .collect()),
             Route::Leases => Ok(e.leases().list("")),
-            Route::SelfDir => Ok(vec![DirEntry::file("errors")]),
+            Route::SelfDir => Ok(self.router.literal_children("self")),
             Route::Policies => Ok(e.policies().names().map(DirEntry::file).collect()),
             Route::Lease if e.leases().kind(caps_first(path)) == Some(true) => {
                 Ok(e.leases().list(caps_first(path)))
@@ -207,7 +264,7 @@ impl Sys {
     pub(crate) fn read(&self, e: &Engine, caller: &Caller, path: &str) -> Result<SecretBytes> {
         let (route, caps) = self.route(e, path)?;
         let text = match route {
-            Route::Help => HELP.to_string(),
+            Route::Help => self.router.help(HELP_INTRO, ""),
             Route::Health => e.health_json(caller),
             Route::SelfErrors => e.own_refusals(caller.uid),
             Route::MountsTable => e.mounts_table_text(),
@@ -443,5 +500,57 @@ impl Sys {
                 "sys/{from} cannot be renamed to sys/{to}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_and_root_listing_come_from_the_table() {
+        let sys = Sys::new();
+        let help = sys.router.help(HELP_INTRO, "");
+        assert!(help.starts_with("sys/: the control plane.\n\n  health          read: JSON"));
+        for label in [
+            "self/errors",
+            "mounts/ ",
+            "mounts.table",
+            "leases/ ",
+            "policies/NAME",
+        ] {
+            assert!(help.contains(&format!("  {label}")), "{label}");
+        }
+        assert!(help.contains("\n                  rm -r FOLDER: revoke every lease under it\n"));
+        assert!(
+            help.contains(r#"printf 'type = "generic"\ndescription = "team A"\n' > mounts/NAME"#)
+        );
+        let names: Vec<_> = sys
+            .router
+            .literal_children("")
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ".help",
+                "health",
+                "self",
+                "seal",
+                "unseal",
+                "rotate",
+                "mounts",
+                "mounts.table",
+                "leases",
+                "revoke-uid",
+                "policies",
+                "audit-hash"
+            ]
+        );
+        assert_eq!(
+            sys.router.literal_children("self"),
+            vec![DirEntry::file("errors")]
+        );
     }
 }
