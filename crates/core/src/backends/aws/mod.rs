@@ -14,7 +14,7 @@
 
 pub mod iam;
 
-use super::dynamic::{self, failpoint, parse_fields, CredView, SecretConfig, Upstream};
+use super::dynamic::{self, failpoint, parse_fields, CredView, HelpText, SecretConfig, Upstream};
 use super::{partial, Services};
 use crate::backend::Ctx;
 use crate::barrier::View;
@@ -26,25 +26,6 @@ use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
-
-const HELP: &str = "\
-aws backend: dynamic IAM credentials, each under a lease.
-
-  config/root     write-only: access_key=..., secret_key=..., optional region=..., endpoint=...
-                  lines (or the same as JSON). Reading it fails (EACCES).
-  config/lease    read/write: ttl=1h and max_ttl=24h (seconds or durations; JSON too)
-  roles/NAME      an IAM policy document (JSON); rm deletes the role
-  creds/NAME      each open creates an IAM user with the role's policy and one access key and
-                  prints JSON: lease_id, lease_duration, renewable, access_key, secret_key
-  creds/NAME.env  the same as AWS_ACCESS_KEY_ID=... lines plus NOMADFS_LEASE_ID=... (dotenv, no
-                  `export`: for docker --env-file, systemd EnvironmentFile=, `set -a; . FILE`)
-  creds/NAME.process
-                  the same as AWS credential_process JSON (Version 1, AccessKeyId,
-                  SecretAccessKey, Expiration = the lease's expiry, lease_id), for
-                  `credential_process = cat /run/nomadfs/aws/creds/NAME.process` in ~/.aws/config
-
-Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it.
-";
 
 const POLICY_NAME: &str = "nomadfs";
 
@@ -362,9 +343,17 @@ impl Upstream for Aws {
     };
     const VIEWS: &'static [CredView] = &[CredView::Json, CredView::Env, CredView::Process];
 
-    fn help(&self) -> String {
-        HELP.to_string()
-    }
+    const HELP: HelpText = HelpText {
+        intro: "aws backend: dynamic IAM credentials, each under a lease.",
+        secret: "write-only: access_key=..., secret_key=..., optional region=..., endpoint=...\nlines (or the same as JSON). Reading it fails (EACCES).",
+        role: "an IAM policy document (JSON); rm deletes the role",
+        creds: &[
+            "each open creates an IAM user with the role's policy and one access key and\nprints JSON: lease_id, lease_duration, renewable, access_key, secret_key",
+            "the same as AWS_ACCESS_KEY_ID=... lines plus NOMADFS_LEASE_ID=... (dotenv, no\n`export`: for docker --env-file, systemd EnvironmentFile=, `set -a; . FILE`)",
+            "the same as AWS credential_process JSON (Version 1, AccessKeyId,\nSecretAccessKey, Expiration = the lease's expiry, lease_id), for\n`credential_process = cat /run/nomadfs/aws/creds/NAME.process` in ~/.aws/config",
+        ],
+        notes: "Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it.",
+    };
 
     fn write_config(&self, data: &SecretBytes) -> Result<()> {
         self.write_root(data)

@@ -18,20 +18,22 @@
 //! 1. Make a folder `backends/NAME/` with `mod.rs` holding a struct that keeps the mount's
 //!    `View` and `Services` (and its upstream client), and a client module beside it.
 //! 2. `impl Upstream for It`: `KIND`, `SECRET` (the settings file's path and the refusal a read
-//!    of it gets), `VIEWS` (the views `creds/NAME` offers), `help`, then `write_config`
+//!    of it gets), `VIEWS` (the views `creds/NAME` offers), `HELP` (the intro, the lines of the
+//!    settings file, `roles/NAME` and each view, the closing notes), then `write_config`
 //!    and `check_role` (with their `_partial` forms, see `backends::partial`), `issue` (mint
 //!    under a lease from `lease_cfg(&view)`, name it with `ctx.issued(id)`), `revoke`, and
 //!    `renew`/`recover` if upstream needs them.
 //! 3. Add it to `backends::KNOWN_TYPES` and `backends::build`, wrapped in `Dynamic::new`.
 //!
-//! The layout itself (paths and routes) is the table in `Dynamic::new`.
+//! The layout's paths are declared once, in `Dynamic::paths` (pattern, route, operations, help
+//! line); `.help` and the fixed listings are derived from that table and `Upstream::HELP`.
 
 use super::{partial, validate_name, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{parse_duration, LeaseRecord};
-use crate::route::Router;
+use crate::route::{Ops, PathDecl, Router};
 use crate::secret::SecretBytes;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -78,6 +80,15 @@ pub(crate) enum CredView {
 }
 
 impl CredView {
+    /// How `.help` names the view's file.
+    pub(crate) fn shown(self) -> &'static str {
+        match self {
+            CredView::Json => "creds/NAME",
+            CredView::Env => "creds/NAME.env",
+            CredView::Process => "creds/NAME.process",
+        }
+    }
+
     /// The file-name suffix of the view (`""` for the plain JSON).
     pub(crate) fn suffix(self) -> &'static str {
         match self {
@@ -99,8 +110,8 @@ pub(crate) trait Upstream: Send + Sync + 'static {
     const SECRET: SecretConfig;
     /// The views `creds/NAME` offers, the plain JSON first.
     const VIEWS: &'static [CredView];
-    /// The help text of `MOUNT/.help`.
-    fn help(&self) -> String;
+    /// What `MOUNT/.help` says beyond the common layout.
+    const HELP: HelpText;
     /// Check and store a write to the write-only settings file.
     fn write_config(&self, data: &SecretBytes) -> Result<()>;
     /// Check role document `roles/name` before it is stored (its size is already checked).
@@ -123,6 +134,24 @@ pub(crate) trait Upstream: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// The parts of `MOUNT/.help` a dynamic-secret backend writes; the rest (the layout, the
+/// `config/lease` line) comes from the common table. Each help may run over several lines.
+#[derive(Clone, Copy)]
+pub(crate) struct HelpText {
+    /// What the backend is: the first paragraph.
+    pub intro: &'static str,
+    /// The settings file's help.
+    pub secret: &'static str,
+    /// The help of `roles/NAME` (what a role document is).
+    pub role: &'static str,
+    /// The help of each credential view, in the order of `Upstream::VIEWS`.
+    pub creds: &'static [&'static str],
+    /// The closing paragraph (revocation, renewal).
+    pub notes: &'static str,
+}
+
+const LEASE_HELP: &str = "read/write: ttl=1h and max_ttl=24h (seconds or durations; JSON too)";
 
 /// A dynamic-secret backend: the common layout over upstream `U`.
 pub(crate) struct Dynamic<U: Upstream> {
@@ -219,18 +248,46 @@ impl<U: Upstream> Dynamic<U> {
         Self {
             view,
             services: services.clone(),
-            router: Router::new(&[
-                ("", Route::Root),
-                ("config", Route::Config),
-                (U::SECRET.path, Route::ConfigSecret),
-                ("config/lease", Route::ConfigLease),
-                ("roles", Route::Roles),
-                ("roles/{name}", Route::Role),
-                ("creds", Route::Creds),
-                ("creds/{name}", Route::Cred),
-            ]),
+            router: Router::declare(&Self::paths()),
             up,
         }
+    }
+
+    /// The declared paths of the layout: routes, operations, help lines (`.help` and the fixed
+    /// listings of the root and `config/` are derived from them). `creds/NAME` is declared once
+    /// per view the backend offers (the first declaration routes; all give help).
+    fn paths() -> Vec<PathDecl<Route>> {
+        let mut paths = vec![
+            PathDecl::new("", Route::Root, Ops::LIST, ""),
+            PathDecl::new("config", Route::Config, Ops::LIST, ""),
+            PathDecl::new(
+                U::SECRET.path,
+                Route::ConfigSecret,
+                Ops::WRITE,
+                U::HELP.secret,
+            ),
+            PathDecl::new(
+                "config/lease",
+                Route::ConfigLease,
+                Ops::READ | Ops::WRITE,
+                LEASE_HELP,
+            ),
+            PathDecl::new("roles", Route::Roles, Ops::LIST, ""),
+            PathDecl::new(
+                "roles/{name}",
+                Route::Role,
+                Ops::READ | Ops::WRITE | Ops::DELETE,
+                U::HELP.role,
+            ),
+            PathDecl::new("creds", Route::Creds, Ops::LIST, ""),
+        ];
+        for (i, view) in U::VIEWS.iter().enumerate() {
+            let help = U::HELP.creds.get(i).copied().unwrap_or("");
+            paths.push(
+                PathDecl::new("creds/{name}", Route::Cred, Ops::READ, help).shown(view.shown()),
+            );
+        }
+        paths
     }
 
     /// The role and view a `creds/` file name names (`deploy.env` → `deploy`, Env); a suffix
@@ -325,7 +382,7 @@ impl<U: Upstream> Backend for Dynamic<U> {
     }
 
     fn help(&self) -> String {
-        self.up.help()
+        self.router.help(U::HELP.intro, U::HELP.notes)
     }
 
     fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
@@ -365,18 +422,9 @@ impl<U: Upstream> Backend for Dynamic<U> {
                 .collect())
         };
         match route {
-            Route::Root => Ok(vec![
-                DirEntry::dir("config"),
-                DirEntry::dir("roles"),
-                DirEntry::dir("creds"),
-            ]),
-            Route::Config => {
-                let secret = U::SECRET.path.strip_prefix("config/");
-                Ok(vec![
-                    DirEntry::file(secret.unwrap_or(U::SECRET.path)),
-                    DirEntry::file("lease"),
-                ])
-            }
+            // The fixed entries, from the table.
+            Route::Root => Ok(self.router.literal_children("")),
+            Route::Config => Ok(self.router.literal_children("config")),
             Route::Roles => Ok(roles()?.into_iter().map(DirEntry::file).collect()),
             Route::Creds => Ok(roles()?
                 .into_iter()
@@ -475,5 +523,47 @@ impl<U: Upstream> Backend for Dynamic<U> {
 
     fn recover(&self) -> Result<()> {
         self.up.recover()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::{aws::Aws, postgres::Postgres};
+
+    #[test]
+    fn help_and_fixed_listings_come_from_the_table() {
+        let r = Router::declare(&Dynamic::<Aws>::paths());
+        let help = r.help(Aws::HELP.intro, Aws::HELP.notes);
+        assert!(help.starts_with(
+            "aws backend: dynamic IAM credentials, each under a lease.\n\n  config/root     write-only"
+        ));
+        assert!(help.contains("\n  config/lease    read/write: ttl=1h and max_ttl=24h"));
+        assert!(help.contains(
+            "\n  creds/NAME.process\n                  the same as AWS credential_process JSON"
+        ));
+        assert!(help.ends_with("renew with `touch` or `echo 1h >` on it.\n"));
+        assert_eq!(
+            r.literal_children(""),
+            vec![
+                DirEntry::dir("config"),
+                DirEntry::dir("roles"),
+                DirEntry::dir("creds")
+            ]
+        );
+        assert_eq!(
+            r.literal_children("config"),
+            vec![DirEntry::file("root"), DirEntry::file("lease")]
+        );
+        let r = Router::declare(&Dynamic::<Postgres>::paths());
+        let help = r.help(Postgres::HELP.intro, Postgres::HELP.notes);
+        assert!(help.contains("\n  config/connection  write-only: postgres://USER:PASSWORD@"));
+        assert!(help.contains("\n                       creation_statements = [\"CREATE ROLE"));
+        assert!(help.contains("\n  creds/NAME.env     the same as PGUSER="));
+        assert!(!help.contains(".process"));
+        assert_eq!(
+            r.literal_children("config"),
+            vec![DirEntry::file("connection"), DirEntry::file("lease")]
+        );
     }
 }

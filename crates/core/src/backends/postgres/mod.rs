@@ -16,7 +16,7 @@
 //! Must never: return the connection URL (config/connection is write-only), create anything on
 //! `stat` or lookup, or log a password.
 
-use super::dynamic::{self, failpoint, CredView, SecretConfig, Upstream};
+use super::dynamic::{self, failpoint, CredView, HelpText, SecretConfig, Upstream};
 pub mod client;
 mod roles;
 mod target;
@@ -34,33 +34,6 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
-
-const HELP: &str = "\
-postgresql backend: dynamic PostgreSQL login roles, each under a lease.
-
-  config/connection  write-only: postgres://USER:PASSWORD@HOST:PORT/DATABASE (an admin that may
-                     CREATE ROLE). Tested on write: a URL that cannot connect is refused (EIO)
-                     and the previous one kept. No TLS: use a Unix socket or loopback.
-                     Reading it fails (EACCES).
-  config/lease       read/write: ttl=1h and max_ttl=24h (seconds or durations; JSON too)
-  roles/NAME         TOML or JSON:
-                       creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN PASSWORD '{{password}}'
-                                               VALID UNTIL '{{expiration}}'\",
-                                              \"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \\\"{{name}}\\\"\"]
-                       revocation_statements = [...]   optional ({{name}}); default: NOLOGIN,
-                                                        end its sessions, REASSIGN/DROP OWNED, DROP ROLE
-                       renew_statements = [...]        optional ({{name}}, {{expiration}});
-                                                        default: ALTER ROLE ... VALID UNTIL
-                       default_ttl = \"1h\", max_ttl = \"24h\"   optional (capped by config/lease)
-                     A string works where a list does. rm deletes the role document.
-  creds/NAME         each open creates a role and prints JSON: lease_id, lease_duration,
-                     renewable, username, password
-  creds/NAME.env     the same as PGUSER=, PGPASSWORD=, PGHOST=, PGPORT=, PGDATABASE= lines
-                     plus NOMADFS_LEASE_ID= and NOMADFS_LEASE_DURATION=
-
-Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it (moves the
-role's VALID UNTIL).
-";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,9 +326,16 @@ impl Upstream for Postgres {
     };
     const VIEWS: &'static [CredView] = &[CredView::Json, CredView::Env];
 
-    fn help(&self) -> String {
-        HELP.to_string()
-    }
+    const HELP: HelpText = HelpText {
+        intro: "postgresql backend: dynamic PostgreSQL login roles, each under a lease.",
+        secret: "write-only: postgres://USER:PASSWORD@HOST:PORT/DATABASE (an admin that may\nCREATE ROLE). Tested on write: a URL that cannot connect is refused (EIO)\nand the previous one kept. No TLS: use a Unix socket or loopback.\nReading it fails (EACCES).",
+        role: "TOML or JSON:\n  creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN PASSWORD '{{password}}'\n                          VALID UNTIL '{{expiration}}'\",\n                         \"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \\\"{{name}}\\\"\"]\n  revocation_statements = [...]   optional ({{name}}); default: NOLOGIN,\n                                   end its sessions, REASSIGN/DROP OWNED, DROP ROLE\n  renew_statements = [...]        optional ({{name}}, {{expiration}});\n                                   default: ALTER ROLE ... VALID UNTIL\n  default_ttl = \"1h\", max_ttl = \"24h\"   optional (capped by config/lease)\nA string works where a list does. rm deletes the role document.",
+        creds: &[
+            "each open creates a role and prints JSON: lease_id, lease_duration,\nrenewable, username, password",
+            "the same as PGUSER=, PGPASSWORD=, PGHOST=, PGPORT=, PGDATABASE= lines\nplus NOMADFS_LEASE_ID= and NOMADFS_LEASE_DURATION=",
+        ],
+        notes: "Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it (moves the\nrole's VALID UNTIL).",
+    };
 
     fn write_config(&self, data: &SecretBytes) -> Result<()> {
         self.write_connection(data)
