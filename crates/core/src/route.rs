@@ -82,7 +82,7 @@ impl Pattern {
         rest.is_empty().then_some(caps)
     }
 
-    /// If `dir` is a literal folder on the way to this pattern, the next literal segment.
+    /// If `dir` is a folder on the way to this pattern, the next segment if it is literal.
     fn child_of(&self, dir: &str) -> Option<DirEntry> {
         let depth = if dir.is_empty() {
             0
@@ -96,6 +96,9 @@ impl Pattern {
             for (seg, part) in self.segs.iter().zip(dir.split('/')) {
                 match seg {
                     Seg::Lit(l) if *l == part => {}
+                    // A one-segment capture on the way matches any name ("keys/{name}/info"
+                    // under "keys/k").
+                    Seg::Param if !part.is_empty() => {}
                     _ => return None,
                 }
             }
@@ -354,6 +357,11 @@ mod tests {
         let cfg = r.literal_children("config");
         assert_eq!(cfg, vec![DirEntry::file("root"), DirEntry::file("lease")]);
         assert!(r.literal_children("roles").is_empty());
+        let k = Router::new(&[("keys/{name}/info", R::Cfg), ("keys/{name}/ctl", R::Cfg)]);
+        let under = k.literal_children("keys/k");
+        assert_eq!(under, vec![DirEntry::file("info"), DirEntry::file("ctl")]);
+        assert!(k.literal_children("keys").is_empty());
+        assert!(k.literal_children("other/k").is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::barrier::view::ViewOp;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::rfc3339;
-use crate::route::Router;
+use crate::route::{Ops, PathDecl, Router};
 use crate::secret::SecretBytes;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -40,34 +40,6 @@ const KEY_LEN: usize = 32;
 /// every change, so two instances of one mount can briefly coexist.
 static MUTATE: Mutex<()> = Mutex::new(());
 
-const HELP: &str = "\
-transit backend: encryption as a service. Keys never leave the daemon.
-
-  keys/                 ls: the key names
-  mkdir keys/NAME       create key NAME (version 1, AES-256-GCM)
-  keys/NAME/info        JSON: name, type, versions (creation times), latest_version,
-                        min_decryption_version, deletion_allowed. Never key material.
-  keys/NAME/ctl         write-only commands, one per line:
-                          rotate                     add a new version (new encryptions use it)
-                          min_decryption_version=N   refuse ciphertexts older than version N
-                          deletion_allowed=true|false
-                        applied at close, all or none; a bad line fails the write that
-                        carries it with EINVAL (reason in sys/self/errors and the daemon log)
-  rmdir keys/NAME       delete the key (also rm -r); EPERM until deletion_allowed=true.
-                        Everything encrypted with it becomes undecryptable.
-
-  encrypt/NAME          open read-write, write the plaintext (raw bytes), read the ciphertext
-                        `nomadfs:vN:BASE64` from offset 0 in the same open
-  decrypt/NAME          the same with a ciphertext in, the plaintext out
-  rewrap/NAME           the same with a ciphertext in, a ciphertext under the newest version out
-                        Each read at offset 0 after writes runs the operation once; a new write
-                        at offset 0 starts a new input. CLI: nomadfs encrypt|decrypt|rewrap NAME.
-
-Errors: unknown key ENOENT; malformed or tampered ciphertext EINVAL; a ciphertext version below
-min_decryption_version EPERM; plaintext over the size limit EFBIG. Capability: `update` on the
-exchange path (e.g. transit/encrypt/NAME).
-";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     Root,
@@ -85,6 +57,53 @@ enum Exchange {
     Decrypt,
     Rewrap,
 }
+
+const HELP_INTRO: &str = "transit backend: encryption as a service. Keys never leave the daemon.";
+const HELP_NOTES: &str = "Errors: unknown key ENOENT; malformed or tampered ciphertext EINVAL; a ciphertext version below\nmin_decryption_version EPERM; plaintext over the size limit EFBIG. Capability: `update` on the\nexchange path (e.g. transit/encrypt/NAME).";
+
+/// The paths of a transit mount: routes, operations, help lines. `.help` and the fixed
+/// listings (the root, a key's folder) are derived from this table.
+const PATHS: &[PathDecl<Route>] = &[
+    PathDecl::new("", Route::Root, Ops::LIST, ""),
+    PathDecl::new("keys", Route::Keys, Ops::LIST, "ls: the key names"),
+    PathDecl::new(
+        "keys/{name}",
+        Route::Key,
+        Ops::LIST.and(Ops::MKDIR).and(Ops::RMDIR),
+        "create key NAME (version 1, AES-256-GCM)",
+    )
+    .shown("mkdir keys/NAME"),
+    PathDecl::new(
+        "keys/{name}",
+        Route::Key,
+        Ops::RMDIR,
+        "delete the key (also rm -r); EPERM until deletion_allowed=true.\nEverything encrypted with it becomes undecryptable.",
+    )
+    .shown("rmdir keys/NAME"),
+    PathDecl::new("keys/{name}/info", Route::Info, Ops::READ, "JSON: name, type, versions (creation times), latest_version,\nmin_decryption_version, deletion_allowed. Never key material."),
+    PathDecl::new("keys/{name}/ctl", Route::Ctl, Ops::WRITE, "write-only commands, one per line:\n  rotate                     add a new version (new encryptions use it)\n  min_decryption_version=N   refuse ciphertexts older than version N\n  deletion_allowed=true|false\napplied at close, all or none; a bad line fails the write that\ncarries it with EINVAL (reason in sys/self/errors and the daemon log)"),
+    PathDecl::new("encrypt", Route::OpDir(Exchange::Encrypt), Ops::LIST, ""),
+    PathDecl::new(
+        "encrypt/{name}",
+        Route::OpFile(Exchange::Encrypt),
+        Ops::EXCHANGE,
+        "open read-write, write the plaintext (raw bytes), read the ciphertext\n`nomadfs:vN:BASE64` from offset 0 in the same open",
+    ),
+    PathDecl::new("decrypt", Route::OpDir(Exchange::Decrypt), Ops::LIST, ""),
+    PathDecl::new(
+        "decrypt/{name}",
+        Route::OpFile(Exchange::Decrypt),
+        Ops::EXCHANGE,
+        "the same with a ciphertext in, the plaintext out",
+    ),
+    PathDecl::new("rewrap", Route::OpDir(Exchange::Rewrap), Ops::LIST, ""),
+    PathDecl::new(
+        "rewrap/{name}",
+        Route::OpFile(Exchange::Rewrap),
+        Ops::EXCHANGE,
+        "the same with a ciphertext in, a ciphertext under the newest version out\nEach read at offset 0 after writes runs the operation once; a new write\nat offset 0 starts a new input. CLI: nomadfs encrypt|decrypt|rewrap NAME.",
+    ),
+];
 
 /// A key's settings and version list, as stored in `keys/NAME/meta`. No key material.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -120,19 +139,7 @@ impl Transit {
         Self {
             view,
             services: services.clone(),
-            router: Router::new(&[
-                ("", Route::Root),
-                ("keys", Route::Keys),
-                ("keys/{name}", Route::Key),
-                ("keys/{name}/info", Route::Info),
-                ("keys/{name}/ctl", Route::Ctl),
-                ("encrypt", Route::OpDir(Exchange::Encrypt)),
-                ("encrypt/{name}", Route::OpFile(Exchange::Encrypt)),
-                ("decrypt", Route::OpDir(Exchange::Decrypt)),
-                ("decrypt/{name}", Route::OpFile(Exchange::Decrypt)),
-                ("rewrap", Route::OpDir(Exchange::Rewrap)),
-                ("rewrap/{name}", Route::OpFile(Exchange::Rewrap)),
-            ]),
+            router: Router::declare(PATHS),
         }
     }
 
@@ -305,7 +312,7 @@ impl Backend for Transit {
     }
 
     fn help(&self) -> String {
-        HELP.to_string()
+        self.router.help(HELP_INTRO, HELP_NOTES)
     }
 
     fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
@@ -346,17 +353,14 @@ impl Backend for Transit {
     fn list(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>> {
         let (route, name) = self.route(path)?;
         match route {
-            Route::Root => Ok(["keys", "encrypt", "decrypt", "rewrap"]
-                .into_iter()
-                .map(DirEntry::dir)
-                .collect()),
+            Route::Root => Ok(self.router.literal_children("")),
             Route::Keys => Ok(self.names()?.into_iter().map(DirEntry::dir).collect()),
             Route::OpDir(_) => Ok(self.names()?.into_iter().map(DirEntry::file).collect()),
             Route::Key => {
                 if !self.exists(name)? {
                     return Err(Error::not_found(path));
                 }
-                Ok(vec![DirEntry::file("info"), DirEntry::file("ctl")])
+                Ok(self.router.literal_children(path))
             }
             Route::Info | Route::Ctl | Route::OpFile(_) => Err(Error::new(
                 ErrorKind::NotADirectory,

@@ -452,3 +452,30 @@ fn ctl_lines_are_checked_as_they_arrive() {
     assert!(e.check_partial("transit/keys/k/info", b"{not json").is_ok());
     assert!(e.check_partial("secret/x", b"{not json").is_ok());
 }
+
+#[test]
+fn help_and_fixed_listings_come_from_the_table() {
+    let r = Router::declare(PATHS);
+    let help = r.help(HELP_INTRO, HELP_NOTES);
+    assert!(help.starts_with("transit backend: encryption as a service."));
+    for label in [
+        "keys/ ",
+        "mkdir keys/NAME",
+        "rmdir keys/NAME",
+        "keys/NAME/info",
+        "keys/NAME/ctl",
+        "encrypt/NAME",
+        "decrypt/NAME",
+        "rewrap/NAME",
+    ] {
+        assert!(help.contains(&format!("\n  {label}")), "{label}");
+    }
+    assert!(help.contains("min_decryption_version=N   refuse ciphertexts older than version N"));
+    assert!(help.ends_with("exchange path (e.g. transit/encrypt/NAME).\n"));
+    let root: Vec<_> = r.literal_children("").into_iter().map(|e| e.name).collect();
+    assert_eq!(root, ["keys", "encrypt", "decrypt", "rewrap"]);
+    assert_eq!(
+        r.literal_children("keys/k"),
+        vec![DirEntry::file("info"), DirEntry::file("ctl")]
+    );
+}
