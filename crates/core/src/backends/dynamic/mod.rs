@@ -28,6 +28,8 @@
 //! The layout's paths are declared once, in `Dynamic::paths` (pattern, route, operations, help
 //! line); `.help` and the fixed listings are derived from that table and `Upstream::HELP`.
 
+mod fields;
+
 use super::{partial, validate_name, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind};
 use crate::barrier::View;
@@ -35,8 +37,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{parse_duration, LeaseRecord};
 use crate::route::{Ops, PathDecl, Router};
 use crate::secret::SecretBytes;
+pub(crate) use fields::parse_fields;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 const DEFAULT_TTL: u64 = 3600;
 const DEFAULT_MAX_TTL: u64 = 24 * 3600;
@@ -180,52 +182,6 @@ pub(crate) fn lease_cfg(view: &View) -> Result<LeaseCfg> {
         Some(raw) => serde_json::from_slice(raw.expose())
             .map_err(|e| Error::new(ErrorKind::Integrity, format!("config/lease: {e}"))),
     }
-}
-
-/// Parse `key=value` lines (blank lines and `#` comments skipped) or a JSON object of strings.
-pub(crate) fn parse_fields(
-    data: &SecretBytes,
-    what: &str,
-) -> Result<Vec<(String, Zeroizing<String>)>> {
-    let text = std::str::from_utf8(data.expose())
-        .map_err(|_| Error::invalid(format!("{what}: not UTF-8 text")))?
-        .trim();
-    let mut out = Vec::new();
-    if text.starts_with('{') {
-        let v: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| {
-                Error::invalid(format!(
-                    "{what}: invalid JSON at line {} column {}",
-                    e.line(),
-                    e.column()
-                ))
-            })?;
-        for (k, v) in v {
-            let s = match v {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => return Err(Error::invalid(format!("{what}: {k} must be a string"))),
-            };
-            out.push((k, Zeroizing::new(s)));
-        }
-        return Ok(out);
-    }
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(Error::invalid(format!(
-                "{what}: line {} is not key=value",
-                i + 1
-            )));
-        };
-        let v = v.trim().trim_matches('"');
-        out.push((k.trim().to_string(), Zeroizing::new(v.to_string())));
-    }
-    Ok(out)
 }
 
 /// The storage key of role `name`, after checking the name.
@@ -527,43 +483,4 @@ impl<U: Upstream> Backend for Dynamic<U> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backends::{aws::Aws, postgres::Postgres};
-
-    #[test]
-    fn help_and_fixed_listings_come_from_the_table() {
-        let r = Router::declare(&Dynamic::<Aws>::paths());
-        let help = r.help(Aws::HELP.intro, Aws::HELP.notes);
-        assert!(help.starts_with(
-            "aws backend: dynamic IAM credentials, each under a lease.\n\n  config/root     write-only"
-        ));
-        assert!(help.contains("\n  config/lease    read/write: ttl=1h and max_ttl=24h"));
-        assert!(help.contains(
-            "\n  creds/NAME.process\n                  the same as AWS credential_process JSON"
-        ));
-        assert!(help.ends_with("renew with `touch` or `echo 1h >` on it.\n"));
-        assert_eq!(
-            r.literal_children(""),
-            vec![
-                DirEntry::dir("config"),
-                DirEntry::dir("roles"),
-                DirEntry::dir("creds")
-            ]
-        );
-        assert_eq!(
-            r.literal_children("config"),
-            vec![DirEntry::file("root"), DirEntry::file("lease")]
-        );
-        let r = Router::declare(&Dynamic::<Postgres>::paths());
-        let help = r.help(Postgres::HELP.intro, Postgres::HELP.notes);
-        assert!(help.contains("\n  config/connection  write-only: postgres://USER:PASSWORD@"));
-        assert!(help.contains("\n                       creation_statements = [\"CREATE ROLE"));
-        assert!(help.contains("\n  creds/NAME.env     the same as PGUSER="));
-        assert!(!help.contains(".process"));
-        assert_eq!(
-            r.literal_children("config"),
-            vec![DirEntry::file("connection"), DirEntry::file("lease")]
-        );
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@
 //! `unseal`, `seal` and help while sealed.
 
 mod mount_spec;
+mod paths;
 
 use crate::backend::{DirEntry, Node};
 use crate::backends::validate_name;
@@ -12,9 +13,10 @@ use crate::caller::Caller;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mounts::normalize_path;
-use crate::route::{Ops, PathDecl, Router};
+use crate::route::Router;
 use crate::secret::SecretBytes;
 use mount_spec::{check_mount_spec_prefix, parse_mount_spec};
+use paths::{HELP_INTRO, PATHS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -53,110 +55,6 @@ pub(crate) struct Sys {
     /// The last hash asked of `sys/audit-hash`, per uid (never the value).
     hashes: std::sync::Mutex<std::collections::HashMap<u32, String>>,
 }
-
-const HELP_INTRO: &str = "sys/: the control plane.";
-
-/// The paths of `sys/`: routes, operations, help lines. The help text and the fixed entries of
-/// the `sys/` listing are derived from this table.
-const PATHS: &[PathDecl<Route>] = &[
-    PathDecl::new("", Route::Root, Ops::LIST, ""),
-    PathDecl::new(".help", Route::Help, Ops::READ, ""),
-    PathDecl::new(
-        "health",
-        Route::Health,
-        Ops::READ,
-        "read: JSON with sealed, version, storage type, lease count",
-    ),
-    PathDecl::new("self", Route::SelfDir, Ops::LIST, ""),
-    PathDecl::new(
-        "self/errors",
-        Route::SelfErrors,
-        Ops::READ,
-        "read: your own recent refusals, with their reasons (time, operation,\n\
-         path, errno, reason); nobody else's",
-    ),
-    PathDecl::new(
-        "seal",
-        Route::Seal,
-        Ops::WRITE,
-        "write anything: seal (every mount disappears until unsealed)",
-    ),
-    PathDecl::new(
-        "unseal",
-        Route::Unseal,
-        Ops::WRITE,
-        "write the passphrase: unseal (initialises an empty store)",
-    ),
-    PathDecl::new(
-        "rotate",
-        Route::Rotate,
-        Ops::WRITE,
-        "write anything: add an encryption key term (old data stays readable)",
-    ),
-    PathDecl::new(
-        "mounts",
-        Route::Mounts,
-        Ops::LIST,
-        "ls: mount paths; cat mounts/NAME: its type and description\n\
-         echo generic > mounts/NAME: mount a generic backend at NAME/\n\
-         printf 'type = \"generic\"\\ndescription = \"team A\"\\n' > mounts/NAME\n\
-         rm mounts/NAME: unmount (revokes its leases, deletes its data)\n\
-         mv mounts/A mounts/B: remount (data kept, leases revoked)",
-    ),
-    PathDecl::new(
-        "mounts.table",
-        Route::MountsTable,
-        Ops::READ,
-        "the mount table as `Path Type Description` columns",
-    ),
-    PathDecl::new(
-        "mounts/{name}",
-        Route::Mount,
-        Ops::READ.and(Ops::WRITE).and(Ops::DELETE).and(Ops::RENAME),
-        "",
-    ),
-    PathDecl::new(
-        "leases",
-        Route::Leases,
-        Ops::LIST,
-        "one file per lease, in folders by path: leases/aws/creds/deploy/<uuid>\n\
-         cat: issue and expiry time, ttl, renewable, path, uid, state\n\
-         rm: revoke now (upstream first; EIO and kept if upstream refuses)\n\
-         rm -r FOLDER: revoke every lease under it\n\
-         touch: renew by the default increment; echo 3600 > (or 1h): renew by that",
-    ),
-    PathDecl::new(
-        "leases/{*id}",
-        Route::Lease,
-        Ops::READ
-            .and(Ops::WRITE)
-            .and(Ops::DELETE)
-            .and(Ops::LIST)
-            .and(Ops::RMDIR),
-        "",
-    ),
-    PathDecl::new(
-        "revoke-uid",
-        Route::RevokeUid,
-        Ops::WRITE,
-        "write a uid: revoke every lease that uid created",
-    ),
-    PathDecl::new("policies", Route::Policies, Ops::LIST, ""),
-    PathDecl::new(
-        "policies/{name}",
-        Route::Policy,
-        Ops::READ.and(Ops::WRITE).and(Ops::DELETE),
-        "a policy (TOML or JSON: uids, gids, users, groups, cgroups, exes, rules);\n\
-         write to add or replace (a bad one is refused, the old one stays), rm deletes",
-    ),
-    PathDecl::new(
-        "audit-hash",
-        Route::AuditHash,
-        Ops::READ.and(Ops::WRITE),
-        "write a value (it is hashed when that file is closed), then read the file: the\n\
-         HMAC the audit log shows for it (the last value you wrote; per uid)",
-    ),
-];
 
 /// Whether `route` answers while sealed.
 fn open_while_sealed(route: Route) -> bool {
@@ -504,53 +402,4 @@ impl Sys {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn help_and_root_listing_come_from_the_table() {
-        let sys = Sys::new();
-        let help = sys.router.help(HELP_INTRO, "");
-        assert!(help.starts_with("sys/: the control plane.\n\n  health          read: JSON"));
-        for label in [
-            "self/errors",
-            "mounts/ ",
-            "mounts.table",
-            "leases/ ",
-            "policies/NAME",
-        ] {
-            assert!(help.contains(&format!("  {label}")), "{label}");
-        }
-        assert!(help.contains("\n                  rm -r FOLDER: revoke every lease under it\n"));
-        assert!(
-            help.contains(r#"printf 'type = "generic"\ndescription = "team A"\n' > mounts/NAME"#)
-        );
-        let names: Vec<_> = sys
-            .router
-            .literal_children("")
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        assert_eq!(
-            names,
-            [
-                ".help",
-                "health",
-                "self",
-                "seal",
-                "unseal",
-                "rotate",
-                "mounts",
-                "mounts.table",
-                "leases",
-                "revoke-uid",
-                "policies",
-                "audit-hash"
-            ]
-        );
-        assert_eq!(
-            sys.router.literal_children("self"),
-            vec![DirEntry::file("errors")]
-        );
-    }
-}
+mod tests;
