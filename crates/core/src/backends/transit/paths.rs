@@ -23,7 +23,7 @@ pub(super) const PATHS: &[PathDecl<Route>] = &[
     PathDecl::new(
         "keys/{name}",
         Route::Key,
-        Ops::RMDIR,
+        Ops::LIST.and(Ops::MKDIR).and(Ops::RMDIR),
         "delete the key (also rm -r); EPERM until deletion_allowed=true.\nEverything encrypted with it becomes undecryptable.",
     )
     .shown("rmdir keys/NAME"),

@@ -6,6 +6,7 @@ use crate::caller::Caller;
 use crate::engine::{Engine, EngineConfig};
 use crate::mounts::view_for;
 use crate::policy::PolicyDoc;
+use crate::route::Ops;
 use crate::storage::memory::MemoryStorage;
 use std::sync::Arc;
 
@@ -478,4 +479,27 @@ fn help_and_fixed_listings_come_from_the_table() {
         r.literal_children("keys/k"),
         vec![DirEntry::file("info"), DirEntry::file("ctl")]
     );
+}
+
+/// The declarations say what the paths are: a path declared `LIST` stats as a folder, one
+/// declared `EXCHANGE` as an exchange file, a write-only one (`WRITE` without `READ`) as mode
+/// 0o200, and every other declared file as a file.
+#[test]
+fn declared_ops_match_what_the_paths_are() {
+    let (e, _) = engine();
+    e.mkdir(&root(), "transit/keys/k").expect("mkdir");
+    for d in PATHS {
+        let path = d.pattern.replace("{name}", "k");
+        let full = if path.is_empty() {
+            "transit".to_string()
+        } else {
+            format!("transit/{path}")
+        };
+        let node = e.stat(&root(), &full).expect(&full);
+        assert_eq!(node.is_dir(), d.ops.contains(Ops::LIST), "{full}");
+        assert_eq!(node.exchange, d.ops.contains(Ops::EXCHANGE), "{full}");
+        if d.ops.contains(Ops::WRITE) && !d.ops.contains(Ops::READ) {
+            assert_eq!(node.mode, 0o200, "{full}");
+        }
+    }
 }
