@@ -1,19 +1,26 @@
 //! The backend types that can be mounted, and the factory that builds one for a mount entry.
+//!
+//! One folder per backend: `generic/`, `transit/`, `sys/`, and the dynamic-secret backends
+//! `aws/` and `postgres/`, which share `dynamic/` (the common layout over an `Upstream`).
 
 pub mod aws;
-pub mod aws_iam;
 mod dynamic;
 pub mod generic;
 pub(crate) mod partial;
-pub mod pg_client;
 pub mod postgres;
 pub mod sys;
 pub mod transit;
+
+/// The IAM client, under its older path (`backends::aws_iam`), which tests and tools use.
+pub use aws::iam as aws_iam;
+/// The PostgreSQL client, under its older path (`backends::pg_client`).
+pub use postgres::client as pg_client;
 
 use crate::backend::Backend;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::LeaseManager;
+use dynamic::Dynamic;
 use std::sync::Arc;
 
 /// What the engine lends every backend it builds.
@@ -44,8 +51,16 @@ impl Default for Limits {
 pub fn build(kind: &str, view: View, services: &Services) -> Result<Arc<dyn Backend>> {
     match kind {
         "generic" => Ok(Arc::new(generic::Generic::new(view, services.limits))),
-        "aws" => Ok(Arc::new(aws::Aws::new(view, services))),
-        "postgresql" => Ok(Arc::new(postgres::Postgres::new(view, services))),
+        "aws" => Ok(Arc::new(Dynamic::new(
+            view.clone(),
+            services,
+            aws::Aws::new(view, services),
+        ))),
+        "postgresql" => Ok(Arc::new(Dynamic::new(
+            view.clone(),
+            services,
+            postgres::Postgres::new(view, services),
+        ))),
         "transit" => Ok(Arc::new(transit::Transit::new(view, services))),
         other => Err(Error::invalid(format!(
             "unknown backend type {other:?} (known: {})",

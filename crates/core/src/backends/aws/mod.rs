@@ -8,40 +8,24 @@
 //! say what it made (timeout, outage) becomes a cleanup lease (`LeaseManager::issue_cleanup`),
 //! retried with backoff until IAM answers; the caller gets EIO and no credential. Revocation
 //! uses what the lease recorded (user, access key id, policy name): 3 IAM calls.
+//! `Aws` implements only `Upstream`; the mounted `Backend` is `Dynamic<Aws>`.
 //! Must never: return the root keys (config/root is write-only), create anything on `stat` or
 //! lookup, or log a credential.
 
-use super::aws_iam::{user_name, AwsIam, IamApi, RootCredentials};
-use super::dynamic::{self, parse_fields, CredView, Dynamic, SecretConfig, Upstream};
+pub mod iam;
+
+use super::dynamic::{self, failpoint, parse_fields, CredView, HelpText, SecretConfig, Upstream};
 use super::{partial, Services};
-use crate::backend::{Backend, Ctx, DirEntry, Node};
+use crate::backend::Ctx;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{rfc3339, LeaseManager, LeaseRecord, NewLease};
 use crate::secret::SecretBytes;
+use iam::{user_name, AwsIam, IamApi, RootCredentials};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
-
-const HELP: &str = "\
-aws backend: dynamic IAM credentials, each under a lease.
-
-  config/root     write-only: access_key=..., secret_key=..., optional region=..., endpoint=...
-                  lines (or the same as JSON). Reading it fails (EACCES).
-  config/lease    read/write: ttl=1h and max_ttl=24h (seconds or durations; JSON too)
-  roles/NAME      an IAM policy document (JSON); rm deletes the role
-  creds/NAME      each open creates an IAM user with the role's policy and one access key and
-                  prints JSON: lease_id, lease_duration, renewable, access_key, secret_key
-  creds/NAME.env  the same as AWS_ACCESS_KEY_ID=... lines plus NOMADFS_LEASE_ID=... (dotenv, no
-                  `export`: for docker --env-file, systemd EnvironmentFile=, `set -a; . FILE`)
-  creds/NAME.process
-                  the same as AWS credential_process JSON (Version 1, AccessKeyId,
-                  SecretAccessKey, Expiration = the lease's expiry, lease_id), for
-                  `credential_process = cat /run/nomadfs/aws/creds/NAME.process` in ~/.aws/config
-
-Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it.
-";
 
 const POLICY_NAME: &str = "nomadfs";
 
@@ -70,29 +54,22 @@ struct Intent {
 }
 
 pub struct Aws {
-    dynamic: Dynamic,
+    view: View,
+    services: Services,
     client: Mutex<Option<Arc<dyn IamApi>>>,
 }
 
 impl Aws {
     pub fn new(view: View, services: &Services) -> Self {
         Self {
-            dynamic: Dynamic::new(
-                view,
-                services,
-                SecretConfig {
-                    path: "config/root",
-                    read_refusal:
-                        "aws/config/root is write-only: the root keys are never read back",
-                },
-                &[CredView::Json, CredView::Env, CredView::Process],
-            ),
+            view,
+            services: services.clone(),
             client: Mutex::new(None),
         }
     }
 
     fn leases(&self) -> &LeaseManager {
-        &self.dynamic.services.leases
+        &self.services.leases
     }
 
     /// The IAM client for the configured root credentials (built once, rebuilt after a change).
@@ -101,7 +78,7 @@ impl Aws {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let raw = self.dynamic.view.get("config/root")?.ok_or_else(|| {
+        let raw = self.view.get("config/root")?.ok_or_else(|| {
             Error::io("aws/config/root is not set: write the root credentials first")
         })?;
         let stored: StoredRoot = serde_json::from_slice(raw.expose())
@@ -186,7 +163,7 @@ impl Aws {
         let mut buf = Zeroizing::new(Vec::with_capacity(512));
         serde_json::to_writer(&mut *buf, &stored)
             .map_err(|e| Error::io(format!("config/root: {e}")))?;
-        self.dynamic.view.put("config/root", &buf)?;
+        self.view.put("config/root", &buf)?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
@@ -194,7 +171,6 @@ impl Aws {
     /// Make one credential: intent → IAM user → lease → intent cleared.
     fn mint(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
         let policy = self
-            .dynamic
             .view
             .get(&dynamic::role_key(role)?)?
             .ok_or_else(|| Error::not_found(&format!("roles/{role}")))?;
@@ -202,7 +178,7 @@ impl Aws {
             .map_err(|_| Error::new(ErrorKind::Integrity, "stored policy is not UTF-8"))?
             .to_string();
         let client = self.client()?;
-        let cfg = self.dynamic.lease_cfg()?;
+        let cfg = dynamic::lease_cfg(&self.view)?;
         let path = format!("{}/creds/{role}", ctx.mount);
         let lease_id = LeaseManager::new_id(&path);
         let user = user_name(role, ctx.caller.uid);
@@ -212,7 +188,7 @@ impl Aws {
             lease_id: lease_id.clone(),
         })
         .map_err(|e| Error::io(e.to_string()))?;
-        self.dynamic.view.put(&intent_key, &intent)?;
+        self.view.put(&intent_key, &intent)?;
         let key = match client.create_user(&user, POLICY_NAME, &policy) {
             Ok(k) => k,
             Err(f) => {
@@ -242,7 +218,7 @@ impl Aws {
                     );
                     match cleanup {
                         Ok(_) => {
-                            let _ = self.dynamic.view.delete(&intent_key);
+                            let _ = self.view.delete(&intent_key);
                         }
                         Err(c) => tracing::error!(
                             user = %user,
@@ -251,7 +227,7 @@ impl Aws {
                         ),
                     }
                 } else {
-                    let _ = self.dynamic.view.delete(&intent_key);
+                    let _ = self.view.delete(&intent_key);
                 }
                 return Err(e);
             }
@@ -278,7 +254,7 @@ impl Aws {
                 // Undo upstream; if that fails too, the intent stays for `recover`.
                 match client.delete_user(&user) {
                     Ok(()) => {
-                        let _ = self.dynamic.view.delete(&intent_key);
+                        let _ = self.view.delete(&intent_key);
                     }
                     Err(d) => {
                         tracing::error!(user = %user, "undo failed, left for recovery: {}", d.message)
@@ -287,7 +263,7 @@ impl Aws {
                 return Err(e.context(format!("storing the lease for {path}")));
             }
         };
-        if let Err(e) = self.dynamic.view.delete(&intent_key) {
+        if let Err(e) = self.view.delete(&intent_key) {
             // Harmless: recovery sees the lease exists and only clears the intent.
             tracing::warn!("clearing an intent record failed: {}", e.message);
         }
@@ -359,16 +335,26 @@ impl Aws {
     }
 }
 
-/// Test hook: `NOMADFS_FAILPOINT=<name>` makes the daemon exit abruptly at that point, as a
-/// crash would (the crash-recovery tests use it). Read on each call; absent in normal runs.
-pub(crate) fn failpoint(name: &str) {
-    if std::env::var_os("NOMADFS_FAILPOINT").is_some_and(|v| v == name) {
-        tracing::warn!(failpoint = name, "failpoint hit: exiting abruptly");
-        std::process::abort();
-    }
-}
-
 impl Upstream for Aws {
+    const KIND: &'static str = "aws";
+    const SECRET: SecretConfig = SecretConfig {
+        path: "config/root",
+        read_refusal: "aws/config/root is write-only: the root keys are never read back",
+    };
+    const VIEWS: &'static [CredView] = &[CredView::Json, CredView::Env, CredView::Process];
+
+    const HELP: HelpText = HelpText {
+        intro: "aws backend: dynamic IAM credentials, each under a lease.",
+        secret: "write-only: access_key=..., secret_key=..., optional region=..., endpoint=...\nlines (or the same as JSON). Reading it fails (EACCES).",
+        role: "an IAM policy document (JSON); rm deletes the role",
+        creds: &[
+            "each open creates an IAM user with the role's policy and one access key and\nprints JSON: lease_id, lease_duration, renewable, access_key, secret_key",
+            "the same as AWS_ACCESS_KEY_ID=... lines plus NOMADFS_LEASE_ID=... (dotenv, no\n`export`: for docker --env-file, systemd EnvironmentFile=, `set -a; . FILE`)",
+            "the same as AWS credential_process JSON (Version 1, AccessKeyId,\nSecretAccessKey, Expiration = the lease's expiry, lease_id), for\n`credential_process = cat /run/nomadfs/aws/creds/NAME.process` in ~/.aws/config",
+        ],
+        notes: "Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it.",
+    };
+
     fn write_config(&self, data: &SecretBytes) -> Result<()> {
         self.write_root(data)
     }
@@ -409,48 +395,6 @@ impl Upstream for Aws {
     fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
         self.mint(ctx, role, view)
     }
-}
-
-impl Backend for Aws {
-    fn kind(&self) -> &'static str {
-        "aws"
-    }
-
-    fn help(&self) -> String {
-        HELP.to_string()
-    }
-
-    fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
-        self.dynamic.stat(path)
-    }
-
-    fn list(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>> {
-        self.dynamic.list(path)
-    }
-
-    fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes> {
-        self.dynamic.read(self, ctx, path)
-    }
-
-    fn mints(&self, path: &str) -> bool {
-        self.dynamic.mints(path)
-    }
-
-    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        self.dynamic.create(path)
-    }
-
-    fn write(&self, _ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
-        self.dynamic.write(self, path, data)
-    }
-
-    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
-        self.dynamic.check_partial(self, path, data)
-    }
-
-    fn delete(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        self.dynamic.delete(path)
-    }
 
     fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
         let user = lease
@@ -466,31 +410,31 @@ impl Backend for Aws {
     }
 
     fn recover(&self) -> Result<()> {
-        let intents = self.dynamic.view.list("wal/")?;
+        let intents = self.view.list("wal/")?;
         if intents.is_empty() {
             return Ok(());
         }
         let mut first_err = None;
         for key in intents {
-            let Some(raw) = self.dynamic.view.get(&key)? else {
+            let Some(raw) = self.view.get(&key)? else {
                 continue;
             };
             let intent: Intent = match serde_json::from_slice(raw.expose()) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::error!("unreadable intent record, removed: {e}");
-                    self.dynamic.view.delete(&key)?;
+                    self.view.delete(&key)?;
                     continue;
                 }
             };
             if self.leases().exists(&intent.lease_id) {
-                self.dynamic.view.delete(&key)?;
+                self.view.delete(&key)?;
                 continue;
             }
             match self.client().and_then(|c| c.delete_user(&intent.user_name)) {
                 Ok(()) => {
                     tracing::warn!(user = %intent.user_name, "rolled back an IAM user whose lease was never stored");
-                    self.dynamic.view.delete(&key)?;
+                    self.view.delete(&key)?;
                 }
                 Err(e) => {
                     tracing::error!(user = %intent.user_name, "rollback failed, will retry at next unseal: {}", e.message);

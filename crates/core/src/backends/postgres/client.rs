@@ -9,7 +9,7 @@
 //! sessions, `REASSIGN OWNED`/`DROP OWNED`, `DROP ROLE`). Identifiers and literals of the default
 //! statements are quoted by the server (`format('%I')`/`format('%L')`), since DDL takes no bind
 //! parameters. Also owns `role_name` and `password`, the names and passwords nomadfs makes.
-//! It is a synchronous facade over its own small tokio runtime (like `aws_iam`): any thread may
+//! It is a synchronous facade over its own small tokio runtime (like `aws::iam`): any thread may
 //! call it, many at once. Every call is bounded by a connect timeout and an operation timeout.
 //!
 //! Must never: log the connection password or a generated password, or put either in an error
@@ -17,15 +17,15 @@
 //! carries: password, query-parameter values, `options` — see `Redactor`);
 //! leave a role half-made (creation is one transaction: all statements or none).
 
+use super::target::chain;
+pub use super::target::{Redactor, Target};
 use crate::blocking::OwnRuntime;
 use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
 use rand::Rng;
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::Type;
 use tokio_postgres::NoTls;
 
@@ -34,7 +34,7 @@ pub const NAME_MAX: usize = 63;
 /// Length of generated passwords (alphanumeric: ~190 bits).
 pub const PASSWORD_LEN: usize = 32;
 /// Time to open a connection (TCP + startup + authentication).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time for one upstream act, connecting included.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// Idle connections kept for reuse.
@@ -114,191 +114,6 @@ impl Drop for PendingRole {
             let _ = tx.send(false);
         }
     }
-}
-
-/// A checked connection URL. `Debug` shows no password.
-pub struct Target {
-    config: tokio_postgres::Config,
-    /// What upstream error text must not show: see `Redactor`.
-    redact: Redactor,
-    /// `host:port/db` for messages.
-    pub display: String,
-    /// For `.env` output: the first host (or socket folder), port and database.
-    pub host: String,
-    pub port: u16,
-    pub dbname: Option<String>,
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target")
-            .field("display", &self.display)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Target {
-    /// Parse and check `url`. Errors are `InvalidInput` and never quote the password.
-    pub fn parse(url: &str) -> Result<Target> {
-        let url = url.trim();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(Error::invalid(
-                "config/connection: expected a URL postgres://user:password@host:port/database",
-            ));
-        }
-        // tokio-postgres splits user:password from the host at the *first* '@': a raw '@' in
-        // the password would turn its tail into the "host", shown in messages. Refuse it.
-        let rest = url.split_once("://").map_or("", |(_, r)| r);
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if authority.matches('@').count() > 1 {
-            return Err(Error::invalid(
-                "config/connection: the user or password contains a raw '@': percent-encode it \
-                 as %40",
-            ));
-        }
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-            Error::invalid(format!(
-                "config/connection: not a valid URL ({})",
-                chain(&e)
-            ))
-        })?;
-        if config.get_user().is_none_or(str::is_empty) {
-            return Err(Error::invalid("config/connection: the URL names no user"));
-        }
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(Error::invalid(
-                "config/connection: sslmode=require is not supported: nomadfs connects to \
-                 PostgreSQL without TLS (use a Unix socket or loopback, see SECURITY.md)",
-            ));
-        }
-        // No TLS support, so don't ask the server for it.
-        config.ssl_mode(SslMode::Disable);
-        let host = match config.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            Some(Host::Unix(p)) => p.to_string_lossy().into_owned(),
-            None => return Err(Error::invalid("config/connection: the URL names no host")),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let dbname = config.get_dbname().map(str::to_string);
-        config.connect_timeout(CONNECT_TIMEOUT);
-        config.application_name("nomadfs");
-        let display = format!(
-            "{host}:{port}/{}",
-            dbname.as_deref().or(config.get_user()).unwrap_or("")
-        );
-        Ok(Target {
-            config,
-            redact: Redactor::of_url(url),
-            display,
-            host,
-            port,
-            dbname,
-        })
-    }
-}
-
-/// The secrets a connection URL carries, to cut out of upstream error text: the password, and
-/// the value of every query parameter (`?options=-c search_path=…`, `?password=…`, …), raw and
-/// percent-decoded, with each word and `name=value` tail of `options`. PostgreSQL quotes a bad
-/// parameter's value in its error ("invalid value for parameter … : \"…\""), and that text
-/// reaches the daemon log and the audit log. Values shorter than 3 bytes are left (too common to
-/// replace inside other words, and not a secret); each is replaced by `***`, longest first.
-#[derive(Default, Clone)]
-pub struct Redactor {
-    secrets: Vec<zeroize::Zeroizing<String>>,
-}
-
-/// `%XX` decoding, lossy (bad escapes stay as they are).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl Redactor {
-    pub fn of_url(url: &str) -> Redactor {
-        let mut found: Vec<String> = Vec::new();
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let authority = before_query.split('/').next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            if let Some((_, pass)) = userinfo.split_once(':') {
-                found.push(pass.to_string());
-                found.push(percent_decode(pass));
-            }
-        }
-        for pair in query.split('&') {
-            let Some((key, value)) = pair.split_once('=') else {
-                continue;
-            };
-            let decoded = percent_decode(value);
-            found.push(value.to_string());
-            if percent_decode(key) == "options" {
-                for word in decoded.split_whitespace() {
-                    found.push(word.to_string());
-                    if let Some((_, v)) = word.split_once('=') {
-                        found.push(v.to_string());
-                    }
-                }
-            }
-            found.push(decoded);
-        }
-        let mut secrets: Vec<zeroize::Zeroizing<String>> = found
-            .into_iter()
-            .filter(|s| s.len() >= 3)
-            .map(zeroize::Zeroizing::new)
-            .collect();
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        secrets.dedup();
-        Redactor { secrets }
-    }
-
-    /// `text` with every secret of the URL replaced by `***`.
-    pub fn apply(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
-            }
-        }
-        out
-    }
-}
-
-/// The error text of `e` with its causes ("db error: ERROR: role … already exists").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Replace every `{{key}}` by its value. Unknown placeholders stay as they are (roles are
@@ -676,96 +491,4 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::ErrorKind;
-
-    #[test]
-    fn role_name_shape_and_limit() {
-        let n = role_name("readonly", 1000);
-        assert!(n.starts_with("nomadfs-readonly-u1000-"), "{n}");
-        assert_eq!(n.len(), "nomadfs-readonly-u1000-".len() + 8);
-        assert_ne!(role_name("r", 1), role_name("r", 1));
-        let long = role_name_with_suffix(&"R".repeat(200), u32::MAX, "01234567");
-        assert_eq!(long.len(), NAME_MAX, "{long}");
-        assert!(
-            long.ends_with(&format!("-u{}-01234567", u32::MAX)),
-            "{long}"
-        );
-        assert!(long.starts_with("nomadfs-rrr"), "{long}");
-        let odd = role_name_with_suffix("a b\"c'dé", 7, "deadbeef");
-        assert_eq!(odd, "nomadfs-a-b-c-d--u7-deadbeef");
-        let n = role_name(&"é".repeat(100), 0);
-        assert!(n.len() <= NAME_MAX, "{n}");
-    }
-
-    #[test]
-    fn passwords_are_long_alphanumeric_and_differ() {
-        let a = password();
-        let b = password();
-        assert_eq!(a.len(), PASSWORD_LEN);
-        assert!(a.expose().iter().all(u8::is_ascii_alphanumeric));
-        assert_ne!(a.expose(), b.expose());
-    }
-
-    #[test]
-    fn substitute_and_join() {
-        let s = substitute(
-            "CREATE ROLE \"{{name}}\" PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' {{x}}",
-            &[("name", "n"), ("password", "p"), ("expiration", "e")],
-        );
-        assert_eq!(s, "CREATE ROLE \"n\" PASSWORD 'p' VALID UNTIL 'e' {{x}}");
-        assert_eq!(
-            join(&["a;".into(), " ".into(), "b -- c".into()]),
-            "a;;\nb -- c"
-        );
-    }
-
-    #[test]
-    fn url_secrets_are_cut_from_upstream_text() {
-        let url = "postgres://admin:s3cr%3At@127.0.0.1:5433/app?options=-c%20search_path%3Dplanted_opt%20-c%20work_mem%3D64MB&application_name=plantedapp&connect_timeout=5";
-        let t = Target::parse(url).expect("parse");
-        let upstream = "FATAL 22023: invalid value for parameter \"search_path\": \"planted_opt\" \
-            (-c search_path=planted_opt) work_mem=64MB app plantedapp s3cr:t s3cr%3At";
-        let out = t.redact.apply(upstream);
-        for leak in ["planted_opt", "plantedapp", "s3cr:t", "s3cr%3At", "64MB"] {
-            assert!(!out.contains(leak), "{leak} in {out}");
-        }
-        assert!(
-            out.contains("FATAL 22023: invalid value for parameter \"search_path\""),
-            "{out}"
-        );
-        assert!(out.contains("***"), "{out}");
-        // Short values (connect_timeout=5) do not mangle other text.
-        assert!(Redactor::of_url(url)
-            .apply("port 5433, code 57P01")
-            .contains("5433"));
-        assert_eq!(Redactor::of_url("postgres://u@h/d").apply("as is"), "as is");
-        assert_eq!(percent_decode("a%20b%zz%4"), "a b%zz%4");
-    }
-
-    #[test]
-    fn target_parse() {
-        let t = Target::parse("postgres://admin:s3cr3t@127.0.0.1:5433/app").expect("parse");
-        assert_eq!(t.display, "127.0.0.1:5433/app");
-        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 5433));
-        assert!(!format!("{t:?}").contains("s3cr3t"));
-        let t = Target::parse("postgres://admin:p%40ss@127.0.0.1/app").expect("encoded @");
-        assert_eq!(t.host, "127.0.0.1");
-        for bad in [
-            "",
-            "host=x user=y",
-            "mysql://a@b/c",
-            "postgres://host/db",
-            "postgres://u:p@h:notaport/db",
-            "postgres://u:s3cr3t@h/db?sslmode=require",
-            "postgres://u:p@h/db?bogus=1",
-            "postgres://u:s3cr3t@tail@h/db",
-        ] {
-            let e = Target::parse(bad).err().map(|e| (e.kind, e.message));
-            let (kind, msg) = e.unwrap_or((ErrorKind::Io, String::new()));
-            assert_eq!(kind, ErrorKind::InvalidInput, "{bad}");
-            assert!(!msg.contains("s3cr3t"), "{msg}");
-        }
-    }
-}
+mod tests;

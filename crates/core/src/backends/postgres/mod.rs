@@ -11,51 +11,29 @@
 //! uncertain one revokes it. One durable write per credential, overlapped with the statements.
 //! Revocation drops the role (the role document's
 //! `revocation_statements` at revocation time, or the default that ends access, see
-//! `pg_client::PgClient::drop_role`); renewal moves its `VALID UNTIL` to the new expiry.
+//! `client::PgClient::drop_role`); renewal moves its `VALID UNTIL` to the new expiry.
+//! `Postgres` implements only `Upstream`; the mounted `Backend` is `Dynamic<Postgres>`.
 //! Must never: return the connection URL (config/connection is write-only), create anything on
 //! `stat` or lookup, or log a password.
 
-use super::aws::failpoint;
-use super::dynamic::{self, CredView, Dynamic, SecretConfig, Upstream};
-use super::pg_client::{password, role_name, PgClient, Target};
+use super::dynamic::{self, failpoint, CredView, HelpText, SecretConfig, Upstream};
+pub mod client;
+mod roles;
+mod target;
+
 use super::{partial, Services};
-use crate::backend::{Backend, Ctx, DirEntry, Node};
+use crate::backend::Ctx;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lease::{parse_duration, rfc3339, LeaseManager, LeaseRecord, NewLease};
+use crate::lease::{rfc3339, LeaseManager, LeaseRecord, NewLease};
 use crate::secret::SecretBytes;
+use client::{password, role_name, PgClient, Target};
+use roles::{parse_role, Role};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
-
-const HELP: &str = "\
-postgresql backend: dynamic PostgreSQL login roles, each under a lease.
-
-  config/connection  write-only: postgres://USER:PASSWORD@HOST:PORT/DATABASE (an admin that may
-                     CREATE ROLE). Tested on write: a URL that cannot connect is refused (EIO)
-                     and the previous one kept. No TLS: use a Unix socket or loopback.
-                     Reading it fails (EACCES).
-  config/lease       read/write: ttl=1h and max_ttl=24h (seconds or durations; JSON too)
-  roles/NAME         TOML or JSON:
-                       creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN PASSWORD '{{password}}'
-                                               VALID UNTIL '{{expiration}}'\",
-                                              \"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \\\"{{name}}\\\"\"]
-                       revocation_statements = [...]   optional ({{name}}); default: NOLOGIN,
-                                                        end its sessions, REASSIGN/DROP OWNED, DROP ROLE
-                       renew_statements = [...]        optional ({{name}}, {{expiration}});
-                                                        default: ALTER ROLE ... VALID UNTIL
-                       default_ttl = \"1h\", max_ttl = \"24h\"   optional (capped by config/lease)
-                     A string works where a list does. rm deletes the role document.
-  creds/NAME         each open creates a role and prints JSON: lease_id, lease_duration,
-                     renewable, username, password
-  creds/NAME.env     the same as PGUSER=, PGPASSWORD=, PGHOST=, PGPORT=, PGDATABASE= lines
-                     plus NOMADFS_LEASE_ID= and NOMADFS_LEASE_DURATION=
-
-Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it (moves the
-role's VALID UNTIL).
-";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,173 +46,6 @@ impl Drop for StoredConnection {
         use zeroize::Zeroize;
         self.url.zeroize();
     }
-}
-
-/// One statement or a list of them.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Statements {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Statements {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Statements::One(s) => vec![s],
-            Statements::Many(v) => v,
-        }
-    }
-}
-
-/// A duration as seconds or text ("1h").
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Dur {
-    Secs(u64),
-    Text(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoleDoc {
-    creation_statements: Statements,
-    #[serde(default)]
-    revocation_statements: Option<Statements>,
-    #[serde(default)]
-    renew_statements: Option<Statements>,
-    #[serde(default)]
-    default_ttl: Option<Dur>,
-    #[serde(default)]
-    max_ttl: Option<Dur>,
-}
-
-/// A checked role document.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Role {
-    pub creation: Vec<String>,
-    pub revocation: Vec<String>,
-    pub renew: Vec<String>,
-    pub default_ttl: Option<u64>,
-    pub max_ttl: Option<u64>,
-}
-
-fn check_statements(what: &str, list: Vec<String>, allowed: &[&str]) -> Result<Vec<String>> {
-    let list: Vec<String> = list
-        .into_iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for s in &list {
-        let mut rest = s.as_str();
-        while let Some(i) = rest.find("{{") {
-            let after = rest.get(i + 2..).unwrap_or("");
-            let Some(j) = after.find("}}") else {
-                return Err(Error::invalid(format!("{what}: unclosed '{{{{'")));
-            };
-            let key = after.get(..j).unwrap_or("").trim();
-            if !allowed.contains(&key) {
-                return Err(Error::invalid(format!(
-                    "{what}: unknown placeholder {{{{{key}}}}} (allowed here: {})",
-                    allowed
-                        .iter()
-                        .map(|k| format!("{{{{{k}}}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            rest = after.get(j + 2..).unwrap_or("");
-        }
-    }
-    Ok(list)
-}
-
-fn dur(what: &str, d: Option<Dur>) -> Result<Option<u64>> {
-    let secs = match d {
-        None => return Ok(None),
-        Some(Dur::Secs(n)) => Some(n),
-        Some(Dur::Text(t)) => parse_duration(&t),
-    };
-    match secs {
-        Some(n) if n > 0 => Ok(Some(n)),
-        _ => Err(Error::invalid(format!(
-            "{what}: not a positive duration (e.g. 3600, \"90m\", \"1h\")"
-        ))),
-    }
-}
-
-/// Parse and check a role document (TOML, or JSON when it starts with '{').
-pub(crate) fn parse_role(name: &str, data: &[u8]) -> Result<Role> {
-    let what = format!("roles/{name}");
-    let text = std::str::from_utf8(data)
-        .map_err(|_| Error::invalid(format!("{what}: not UTF-8 text")))?
-        .trim();
-    let doc: RoleDoc = if text.starts_with('{') {
-        serde_json::from_str(text).map_err(|e| {
-            Error::invalid(format!(
-                "{what}: invalid role document (JSON line {} column {}: {})",
-                e.line(),
-                e.column(),
-                first_line(&e.to_string())
-            ))
-        })?
-    } else {
-        toml::from_str(text).map_err(|e| {
-            Error::invalid(format!(
-                "{what}: invalid role document (TOML: {})",
-                first_line(e.message())
-            ))
-        })?
-    };
-    let creation = check_statements(
-        &format!("{what}: creation_statements"),
-        doc.creation_statements.into_vec(),
-        &["name", "password", "expiration"],
-    )?;
-    if creation.is_empty() {
-        return Err(Error::invalid(format!(
-            "{what}: creation_statements is empty"
-        )));
-    }
-    if !creation.iter().any(|s| s.contains("{{name}}")) {
-        return Err(Error::invalid(format!(
-            "{what}: creation_statements never use {{{{name}}}}"
-        )));
-    }
-    let revocation = check_statements(
-        &format!("{what}: revocation_statements"),
-        doc.revocation_statements
-            .map(Statements::into_vec)
-            .unwrap_or_default(),
-        &["name"],
-    )?;
-    let renew = check_statements(
-        &format!("{what}: renew_statements"),
-        doc.renew_statements
-            .map(Statements::into_vec)
-            .unwrap_or_default(),
-        &["name", "expiration"],
-    )?;
-    let default_ttl = dur(&format!("{what}: default_ttl"), doc.default_ttl)?;
-    let max_ttl = dur(&format!("{what}: max_ttl"), doc.max_ttl)?;
-    if let (Some(t), Some(m)) = (default_ttl, max_ttl) {
-        if t > m {
-            return Err(Error::invalid(format!(
-                "{what}: default_ttl is larger than max_ttl"
-            )));
-        }
-    }
-    Ok(Role {
-        creation,
-        revocation,
-        renew,
-        default_ttl,
-        max_ttl,
-    })
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("").trim()
 }
 
 /// The client with what `.env` output needs of its target.
@@ -257,7 +68,8 @@ struct Tested {
 const TESTED_FOR: Duration = Duration::from_secs(60);
 
 pub struct Postgres {
-    dynamic: Dynamic,
+    view: View,
+    services: Services,
     conn: Mutex<Option<Arc<Conn>>>,
     tested: Mutex<Option<Tested>>,
 }
@@ -265,23 +77,15 @@ pub struct Postgres {
 impl Postgres {
     pub fn new(view: View, services: &Services) -> Self {
         Self {
-            dynamic: Dynamic::new(
-                view,
-                services,
-                SecretConfig {
-                    path: "config/connection",
-                    read_refusal:
-                        "config/connection is write-only: the connection URL is never read back",
-                },
-                &[CredView::Json, CredView::Env],
-            ),
+            view,
+            services: services.clone(),
             conn: Mutex::new(None),
             tested: Mutex::new(None),
         }
     }
 
     fn leases(&self) -> &LeaseManager {
-        &self.dynamic.services.leases
+        &self.services.leases
     }
 
     fn conn_of(target: &Target) -> Result<Conn> {
@@ -299,7 +103,7 @@ impl Postgres {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let raw = self.dynamic.view.get("config/connection")?.ok_or_else(|| {
+        let raw = self.view.get("config/connection")?.ok_or_else(|| {
             Error::io("config/connection is not set: write the connection URL first")
         })?;
         let stored: StoredConnection = serde_json::from_slice(raw.expose())
@@ -363,14 +167,14 @@ impl Postgres {
         let mut buf = Zeroizing::new(Vec::with_capacity(256));
         serde_json::to_writer(&mut *buf, &stored)
             .map_err(|e| Error::io(format!("config/connection: {e}")))?;
-        self.dynamic.view.put("config/connection", &buf)?;
+        self.view.put("config/connection", &buf)?;
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         tracing::info!(target = %target.display, "PostgreSQL connection configured");
         Ok(())
     }
 
     fn load_role(&self, name: &str) -> Result<Option<Role>> {
-        match self.dynamic.view.get(&dynamic::role_key(name)?)? {
+        match self.view.get(&dynamic::role_key(name)?)? {
             None => Ok(None),
             Some(raw) => parse_role(name, raw.expose())
                 .map(Some)
@@ -400,7 +204,7 @@ impl Postgres {
             .load_role(role_doc)?
             .ok_or_else(|| Error::not_found(&format!("roles/{role_doc}")))?;
         let conn = self.conn()?;
-        let cfg = self.dynamic.lease_cfg()?;
+        let cfg = dynamic::lease_cfg(&self.view)?;
         let max_ttl = role.max_ttl.unwrap_or(cfg.max_ttl).min(cfg.max_ttl).max(1);
         let ttl = role.default_ttl.unwrap_or(cfg.ttl).clamp(1, max_ttl);
         let path = format!("{}/creds/{role_doc}", ctx.mount);
@@ -515,6 +319,24 @@ impl Postgres {
 }
 
 impl Upstream for Postgres {
+    const KIND: &'static str = "postgresql";
+    const SECRET: SecretConfig = SecretConfig {
+        path: "config/connection",
+        read_refusal: "config/connection is write-only: the connection URL is never read back",
+    };
+    const VIEWS: &'static [CredView] = &[CredView::Json, CredView::Env];
+
+    const HELP: HelpText = HelpText {
+        intro: "postgresql backend: dynamic PostgreSQL login roles, each under a lease.",
+        secret: "write-only: postgres://USER:PASSWORD@HOST:PORT/DATABASE (an admin that may\nCREATE ROLE). Tested on write: a URL that cannot connect is refused (EIO)\nand the previous one kept. No TLS: use a Unix socket or loopback.\nReading it fails (EACCES).",
+        role: "TOML or JSON:\n  creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN PASSWORD '{{password}}'\n                          VALID UNTIL '{{expiration}}'\",\n                         \"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \\\"{{name}}\\\"\"]\n  revocation_statements = [...]   optional ({{name}}); default: NOLOGIN,\n                                   end its sessions, REASSIGN/DROP OWNED, DROP ROLE\n  renew_statements = [...]        optional ({{name}}, {{expiration}});\n                                   default: ALTER ROLE ... VALID UNTIL\n  default_ttl = \"1h\", max_ttl = \"24h\"   optional (capped by config/lease)\nA string works where a list does. rm deletes the role document.",
+        creds: &[
+            "each open creates a role and prints JSON: lease_id, lease_duration,\nrenewable, username, password",
+            "the same as PGUSER=, PGPASSWORD=, PGHOST=, PGPORT=, PGDATABASE= lines\nplus NOMADFS_LEASE_ID= and NOMADFS_LEASE_DURATION=",
+        ],
+        notes: "Revoke with `rm sys/leases/<lease_id>`; renew with `touch` or `echo 1h >` on it (moves the\nrole's VALID UNTIL).",
+    };
+
     fn write_config(&self, data: &SecretBytes) -> Result<()> {
         self.write_connection(data)
     }
@@ -536,48 +358,6 @@ impl Upstream for Postgres {
     fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes> {
         self.mint(ctx, role, view)
     }
-}
-
-impl Backend for Postgres {
-    fn kind(&self) -> &'static str {
-        "postgresql"
-    }
-
-    fn help(&self) -> String {
-        HELP.to_string()
-    }
-
-    fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
-        self.dynamic.stat(path)
-    }
-
-    fn list(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>> {
-        self.dynamic.list(path)
-    }
-
-    fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes> {
-        self.dynamic.read(self, ctx, path)
-    }
-
-    fn mints(&self, path: &str) -> bool {
-        self.dynamic.mints(path)
-    }
-
-    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        self.dynamic.create(path)
-    }
-
-    fn write(&self, _ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
-        self.dynamic.write(self, path, data)
-    }
-
-    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
-        self.dynamic.check_partial(self, path, data)
-    }
-
-    fn delete(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
-        self.dynamic.delete(path)
-    }
 
     fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
         let (username, role) = Self::lease_names(lease)?;
@@ -596,102 +376,5 @@ impl Backend for Postgres {
         self.conn()?
             .client
             .renew_role(&statements, &username, &expiration)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn role_documents_toml_and_json() {
-        let r = parse_role(
-            "ro",
-            br#"creation_statements = "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'"
-default_ttl = "1h"
-max_ttl = 7200
-"#,
-        )
-        .expect("toml");
-        assert_eq!(r.creation.len(), 1);
-        assert_eq!((r.default_ttl, r.max_ttl), (Some(3600), Some(7200)));
-        assert!(r.revocation.is_empty() && r.renew.is_empty());
-        let r = parse_role(
-            "ro",
-            br#"{"creation_statements": ["CREATE ROLE \"{{name}}\"", "GRANT x TO \"{{name}}\""],
-                "revocation_statements": "DROP ROLE \"{{name}}\"",
-                "renew_statements": ["ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'"]}"#,
-        )
-        .expect("json");
-        assert_eq!(r.creation.len(), 2);
-        assert_eq!(r.revocation, vec!["DROP ROLE \"{{name}}\"".to_string()]);
-        assert_eq!(r.renew.len(), 1);
-    }
-
-    #[test]
-    fn role_documents_are_checked_as_they_arrive() {
-        let check = |data: &[u8]| {
-            partial::check_document(data, "roles/r", |t| {
-                parse_role("r", t.as_bytes()).map(|_| ())
-            })
-        };
-        // Not yet decidable: a required field still to come, an open array, a cut line, an
-        // incomplete JSON object.
-        for wait in [
-            &b"default_ttl = \"1h\"\n"[..],
-            b"creation_statements = [\n  \"CREATE ROLE x\",\n",
-            b"creation_statements = \"CREATE",
-            b"{\"creation_statements\": ",
-            b"",
-        ] {
-            assert!(check(wait).is_ok(), "{}", String::from_utf8_lossy(wait));
-        }
-        // Final: broken syntax, a wrong type, an unknown key, a complete invalid document.
-        for bad in [
-            &b"foo bar\n"[..],
-            b"creation_statements = 1\n",
-            b"extra = 1\n",
-            b"creation_statements = \"CREATE ROLE x\"\n",
-            b"{\"creation_statements\": []}",
-            b"{not json",
-            b"\xff\n",
-        ] {
-            assert_eq!(
-                check(bad).err().map(|e| e.kind),
-                Some(ErrorKind::InvalidInput),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        assert!(check(ROLE_OK.as_bytes()).is_ok());
-    }
-
-    const ROLE_OK: &str = "creation_statements = \"CREATE ROLE \\\"{{name}}\\\"\"\n";
-
-    #[test]
-    fn bad_role_documents_are_invalid() {
-        for bad in [
-            &b"\xff"[..],
-            b"",
-            b"{not json",
-            b"creation_statements = 1",
-            b"creation_statements = []",
-            b"creation_statements = \"CREATE ROLE x\"",
-            b"creation_statements = \"CREATE ROLE {{name}} {{oops}}\"",
-            b"creation_statements = \"CREATE ROLE {{name\"",
-            b"creation_statements = \"CREATE ROLE {{name}}\"\nrevocation_statements = \"{{password}}\"",
-            b"creation_statements = \"CREATE ROLE {{name}}\"\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"",
-            b"creation_statements = \"CREATE ROLE {{name}}\"\ndefault_ttl = \"soon\"",
-            b"creation_statements = \"CREATE ROLE {{name}}\"\ndefault_ttl = 0",
-            b"creation_statements = \"CREATE ROLE {{name}}\"\nextra = 1",
-        ] {
-            let e = parse_role("r", bad).err().map(|e| e.kind);
-            assert_eq!(
-                e,
-                Some(ErrorKind::InvalidInput),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 }

@@ -1,23 +1,44 @@
-//! The layout common to dynamic-secret backends (`aws`, `postgresql`): `config/<secret>` (the
-//! backend's write-only upstream settings), `config/lease` (TTLs), `roles/NAME` (role documents,
-//! stored as written) and `creds/NAME[.env|.process]` (a credential minted per open, in one of
-//! the views the backend offers: JSON, dotenv, or the AWS `credential_process` JSON).
+//! One generic dynamic-secret backend, `Dynamic<U>`, over a small `Upstream` trait that each
+//! dynamic-secret engine implements (`aws`, `postgresql`; the next SQL and PKI engines too).
 //!
-//! Owns: routing those paths; stat/list/read/create/write/delete on them (modes, errnos,
-//! messages); role-name checks; the storage and parsing of the lease settings; the
-//! `key=value`/JSON field parser for config files. The backend supplies, through `Upstream`,
-//! what differs: storing its upstream settings, checking a role document, minting a credential.
+//! The common layout: `config/<secret>` (the engine's write-only upstream settings),
+//! `config/lease` (TTLs), `roles/NAME` (role documents, stored as written) and
+//! `creds/NAME[.env|.process]` (a credential minted per open, in one of the views the engine
+//! offers: JSON, dotenv, or the AWS `credential_process` JSON).
+//!
+//! Owns: routing those paths; the whole `Backend` impl on them (stat/list/read/create/write/
+//! delete/check_partial/mints, modes, errnos, messages); role-name checks; the storage and
+//! parsing of the lease settings; the `key=value`/JSON field parser for config files. The
+//! engine supplies, through `Upstream`, what differs: its kind and help, its settings file,
+//! checking a role document, minting, revoking, renewing and recovering credentials.
 //! Must never: talk to an upstream itself, or return the write-only settings.
+//!
+//! # Adding a dynamic-secret backend
+//!
+//! 1. Make a folder `backends/NAME/` with `mod.rs` holding a struct that keeps the mount's
+//!    `View` and `Services` (and its upstream client), and a client module beside it.
+//! 2. `impl Upstream for It`: `KIND`, `SECRET` (the settings file's path and the refusal a read
+//!    of it gets), `VIEWS` (the views `creds/NAME` offers), `HELP` (the intro, the lines of the
+//!    settings file, `roles/NAME` and each view, the closing notes), then `write_config`
+//!    and `check_role` (with their `_partial` forms, see `backends::partial`), `issue` (mint
+//!    under a lease from `lease_cfg(&view)`, name it with `ctx.issued(id)`), `revoke`, and
+//!    `renew`/`recover` if upstream needs them.
+//! 3. Add it to `backends::KNOWN_TYPES` and `backends::build`, wrapped in `Dynamic::new`.
+//!
+//! The layout's paths are declared once, in `Dynamic::paths` (pattern, route, operations, help
+//! line); `.help` and the fixed listings are derived from that table and `Upstream::HELP`.
+
+mod fields;
 
 use super::{partial, validate_name, Services};
-use crate::backend::{Ctx, DirEntry, Node, NodeKind};
+use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lease::parse_duration;
-use crate::route::Router;
+use crate::lease::{parse_duration, LeaseRecord};
+use crate::route::{Ops, PathDecl, Router};
 use crate::secret::SecretBytes;
+pub(crate) use fields::parse_fields;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 const DEFAULT_TTL: u64 = 3600;
 const DEFAULT_MAX_TTL: u64 = 24 * 3600;
@@ -42,6 +63,7 @@ pub(crate) struct LeaseCfg {
 }
 
 /// The backend's write-only settings file.
+#[derive(Clone, Copy)]
 pub(crate) struct SecretConfig {
     /// Its path, `config/<name>`.
     pub path: &'static str,
@@ -60,6 +82,15 @@ pub(crate) enum CredView {
 }
 
 impl CredView {
+    /// How `.help` names the view's file.
+    pub(crate) fn shown(self) -> &'static str {
+        match self {
+            CredView::Json => "creds/NAME",
+            CredView::Env => "creds/NAME.env",
+            CredView::Process => "creds/NAME.process",
+        }
+    }
+
     /// The file-name suffix of the view (`""` for the plain JSON).
     pub(crate) fn suffix(self) -> &'static str {
         match self {
@@ -74,7 +105,15 @@ impl CredView {
 const RESERVED_SUFFIXES: [&str; 2] = [".env", ".process"];
 
 /// What a dynamic-secret backend adds to the common layout.
-pub(crate) trait Upstream {
+pub(crate) trait Upstream: Send + Sync + 'static {
+    /// The backend type (`"aws"`), as `sys/mounts` names it.
+    const KIND: &'static str;
+    /// The write-only settings file.
+    const SECRET: SecretConfig;
+    /// The views `creds/NAME` offers, the plain JSON first.
+    const VIEWS: &'static [CredView];
+    /// What `MOUNT/.help` says beyond the common layout.
+    const HELP: HelpText;
     /// Check and store a write to the write-only settings file.
     fn write_config(&self, data: &SecretBytes) -> Result<()>;
     /// Check role document `roles/name` before it is stored (its size is already checked).
@@ -85,62 +124,64 @@ pub(crate) trait Upstream {
     fn check_role_partial(&self, name: &str, data: &[u8]) -> Result<()>;
     /// Mint one credential for role `role`, rendered as `view` (one the backend offers).
     fn issue(&self, ctx: &Ctx<'_>, role: &str, view: CredView) -> Result<SecretBytes>;
+    /// Revoke what `lease` holds upstream (see `Backend::revoke`).
+    fn revoke(&self, lease: &LeaseRecord) -> Result<()>;
+    /// Extend upstream what `lease` holds (see `Backend::renew`). Default: nothing expires.
+    fn renew(&self, lease: &LeaseRecord) -> Result<()> {
+        let _ = lease;
+        Ok(())
+    }
+    /// Roll back upstream what was begun and never completed (see `Backend::recover`).
+    fn recover(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// One mount's view and services, and the routes of the common layout.
-pub(crate) struct Dynamic {
-    pub view: View,
-    pub services: Services,
+/// The parts of `MOUNT/.help` a dynamic-secret backend writes; the rest (the layout, the
+/// `config/lease` line) comes from the common table. Each help may run over several lines.
+#[derive(Clone, Copy)]
+pub(crate) struct HelpText {
+    /// What the backend is: the first paragraph.
+    pub intro: &'static str,
+    /// The settings file's help.
+    pub secret: &'static str,
+    /// The help of `roles/NAME` (what a role document is).
+    pub role: &'static str,
+    /// The help of each credential view, in the order of `Upstream::VIEWS`.
+    pub creds: &'static [&'static str],
+    /// The closing paragraph (revocation, renewal).
+    pub notes: &'static str,
+}
+
+const LEASE_HELP: &str = "read/write: ttl=1h and max_ttl=24h (seconds or durations; JSON too)";
+
+/// A dynamic-secret backend: the common layout over upstream `U`.
+pub(crate) struct Dynamic<U: Upstream> {
+    view: View,
+    services: Services,
     router: Router<Route>,
-    secret: SecretConfig,
-    /// The views `creds/NAME` offers, the plain JSON first.
-    views: &'static [CredView],
+    up: U,
 }
 
-/// Parse `key=value` lines (blank lines and `#` comments skipped) or a JSON object of strings.
-pub(crate) fn parse_fields(
-    data: &SecretBytes,
-    what: &str,
-) -> Result<Vec<(String, Zeroizing<String>)>> {
-    let text = std::str::from_utf8(data.expose())
-        .map_err(|_| Error::invalid(format!("{what}: not UTF-8 text")))?
-        .trim();
-    let mut out = Vec::new();
-    if text.starts_with('{') {
-        let v: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| {
-                Error::invalid(format!(
-                    "{what}: invalid JSON at line {} column {}",
-                    e.line(),
-                    e.column()
-                ))
-            })?;
-        for (k, v) in v {
-            let s = match v {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => return Err(Error::invalid(format!("{what}: {k} must be a string"))),
-            };
-            out.push((k, Zeroizing::new(s)));
-        }
-        return Ok(out);
+/// Test hook: `NOMADFS_FAILPOINT=<name>` makes the daemon exit abruptly at that point, as a
+/// crash would (the crash-recovery tests use it). Read on each call; absent in normal runs.
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var_os("NOMADFS_FAILPOINT").is_some_and(|v| v == name) {
+        tracing::warn!(failpoint = name, "failpoint hit: exiting abruptly");
+        std::process::abort();
     }
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(Error::invalid(format!(
-                "{what}: line {} is not key=value",
-                i + 1
-            )));
-        };
-        let v = v.trim().trim_matches('"');
-        out.push((k.trim().to_string(), Zeroizing::new(v.to_string())));
+}
+
+/// The lease settings of a mount (the defaults until `config/lease` is written).
+pub(crate) fn lease_cfg(view: &View) -> Result<LeaseCfg> {
+    match view.get("config/lease")? {
+        None => Ok(LeaseCfg {
+            ttl: DEFAULT_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+        }),
+        Some(raw) => serde_json::from_slice(raw.expose())
+            .map_err(|e| Error::new(ErrorKind::Integrity, format!("config/lease: {e}"))),
     }
-    Ok(out)
 }
 
 /// The storage key of role `name`, after checking the name.
@@ -158,35 +199,57 @@ fn not_dir(path: &str) -> Error {
     Error::new(ErrorKind::NotADirectory, format!("{path}: not a folder"))
 }
 
-impl Dynamic {
-    pub(crate) fn new(
-        view: View,
-        services: &Services,
-        secret: SecretConfig,
-        views: &'static [CredView],
-    ) -> Self {
+impl<U: Upstream> Dynamic<U> {
+    pub(crate) fn new(view: View, services: &Services, up: U) -> Self {
         Self {
             view,
             services: services.clone(),
-            router: Router::new(&[
-                ("", Route::Root),
-                ("config", Route::Config),
-                (secret.path, Route::ConfigSecret),
-                ("config/lease", Route::ConfigLease),
-                ("roles", Route::Roles),
-                ("roles/{name}", Route::Role),
-                ("creds", Route::Creds),
-                ("creds/{name}", Route::Cred),
-            ]),
-            secret,
-            views,
+            router: Router::declare(&Self::paths()),
+            up,
         }
+    }
+
+    /// The declared paths of the layout: routes, operations, help lines (`.help` and the fixed
+    /// listings of the root and `config/` are derived from them). `creds/NAME` is declared once
+    /// per view the backend offers (the first declaration routes; all give help).
+    fn paths() -> Vec<PathDecl<Route>> {
+        let mut paths = vec![
+            PathDecl::new("", Route::Root, Ops::LIST, ""),
+            PathDecl::new("config", Route::Config, Ops::LIST, ""),
+            PathDecl::new(
+                U::SECRET.path,
+                Route::ConfigSecret,
+                Ops::WRITE,
+                U::HELP.secret,
+            ),
+            PathDecl::new(
+                "config/lease",
+                Route::ConfigLease,
+                Ops::READ | Ops::WRITE,
+                LEASE_HELP,
+            ),
+            PathDecl::new("roles", Route::Roles, Ops::LIST, ""),
+            PathDecl::new(
+                "roles/{name}",
+                Route::Role,
+                Ops::READ | Ops::WRITE | Ops::DELETE,
+                U::HELP.role,
+            ),
+            PathDecl::new("creds", Route::Creds, Ops::LIST, ""),
+        ];
+        for (i, view) in U::VIEWS.iter().enumerate() {
+            let help = U::HELP.creds.get(i).copied().unwrap_or("");
+            paths.push(
+                PathDecl::new("creds/{name}", Route::Cred, Ops::READ, help).shown(view.shown()),
+            );
+        }
+        paths
     }
 
     /// The role and view a `creds/` file name names (`deploy.env` → `deploy`, Env); a suffix
     /// the backend does not offer is part of the (then invalid) role name.
     fn cred_view<'n>(&self, name: &'n str) -> (&'n str, CredView) {
-        self.views
+        U::VIEWS
             .iter()
             .filter(|v| **v != CredView::Json)
             .find_map(|v| name.strip_suffix(v.suffix()).map(|r| (r, *v)))
@@ -197,18 +260,6 @@ impl Dynamic {
         self.router
             .route(path)
             .ok_or_else(|| Error::not_found(path))
-    }
-
-    /// The lease settings (the defaults until `config/lease` is written).
-    pub(crate) fn lease_cfg(&self) -> Result<LeaseCfg> {
-        match self.view.get("config/lease")? {
-            None => Ok(LeaseCfg {
-                ttl: DEFAULT_TTL,
-                max_ttl: DEFAULT_MAX_TTL,
-            }),
-            Some(raw) => serde_json::from_slice(raw.expose())
-                .map_err(|e| Error::new(ErrorKind::Integrity, format!("config/lease: {e}"))),
-        }
     }
 
     /// One `config/lease` field: whether it sets the ttl (else max_ttl), and its seconds.
@@ -227,7 +278,7 @@ impl Dynamic {
 
     /// The lease settings a write of `data` to `config/lease` makes (nothing is stored).
     fn lease_cfg_from(&self, data: &SecretBytes) -> Result<LeaseCfg> {
-        let mut cfg = self.lease_cfg()?;
+        let mut cfg = lease_cfg(&self.view)?;
         for (k, v) in parse_fields(data, "config/lease")? {
             match Self::lease_field(&k, &v)? {
                 (true, secs) => cfg.ttl = secs,
@@ -248,9 +299,9 @@ impl Dynamic {
 
     /// Check a buffered write so far (see `Backend::check_partial`): the settings file by the
     /// backend, `config/lease` line by line (or whole, as JSON), role documents by the backend.
-    pub(crate) fn check_partial(&self, up: &impl Upstream, path: &str, data: &[u8]) -> Result<()> {
+    fn check_partial_at(&self, path: &str, data: &[u8]) -> Result<()> {
         match self.router.route(path) {
-            Some((Route::ConfigSecret, _)) => up.check_config_partial(data),
+            Some((Route::ConfigSecret, _)) => self.up.check_config_partial(data),
             Some((Route::ConfigLease, _)) => partial::check_fields(
                 data,
                 "config/lease",
@@ -261,14 +312,14 @@ impl Dynamic {
                 },
             ),
             Some((Route::Role, caps)) => match caps.first() {
-                Some(name) => up.check_role_partial(name, data),
+                Some(name) => self.up.check_role_partial(name, data),
                 None => Ok(()),
             },
             _ => Ok(()),
         }
     }
 
-    fn write_role(&self, up: &impl Upstream, name: &str, data: &SecretBytes) -> Result<()> {
+    fn write_role(&self, name: &str, data: &SecretBytes) -> Result<()> {
         let key = role_key(name)?;
         if data.len() > self.services.limits.max_value_size {
             return Err(Error::new(
@@ -276,11 +327,21 @@ impl Dynamic {
                 format!("roles/{name}: too large"),
             ));
         }
-        up.check_role(name, data.expose())?;
+        self.up.check_role(name, data.expose())?;
         self.view.put(&key, data.expose())
     }
+}
 
-    pub(crate) fn stat(&self, path: &str) -> Result<Node> {
+impl<U: Upstream> Backend for Dynamic<U> {
+    fn kind(&self) -> &'static str {
+        U::KIND
+    }
+
+    fn help(&self) -> String {
+        self.router.help(U::HELP.intro, U::HELP.notes)
+    }
+
+    fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
         let (route, caps) = self.route(path)?;
         Ok(match route {
             Route::Root | Route::Config | Route::Roles | Route::Creds => Node::dir(),
@@ -306,7 +367,7 @@ impl Dynamic {
         })
     }
 
-    pub(crate) fn list(&self, path: &str) -> Result<Vec<DirEntry>> {
+    fn list(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>> {
         let (route, _) = self.route(path)?;
         let roles = || -> Result<Vec<String>> {
             Ok(self
@@ -317,23 +378,14 @@ impl Dynamic {
                 .collect())
         };
         match route {
-            Route::Root => Ok(vec![
-                DirEntry::dir("config"),
-                DirEntry::dir("roles"),
-                DirEntry::dir("creds"),
-            ]),
-            Route::Config => {
-                let secret = self.secret.path.strip_prefix("config/");
-                Ok(vec![
-                    DirEntry::file(secret.unwrap_or(self.secret.path)),
-                    DirEntry::file("lease"),
-                ])
-            }
+            // The fixed entries, from the table.
+            Route::Root => Ok(self.router.literal_children("")),
+            Route::Config => Ok(self.router.literal_children("config")),
             Route::Roles => Ok(roles()?.into_iter().map(DirEntry::file).collect()),
             Route::Creds => Ok(roles()?
                 .into_iter()
                 .flat_map(|r| {
-                    self.views
+                    U::VIEWS
                         .iter()
                         .map(move |v| DirEntry::file(format!("{r}{}", v.suffix())))
                 })
@@ -343,21 +395,16 @@ impl Dynamic {
     }
 
     /// Whether reading `path` mints a credential (`creds/NAME` and its views).
-    pub(crate) fn mints(&self, path: &str) -> bool {
+    fn mints(&self, path: &str) -> bool {
         matches!(self.route(path), Ok((Route::Cred, _)))
     }
 
-    pub(crate) fn read(
-        &self,
-        up: &impl Upstream,
-        ctx: &Ctx<'_>,
-        path: &str,
-    ) -> Result<SecretBytes> {
+    fn read(&self, ctx: &Ctx<'_>, path: &str) -> Result<SecretBytes> {
         let (route, caps) = self.route(path)?;
         match route {
-            Route::ConfigSecret => Err(Error::denied(self.secret.read_refusal)),
+            Route::ConfigSecret => Err(Error::denied(U::SECRET.read_refusal)),
             Route::ConfigLease => {
-                let cfg = self.lease_cfg()?;
+                let cfg = lease_cfg(&self.view)?;
                 Ok(SecretBytes::from(format!(
                     "ttl = {}\nmax_ttl = {}\n",
                     cfg.ttl, cfg.max_ttl
@@ -373,7 +420,7 @@ impl Dynamic {
                     .leases
                     .check_quota(ctx.caller.uid, ctx.lease_limit)?;
                 let (role, view) = self.cred_view(caps[0]);
-                up.issue(ctx, role, view)
+                self.up.issue(ctx, role, view)
             }
             Route::Root | Route::Config | Route::Roles | Route::Creds => Err(Error::new(
                 ErrorKind::IsADirectory,
@@ -382,7 +429,7 @@ impl Dynamic {
         }
     }
 
-    pub(crate) fn create(&self, path: &str) -> Result<()> {
+    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
         match self.route(path)? {
             (Route::ConfigSecret | Route::ConfigLease, _) => Ok(()),
             (Route::Role, caps) => role_key(caps[0]).map(|_| ()),
@@ -393,11 +440,11 @@ impl Dynamic {
         }
     }
 
-    pub(crate) fn write(&self, up: &impl Upstream, path: &str, data: SecretBytes) -> Result<()> {
+    fn write(&self, _ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {
         match self.route(path)? {
-            (Route::ConfigSecret, _) => up.write_config(&data),
+            (Route::ConfigSecret, _) => self.up.write_config(&data),
             (Route::ConfigLease, _) => self.write_lease_cfg(&data),
-            (Route::Role, caps) => self.write_role(up, caps[0], &data),
+            (Route::Role, caps) => self.write_role(caps[0], &data),
             (Route::Cred, _) => Err(Error::denied(format!(
                 "{path}: credentials are read, not written"
             ))),
@@ -405,7 +452,7 @@ impl Dynamic {
         }
     }
 
-    pub(crate) fn delete(&self, path: &str) -> Result<()> {
+    fn delete(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
         match self.route(path)? {
             (Route::Role, caps) => {
                 let key = role_key(caps[0])?;
@@ -417,4 +464,23 @@ impl Dynamic {
             _ => Err(Error::not_permitted(format!("{path} cannot be removed"))),
         }
     }
+
+    fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.check_partial_at(path, data)
+    }
+
+    fn revoke(&self, lease: &LeaseRecord) -> Result<()> {
+        self.up.revoke(lease)
+    }
+
+    fn renew(&self, lease: &LeaseRecord) -> Result<()> {
+        self.up.renew(lease)
+    }
+
+    fn recover(&self) -> Result<()> {
+        self.up.recover()
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,12 @@
 //! The transit backend through the engine (no FUSE), with a memory store.
+use super::crypto::{max_ciphertext_len, parse_ciphertext};
 use super::*;
 use crate::barrier::KdfParams;
 use crate::caller::Caller;
 use crate::engine::{Engine, EngineConfig};
 use crate::mounts::view_for;
 use crate::policy::PolicyDoc;
+use crate::route::Ops;
 use crate::storage::memory::MemoryStorage;
 use std::sync::Arc;
 
@@ -450,4 +452,54 @@ fn ctl_lines_are_checked_as_they_arrive() {
     // Paths with nothing to check answer at once.
     assert!(e.check_partial("transit/keys/k/info", b"{not json").is_ok());
     assert!(e.check_partial("secret/x", b"{not json").is_ok());
+}
+
+#[test]
+fn help_and_fixed_listings_come_from_the_table() {
+    let r = Router::declare(PATHS);
+    let help = r.help(HELP_INTRO, HELP_NOTES);
+    assert!(help.starts_with("transit backend: encryption as a service."));
+    for label in [
+        "keys/ ",
+        "mkdir keys/NAME",
+        "rmdir keys/NAME",
+        "keys/NAME/info",
+        "keys/NAME/ctl",
+        "encrypt/NAME",
+        "decrypt/NAME",
+        "rewrap/NAME",
+    ] {
+        assert!(help.contains(&format!("\n  {label}")), "{label}");
+    }
+    assert!(help.contains("min_decryption_version=N   refuse ciphertexts older than version N"));
+    assert!(help.ends_with("exchange path (e.g. transit/encrypt/NAME).\n"));
+    let root: Vec<_> = r.literal_children("").into_iter().map(|e| e.name).collect();
+    assert_eq!(root, ["keys", "encrypt", "decrypt", "rewrap"]);
+    assert_eq!(
+        r.literal_children("keys/k"),
+        vec![DirEntry::file("info"), DirEntry::file("ctl")]
+    );
+}
+
+/// The declarations say what the paths are: a path declared `LIST` stats as a folder, one
+/// declared `EXCHANGE` as an exchange file, a write-only one (`WRITE` without `READ`) as mode
+/// 0o200, and every other declared file as a file.
+#[test]
+fn declared_ops_match_what_the_paths_are() {
+    let (e, _) = engine();
+    e.mkdir(&root(), "transit/keys/k").expect("mkdir");
+    for d in PATHS {
+        let path = d.pattern.replace("{name}", "k");
+        let full = if path.is_empty() {
+            "transit".to_string()
+        } else {
+            format!("transit/{path}")
+        };
+        let node = e.stat(&root(), &full).expect(&full);
+        assert_eq!(node.is_dir(), d.ops.contains(Ops::LIST), "{full}");
+        assert_eq!(node.exchange, d.ops.contains(Ops::EXCHANGE), "{full}");
+        if d.ops.contains(Ops::WRITE) && !d.ops.contains(Ops::READ) {
+            assert_eq!(node.mode, 0o200, "{full}");
+        }
+    }
 }

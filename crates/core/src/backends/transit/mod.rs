@@ -23,6 +23,7 @@ use crate::secret::SecretBytes;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
+use paths::{HELP_INTRO, HELP_NOTES, PATHS};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,34 +40,6 @@ const KEY_LEN: usize = 32;
 /// read-modify-write of `meta`. Process-wide, not per instance: the mount table is rebuilt on
 /// every change, so two instances of one mount can briefly coexist.
 static MUTATE: Mutex<()> = Mutex::new(());
-
-const HELP: &str = "\
-transit backend: encryption as a service. Keys never leave the daemon.
-
-  keys/                 ls: the key names
-  mkdir keys/NAME       create key NAME (version 1, AES-256-GCM)
-  keys/NAME/info        JSON: name, type, versions (creation times), latest_version,
-                        min_decryption_version, deletion_allowed. Never key material.
-  keys/NAME/ctl         write-only commands, one per line:
-                          rotate                     add a new version (new encryptions use it)
-                          min_decryption_version=N   refuse ciphertexts older than version N
-                          deletion_allowed=true|false
-                        applied at close, all or none; a bad line fails the write that
-                        carries it with EINVAL (reason in sys/self/errors and the daemon log)
-  rmdir keys/NAME       delete the key (also rm -r); EPERM until deletion_allowed=true.
-                        Everything encrypted with it becomes undecryptable.
-
-  encrypt/NAME          open read-write, write the plaintext (raw bytes), read the ciphertext
-                        `nomadfs:vN:BASE64` from offset 0 in the same open
-  decrypt/NAME          the same with a ciphertext in, the plaintext out
-  rewrap/NAME           the same with a ciphertext in, a ciphertext under the newest version out
-                        Each read at offset 0 after writes runs the operation once; a new write
-                        at offset 0 starts a new input. CLI: nomadfs encrypt|decrypt|rewrap NAME.
-
-Errors: unknown key ENOENT; malformed or tampered ciphertext EINVAL; a ciphertext version below
-min_decryption_version EPERM; plaintext over the size limit EFBIG. Capability: `update` on the
-exchange path (e.g. transit/encrypt/NAME).
-";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
@@ -105,13 +78,6 @@ pub struct Transit {
     router: Router<Route>,
 }
 
-/// One line of a `ctl` write.
-enum Command {
-    Rotate,
-    MinDecryption(u32),
-    DeletionAllowed(bool),
-}
-
 fn meta_key(name: &str) -> String {
     format!("keys/{name}/meta")
 }
@@ -122,79 +88,12 @@ fn key_prefix(name: &str) -> String {
     format!("keys/{name}/")
 }
 
-/// AAD of a ciphertext: binds it to the key name and version, so a ciphertext cannot be moved
-/// to another key or relabelled with another version.
-fn aad(name: &str, version: u32) -> Vec<u8> {
-    format!("nomadfs-transit\0{name}\0{version}").into_bytes()
-}
-
-/// A parsed `nomadfs:vN:BASE64` ciphertext.
-struct Ciphertext {
-    version: u32,
-    /// nonce || ciphertext || tag
-    raw: Vec<u8>,
-}
-
-/// Parse a ciphertext (surrounding whitespace ignored). Errors say what is wrong, never echo it.
-fn parse_ciphertext(input: &[u8]) -> Result<Ciphertext> {
-    let text = std::str::from_utf8(input)
-        .map_err(|_| Error::invalid("ciphertext is not text (expected nomadfs:vN:BASE64)"))?
-        .trim();
-    if text.is_empty() {
-        return Err(Error::invalid(
-            "no ciphertext was written (expected nomadfs:vN:BASE64)",
-        ));
-    }
-    let rest = text
-        .strip_prefix(PREFIX)
-        .ok_or_else(|| Error::invalid("not a nomadfs ciphertext (expected nomadfs:vN:BASE64)"))?;
-    let (ver, b64) = rest
-        .split_once(':')
-        .ok_or_else(|| Error::invalid("ciphertext lacks the ':' after its version"))?;
-    if ver.is_empty() || ver.len() > 10 || !ver.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::invalid("ciphertext version is not a number"));
-    }
-    let version: u32 = ver
-        .parse()
-        .map_err(|_| Error::invalid("ciphertext version is out of range"))?;
-    if version == 0 {
-        return Err(Error::invalid("ciphertext version 0 does not exist"));
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| Error::invalid("ciphertext is not valid base64"))?;
-    if raw.len() < NONCE + TAG {
-        return Err(Error::invalid("ciphertext is truncated"));
-    }
-    Ok(Ciphertext { version, raw })
-}
-
-/// The largest ciphertext text a plaintext of `limit` bytes can produce, plus slack.
-fn max_ciphertext_len(limit: usize) -> usize {
-    let raw = limit.saturating_add(NONCE + TAG);
-    raw.div_ceil(3)
-        .saturating_mul(4)
-        .saturating_add(PREFIX.len() + 16)
-}
-
 impl Transit {
     pub fn new(view: View, services: &Services) -> Self {
         Self {
             view,
             services: services.clone(),
-            router: Router::new(&[
-                ("", Route::Root),
-                ("keys", Route::Keys),
-                ("keys/{name}", Route::Key),
-                ("keys/{name}/info", Route::Info),
-                ("keys/{name}/ctl", Route::Ctl),
-                ("encrypt", Route::OpDir(Exchange::Encrypt)),
-                ("encrypt/{name}", Route::OpFile(Exchange::Encrypt)),
-                ("decrypt", Route::OpDir(Exchange::Decrypt)),
-                ("decrypt/{name}", Route::OpFile(Exchange::Decrypt)),
-                ("rewrap", Route::OpDir(Exchange::Rewrap)),
-                ("rewrap/{name}", Route::OpFile(Exchange::Rewrap)),
-            ]),
+            router: Router::declare(PATHS),
         }
     }
 
@@ -335,126 +234,6 @@ impl Transit {
         Ok(())
     }
 
-    /// One `ctl` command line (trimmed, not blank, not a comment).
-    fn command(name: &str, line: &str) -> Result<Command> {
-        let (cmd, value) = match line.split_once('=') {
-            Some((k, v)) => (k.trim(), Some(v.trim())),
-            None => (line, None),
-        };
-        match (cmd, value) {
-            ("rotate", None) => Ok(Command::Rotate),
-            ("min_decryption_version", Some(v)) => {
-                v.parse().map(Command::MinDecryption).map_err(|_| {
-                    Error::invalid(format!(
-                        "keys/{name}/ctl: min_decryption_version must be a whole number, got {v:?}"
-                    ))
-                })
-            }
-            ("deletion_allowed", Some("true")) => Ok(Command::DeletionAllowed(true)),
-            ("deletion_allowed", Some("false")) => Ok(Command::DeletionAllowed(false)),
-            ("deletion_allowed", Some(v)) => Err(Error::invalid(format!(
-                "keys/{name}/ctl: deletion_allowed must be true or false, got {v:?}"
-            ))),
-            _ => {
-                let shown: String = cmd.chars().take(40).collect();
-                Err(Error::invalid(format!(
-                    "keys/{name}/ctl: unknown command {shown:?} (rotate, min_decryption_version=N, deletion_allowed=true|false)"
-                )))
-            }
-        }
-    }
-
-    fn min_version_range(name: &str, n: u32, latest: u32) -> Result<()> {
-        if n == 0 || n > latest {
-            return Err(Error::invalid(format!(
-                "keys/{name}/ctl: min_decryption_version must be between 1 and the latest version {latest}, got {n}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Check the commands of a buffered `ctl` write as they arrive: each complete line is
-    /// final (see `Backend::check_partial`).
-    fn check_control(&self, name: &str, data: &[u8]) -> Result<()> {
-        if !partial::worth_checking(data) {
-            return Ok(());
-        }
-        let what = format!("keys/{name}/ctl");
-        let text = partial::text_so_far(data, &what)
-            .map_err(|_| Error::invalid(format!("{what}: commands must be text")))?;
-        let mut latest = self.meta(name)?.latest_version;
-        for line in partial::complete_lines(text).lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match Self::command(name, line)? {
-                Command::Rotate => latest = latest.saturating_add(1),
-                Command::MinDecryption(n) => Self::min_version_range(name, n, latest)?,
-                Command::DeletionAllowed(_) => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Apply the commands of one `ctl` write (one per line), all or nothing.
-    fn control(&self, name: &str, data: &SecretBytes) -> Result<()> {
-        let text = std::str::from_utf8(data.expose())
-            .map_err(|_| Error::invalid(format!("keys/{name}/ctl: commands must be text")))?;
-        let _g = Self::lock();
-        let mut meta = self.meta(name)?;
-        let mut new_keys: Vec<(u32, SecretBytes)> = Vec::new();
-        let mut any = false;
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            any = true;
-            match Self::command(name, line)? {
-                Command::Rotate => {
-                    let next = meta.latest_version.checked_add(1).ok_or_else(|| {
-                        Error::invalid(format!("keys/{name}: no more versions available"))
-                    })?;
-                    meta.latest_version = next;
-                    meta.versions.insert(next, self.services.leases.now_ms());
-                    new_keys.push((next, Self::new_key_bytes()));
-                }
-                Command::MinDecryption(n) => {
-                    Self::min_version_range(name, n, meta.latest_version)?;
-                    meta.min_decryption_version = n;
-                }
-                Command::DeletionAllowed(b) => meta.deletion_allowed = b,
-            }
-        }
-        if !any {
-            return Err(Error::invalid(format!(
-                "keys/{name}/ctl: no command (rotate, min_decryption_version=N, deletion_allowed=true|false)"
-            )));
-        }
-        let m = Self::encode_meta(&meta)?;
-        let paths: Vec<String> = new_keys
-            .iter()
-            .map(|(v, _)| version_key(name, *v))
-            .collect();
-        let mk = meta_key(name);
-        let mut ops: Vec<ViewOp<'_>> = new_keys
-            .iter()
-            .zip(&paths)
-            .map(|((_, k), p)| ViewOp::Put(p, k.expose()))
-            .collect();
-        ops.push(ViewOp::Put(&mk, &m));
-        self.view.apply(&ops)?;
-        tracing::info!(
-            key = name,
-            latest_version = meta.latest_version,
-            min_decryption_version = meta.min_decryption_version,
-            deletion_allowed = meta.deletion_allowed,
-            "transit key settings changed"
-        );
-        Ok(())
-    }
-
     fn info(&self, name: &str) -> Result<SecretBytes> {
         let meta = self.meta(name)?;
         let versions: serde_json::Map<String, serde_json::Value> = meta
@@ -479,72 +258,6 @@ impl Transit {
         s.push('\n');
         Ok(SecretBytes::from(s))
     }
-
-    fn encrypt_with(&self, name: &str, meta: &Meta, plaintext: &[u8]) -> Result<SecretBytes> {
-        let limit = self.services.limits.max_value_size;
-        if plaintext.len() > limit {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "plaintext of {} bytes exceeds the limit of {limit} bytes",
-                    plaintext.len()
-                ),
-            ));
-        }
-        let version = meta.latest_version;
-        let cipher = self.cipher(name, version)?;
-        let mut nonce = [0u8; NONCE];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ad = aad(name, version);
-        let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &ad,
-                },
-            )
-            .map_err(|_| Error::io("encryption failed"))?;
-        let mut raw = Vec::with_capacity(NONCE + ct.len());
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&ct);
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
-        Ok(SecretBytes::from(format!("{PREFIX}{version}:{b64}")))
-    }
-
-    fn decrypt_with(&self, name: &str, meta: &Meta, input: &[u8]) -> Result<SecretBytes> {
-        if input.len() > max_ciphertext_len(self.services.limits.max_value_size) {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!("ciphertext of {} bytes is over the limit", input.len()),
-            ));
-        }
-        let c = parse_ciphertext(input)?;
-        if c.version > meta.latest_version {
-            return Err(Error::invalid(format!(
-                "keys/{name} has no version {} (latest is {})",
-                c.version, meta.latest_version
-            )));
-        }
-        if c.version < meta.min_decryption_version {
-            return Err(Error::not_permitted(format!(
-                "ciphertext version {} is below keys/{name}'s min_decryption_version {}",
-                c.version, meta.min_decryption_version
-            )));
-        }
-        let cipher = self.cipher(name, c.version)?;
-        let ad = aad(name, c.version);
-        let (nonce, body) = c.raw.split_at(NONCE);
-        cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad: &ad })
-            .map(SecretBytes::new)
-            .map_err(|_| {
-                Error::invalid(format!(
-                    "ciphertext failed authentication with keys/{name} version {} (tampered, or made with another key)",
-                    c.version
-                ))
-            })
-    }
 }
 
 impl Backend for Transit {
@@ -553,7 +266,7 @@ impl Backend for Transit {
     }
 
     fn help(&self) -> String {
-        HELP.to_string()
+        self.router.help(HELP_INTRO, HELP_NOTES)
     }
 
     fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
@@ -594,17 +307,14 @@ impl Backend for Transit {
     fn list(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>> {
         let (route, name) = self.route(path)?;
         match route {
-            Route::Root => Ok(["keys", "encrypt", "decrypt", "rewrap"]
-                .into_iter()
-                .map(DirEntry::dir)
-                .collect()),
+            Route::Root => Ok(self.router.literal_children("")),
             Route::Keys => Ok(self.names()?.into_iter().map(DirEntry::dir).collect()),
             Route::OpDir(_) => Ok(self.names()?.into_iter().map(DirEntry::file).collect()),
             Route::Key => {
                 if !self.exists(name)? {
                     return Err(Error::not_found(path));
                 }
-                Ok(vec![DirEntry::file("info"), DirEntry::file("ctl")])
+                Ok(self.router.literal_children(path))
             }
             Route::Info | Route::Ctl | Route::OpFile(_) => Err(Error::new(
                 ErrorKind::NotADirectory,
@@ -744,6 +454,8 @@ impl Backend for Transit {
     }
 }
 
+mod control;
+mod crypto;
+mod paths;
 #[cfg(test)]
-#[path = "transit_tests.rs"]
 mod tests;

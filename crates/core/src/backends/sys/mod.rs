@@ -4,6 +4,9 @@
 //! `Engine` (which owns the state). Must never: echo a passphrase, or show anything but `health`,
 //! `unseal`, `seal` and help while sealed.
 
+mod mount_spec;
+mod paths;
+
 use crate::backend::{DirEntry, Node};
 use crate::backends::validate_name;
 use crate::caller::Caller;
@@ -12,7 +15,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::mounts::normalize_path;
 use crate::route::Router;
 use crate::secret::SecretBytes;
-use serde::Deserialize;
+use mount_spec::{check_mount_spec_prefix, parse_mount_spec};
+use paths::{HELP_INTRO, PATHS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -52,131 +56,18 @@ pub(crate) struct Sys {
     hashes: std::sync::Mutex<std::collections::HashMap<u32, String>>,
 }
 
-const HELP: &str = "\
-sys/: the control plane.
-
-  health          read: JSON with sealed, version, storage type, lease count
-  self/errors     read: your own recent refusals, with their reasons (time, operation,
-                  path, errno, reason); nobody else's
-  seal            write anything: seal (every mount disappears until unsealed)
-  unseal          write the passphrase: unseal (initialises an empty store)
-  rotate          write anything: add an encryption key term (old data stays readable)
-  mounts/         ls: mount paths; cat mounts/NAME: its type and description
-                  echo generic > mounts/NAME: mount a generic backend at NAME/
-                  printf 'type = \"generic\"\\ndescription = \"team A\"\\n' > mounts/NAME
-                  rm mounts/NAME: unmount (revokes its leases, deletes its data)
-                  mv mounts/A mounts/B: remount (data kept, leases revoked)
-  mounts.table    the mount table as `Path Type Description` columns
-  leases/         one file per lease, in folders by path: leases/aws/creds/deploy/<uuid>
-                  cat: issue and expiry time, ttl, renewable, path, uid, state
-                  rm: revoke now (upstream first; EIO and kept if upstream refuses)
-                  rm -r FOLDER: revoke every lease under it
-                  touch: renew by the default increment; echo 3600 > (or 1h): renew by that
-  revoke-uid      write a uid: revoke every lease that uid created
-  policies/NAME   a policy (TOML or JSON: uids, gids, users, groups, cgroups, exes, rules);
-                  write to add or replace (a bad one is refused, the old one stays), rm deletes
-  audit-hash      the HMAC the audit log shows for a value: open it read-write, write the value,
-                  read the HMAC from offset 0; or write the value (hashed when that file is
-                  closed), then read the file (the last value you wrote; per uid)
-";
-
-/// What may be written to `sys/mounts/NAME`: a bare type, or TOML/JSON with type and description.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MountSpec {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    description: String,
-}
-
-fn parse_mount_spec(data: &SecretBytes) -> Result<MountSpec> {
-    let text = data
-        .text()
-        .ok_or_else(|| Error::invalid("mount spec is not UTF-8 text"))?;
-    if text.is_empty() {
-        return Err(Error::invalid("mount spec is empty: write a backend type"));
-    }
-    if text.starts_with('{') {
-        return serde_json::from_str(text).map_err(|e| Error::invalid(format!("mount spec: {e}")));
-    }
-    if !text.contains('=') {
-        return Ok(MountSpec {
-            kind: text.to_string(),
-            description: String::new(),
-        });
-    }
-    toml::from_str(text).map_err(|e| Error::invalid(format!("mount spec: {}", e.message())))
-}
-
-/// Check the bytes of a mount spec that have arrived so far (it is applied whole at close):
-/// refuse at once what can no longer become a valid spec — bytes that are not UTF-8, a bare
-/// type that is complete (followed by a newline) and unknown or followed by more text, a key
-/// other than `type` and `description`, an unknown type in a complete `type = "x"` line.
-/// Anything else (an incomplete line, a JSON spec, a multi-line string) is decided at close.
-pub(crate) fn check_mount_spec_prefix(data: &[u8]) -> Result<()> {
-    let text = match std::str::from_utf8(data) {
-        Ok(t) => t,
-        // A character cut at the end of this write: the rest may come with the next one.
-        Err(e) if e.error_len().is_none() => {
-            std::str::from_utf8(data.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or("")
-        }
-        Err(_) => return Err(Error::invalid("mount spec is not UTF-8 text")),
-    };
-    let known = |kind: &str| crate::backends::KNOWN_TYPES.contains(&kind);
-    let unknown = |kind: &str| {
-        Error::invalid(format!(
-            "mount spec: unknown backend type {kind:?} (known: {})",
-            crate::backends::KNOWN_TYPES.join(", ")
-        ))
-    };
-    if text.starts_with('{') {
-        return Ok(());
-    }
-    let body = text.trim_start();
-    if let Some((first, rest)) = body.split_once('\n') {
-        let first = first.trim();
-        if !first.contains('=') && !first.starts_with(['#', '[', '{']) {
-            // A bare type (the whole spec is one word), or a line that is not TOML either way.
-            if !known(first) {
-                return Err(unknown(first));
-            }
-            if !rest.trim().is_empty() {
-                return Err(Error::invalid(
-                    "mount spec: a bare type is one word on one line; for a description \
-                     write type = \"...\" and description = \"...\" lines",
-                ));
-            }
-            return Ok(());
-        }
-    }
-    let Some(end) = text.rfind('\n') else {
-        return Ok(());
-    };
-    // The complete lines so far; if they do not parse on their own (a multi-line string may
-    // be open), the whole spec is judged at close.
-    let Ok(table) = text[..=end].parse::<toml::Table>() else {
-        return Ok(());
-    };
-    for (key, value) in &table {
-        match (key.as_str(), value) {
-            ("type", toml::Value::String(kind)) if !known(kind.trim()) => {
-                return Err(unknown(kind.trim()))
-            }
-            ("type" | "description", toml::Value::String(_)) => {}
-            ("type" | "description", _) => {
-                return Err(Error::invalid(format!(
-                    "mount spec: {key} must be a string"
-                )))
-            }
-            (other, _) => {
-                return Err(Error::invalid(format!(
-                    "mount spec: unknown key {other:?} (a mount spec has type and description)"
-                )))
-            }
-        }
-    }
-    Ok(())
+/// Whether `route` answers while sealed.
+fn open_while_sealed(route: Route) -> bool {
+    matches!(
+        route,
+        Route::Root
+            | Route::Help
+            | Route::Health
+            | Route::Seal
+            | Route::Unseal
+            | Route::SelfDir
+            | Route::SelfErrors
+    )
 }
 
 /// The lease id of a `leases/...` path.
@@ -187,25 +78,7 @@ fn caps_first(path: &str) -> &str {
 impl Sys {
     pub(crate) fn new() -> Self {
         Self {
-            router: Router::new(&[
-                ("", Route::Root),
-                (".help", Route::Help),
-                ("health", Route::Health),
-                ("self", Route::SelfDir),
-                ("self/errors", Route::SelfErrors),
-                ("seal", Route::Seal),
-                ("unseal", Route::Unseal),
-                ("rotate", Route::Rotate),
-                ("mounts", Route::Mounts),
-                ("mounts.table", Route::MountsTable),
-                ("mounts/{name}", Route::Mount),
-                ("leases", Route::Leases),
-                ("leases/{*id}", Route::Lease),
-                ("revoke-uid", Route::RevokeUid),
-                ("policies", Route::Policies),
-                ("policies/{name}", Route::Policy),
-                ("audit-hash", Route::AuditHash),
-            ]),
+            router: Router::declare(PATHS),
             hashes: Default::default(),
         }
     }
@@ -215,17 +88,7 @@ impl Sys {
             .router
             .route(path)
             .ok_or_else(|| Error::not_found(&format!("sys/{path}")))?;
-        let open_while_sealed = matches!(
-            route,
-            Route::Root
-                | Route::Help
-                | Route::Health
-                | Route::Seal
-                | Route::Unseal
-                | Route::SelfDir
-                | Route::SelfErrors
-        );
-        if e.is_sealed() && !open_while_sealed {
+        if e.is_sealed() && !open_while_sealed(route) {
             return Err(Error::not_found(&format!("sys/{path}")));
         }
         Ok((route, caps))
@@ -266,27 +129,21 @@ impl Sys {
     pub(crate) fn list(&self, e: &Engine, path: &str) -> Result<Vec<DirEntry>> {
         let (route, _) = self.route(e, path)?;
         match route {
-            Route::Root => {
-                let mut out = vec![
-                    DirEntry::file(".help"),
-                    DirEntry::file("health"),
-                    DirEntry::dir("self"),
-                ];
-                out.push(DirEntry::file("seal"));
-                out.push(DirEntry::file("unseal"));
-                if !e.is_sealed() {
-                    out.push(DirEntry::file("rotate"));
-                    out.push(DirEntry::dir("mounts"));
-                    out.push(DirEntry::file("mounts.table"));
-                    out.push(DirEntry::dir("leases"));
-                    out.push(DirEntry::file("revoke-uid"));
-                    out.push(DirEntry::dir("policies"));
-                    out.push(DirEntry::file("audit-hash"));
-                }
-                Ok(out)
-            }
+            // The fixed entries, from the table; while sealed only those that answer.
+            Route::Root => Ok(self
+                .router
+                .literal_children("")
+                .into_iter()
+                .filter(|c| {
+                    !e.is_sealed()
+                        || self
+                            .router
+                            .route(&c.name)
+                            .is_some_and(|(r, _)| open_while_sealed(r))
+                })
+                .collect()),
             Route::Leases => Ok(e.leases().list("")),
-            Route::SelfDir => Ok(vec![DirEntry::file("errors")]),
+            Route::SelfDir => Ok(self.router.literal_children("self")),
             Route::Policies => Ok(e.policies().names().map(DirEntry::file).collect()),
             Route::Lease if e.leases().kind(caps_first(path)) == Some(true) => {
                 Ok(e.leases().list(caps_first(path)))
@@ -306,7 +163,7 @@ impl Sys {
     pub(crate) fn read(&self, e: &Engine, caller: &Caller, path: &str) -> Result<SecretBytes> {
         let (route, caps) = self.route(e, path)?;
         let text = match route {
-            Route::Help => HELP.to_string(),
+            Route::Help => self.router.help(HELP_INTRO, ""),
             Route::Health => e.health_json(caller),
             Route::SelfErrors => e.own_refusals(caller.uid),
             Route::MountsTable => e.mounts_table_text(),
@@ -571,65 +428,4 @@ impl Sys {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_spec_forms() {
-        let s = parse_mount_spec(&SecretBytes::from("generic\n".to_string())).expect("bare");
-        assert_eq!(s.kind, "generic");
-        let s = parse_mount_spec(&SecretBytes::from(
-            "type = \"generic\"\ndescription = \"team A\"\n".to_string(),
-        ))
-        .expect("toml");
-        assert_eq!(
-            (s.kind.as_str(), s.description.as_str()),
-            ("generic", "team A")
-        );
-        let s = parse_mount_spec(&SecretBytes::from(r#"{"type":"generic"}"#.to_string()))
-            .expect("json");
-        assert_eq!(s.kind, "generic");
-        assert!(
-            parse_mount_spec(&SecretBytes::from("type = \"x\"\nbogus = 1".to_string())).is_err()
-        );
-        assert!(parse_mount_spec(&SecretBytes::from("".to_string())).is_err());
-    }
-
-    #[test]
-    fn mount_spec_prefixes() {
-        let ok: &[&[u8]] = &[
-            b"",
-            b"gen",
-            b"nosuchtype",
-            b"generic\n",
-            b"  generic\n\n",
-            b"type = \"generic\"\n",
-            b"type = \"generic\"\ndescription = \"team A\"\n",
-            b"type = \"generic\"\ndescription = \"\"\"multi\nline",
-            b"type = \"nosu",
-            b"# a comment\n",
-            b"{\"type\": \"nosuch",
-            &"description = \"\u{e9}\"".as_bytes()[..16],
-        ];
-        for p in ok {
-            assert!(
-                check_mount_spec_prefix(p).is_ok(),
-                "refused {:?}",
-                String::from_utf8_lossy(p)
-            );
-        }
-        let bad: &[&[u8]] = &[
-            b"nosuchtype\n",
-            b"generic\nmore",
-            b"type = \"nosuchtype\"\n",
-            b"type = \"generic\"\nbogus = 1\n",
-            b"type = 3\n",
-            b"\xff\xfe",
-        ];
-        for p in bad {
-            let e = check_mount_spec_prefix(p).expect_err("accepted a bad prefix");
-            assert_eq!(e.kind, ErrorKind::InvalidInput);
-            assert!(e.message.starts_with("mount spec"), "{}", e.message);
-        }
-    }
-}
+mod tests;

@@ -10,6 +10,7 @@ use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind};
 use crate::barrier::view::ViewOp;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
+use crate::route::{Ops, PathDecl, Router};
 use crate::secret::SecretBytes;
 use std::collections::BTreeMap;
 
@@ -18,16 +19,42 @@ pub struct Generic {
     limits: Limits,
 }
 
-const HELP: &str = "\
-generic backend: stores arbitrary bytes, encrypted.
+const HELP_INTRO: &str = "generic backend: stores arbitrary bytes, encrypted.";
+const HELP_NOTES: &str =
+    "Values over the size limit get EFBIG; names starting with '.' are reserved (EINVAL).";
 
-  PATH            write: store the bytes (committed at close, atomically)
-                  read: the bytes; rm: delete
-  FOLDER/         mkdir/rmdir make and remove folders; a folder holding a secret exists implicitly
-  mv A B          rename atomically within this mount (across mounts: EXDEV)
+/// What a declared path of this backend is (the backend decides by what is stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Root,
+    Secret,
+    Folder,
+}
 
-Values over the size limit get EFBIG; names starting with '.' are reserved (EINVAL).
-";
+/// The paths of a generic mount: operations and help lines; `.help` is derived from them.
+const PATHS: &[PathDecl<Route>] = &[
+    PathDecl::new("", Route::Root, Ops::LIST.and(Ops::MKDIR), ""),
+    PathDecl::new(
+        "{*path}",
+        Route::Secret,
+        Ops::READ.and(Ops::WRITE).and(Ops::DELETE).and(Ops::RENAME),
+        "write: store the bytes (committed at close, atomically)\n\
+         read: the bytes; rm: delete",
+    ),
+    PathDecl::new(
+        "{*folder}",
+        Route::Folder,
+        Ops::LIST.and(Ops::MKDIR).and(Ops::RMDIR).and(Ops::RENAME),
+        "mkdir/rmdir make and remove folders; a folder holding a secret exists implicitly",
+    ),
+    PathDecl::new(
+        "{*path}",
+        Route::Secret,
+        Ops::RENAME,
+        "rename atomically within this mount (across mounts: EXDEV)",
+    )
+    .shown("mv A B"),
+];
 
 fn file_key(path: &str) -> String {
     format!("f/{path}")
@@ -108,7 +135,7 @@ impl Backend for Generic {
     }
 
     fn help(&self) -> String {
-        HELP.to_string()
+        Router::declare(PATHS).help(HELP_INTRO, HELP_NOTES)
     }
 
     fn stat(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Node> {
@@ -291,5 +318,21 @@ impl Backend for Generic {
             ops.push(ViewOp::Delete(&fd));
         }
         self.view.apply(&ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_comes_from_the_table() {
+        let help = Router::declare(PATHS).help(HELP_INTRO, HELP_NOTES);
+        assert!(help.starts_with("generic backend: stores arbitrary bytes, encrypted.\n\n"));
+        assert!(help.contains("\n  PATH            write: store the bytes"));
+        assert!(help.contains("\n                  read: the bytes; rm: delete\n"));
+        assert!(help.contains("\n  FOLDER/         mkdir/rmdir make and remove folders"));
+        assert!(help.contains("\n  mv A B          rename atomically within this mount"));
+        assert!(help.ends_with("names starting with '.' are reserved (EINVAL).\n"));
     }
 }
