@@ -69,8 +69,16 @@ fn the_cli_works_from_inside_the_mount() {
     let root = std::fs::read_to_string(d.p(".help")).expect("root .help");
     assert_eq!(ok(&cli_in(&d.mnt, &["help"], "")), root);
     // Outside any mount, with nothing configured: the error says how to find it.
+    // (An explicit config that does not exist: an installed /etc/nomadfs/mounts.toml on the
+    // test machine must not count as configured.)
     let elsewhere = tempfile::tempdir().expect("tmp");
-    let o = cli_in(elsewhere.path(), &["read", "secret/hello"], "");
+    let none = elsewhere.path().join("none.toml");
+    let none = none.to_str().expect("utf-8 path");
+    let o = cli_in(
+        elsewhere.path(),
+        &["--config", none, "read", "secret/hello"],
+        "",
+    );
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("run the command inside the mount"),
