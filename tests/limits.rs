@@ -180,6 +180,33 @@ os.close(c)
 }
 
 #[test]
+fn read_snapshots_count_against_the_buffered_bytes_bound() {
+    let d = Daemon::start_with(CONFIG);
+    seed(&d);
+    std::fs::write(d.p("secret/ro/big"), vec![b'r'; 30000]).expect("big");
+    let out = py_1001(
+        &d,
+        r#"
+import os, errno
+fds = []
+for i in range(3):
+    try:
+        fds.append(os.open('secret/ro/big', os.O_RDONLY))
+        print(i, 'open')
+    except OSError as e:
+        print(i, errno.errorcode[e.errno])
+os.close(fds.pop())
+fd = os.open('secret/ro/big', os.O_RDONLY)
+print('again', len(os.read(fd, 100000)))
+"#,
+    );
+    // 2 × 30000 bytes fit in 65536; a third snapshot does not, until one is closed.
+    assert!(out.contains("0 open") && out.contains("1 open"), "{out}");
+    assert!(out.contains("2 ENOSPC"), "{out}");
+    assert!(out.contains("again 30000"), "{out}");
+}
+
+#[test]
 fn an_admin_is_not_bounded() {
     let d = Daemon::start_with(CONFIG);
     seed(&d);

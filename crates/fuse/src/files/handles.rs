@@ -234,8 +234,11 @@ impl Handles {
     pub fn insert(&self, mut h: Handle) -> Result<u64, Error> {
         let uid = h.opener.uid;
         self.reserve_open(uid, h.bounds.open_files)?;
+        // What the open holds in memory from the start: its write buffer, or the snapshot a
+        // read-only open reads from (both count against `buffered_bytes_per_uid`).
         let initial = match &h.kind {
             Kind::Buffered(w) | Kind::Immediate { buf: w, .. } => w.data.len() as u64,
+            Kind::Read(s) => s.len() as u64,
             _ => 0,
         };
         let mut charged = 0;
