@@ -42,18 +42,8 @@ impl Engine {
     /// still being created), like the engine's own refusals (aggregated when repeated). A
     /// failing audit log changes nothing here: the request is refused anyway.
     pub fn record_refusal(&self, caller: &Caller, op: &'static str, path: &str, err: &Error) {
-        self.reasons
-            .record(caller.uid, op, path, err.kind.errno_name(), &err.message);
         let mode = self.audit_mode();
-        if let Decision::Write(closed) = self.refusals.decide(
-            caller,
-            op,
-            path,
-            err.kind.errno_name(),
-            &err.message,
-            std::time::Instant::now(),
-        ) {
-            gate::write_aggregates(&mode, closed);
+        if self.note_refusal(&mode, caller, op, path, err, false) {
             let rec = gate::Record {
                 caller,
                 op,
@@ -67,6 +57,39 @@ impl Engine {
                 count: None,
             };
             let _ = gate::audit(&mode, rec);
+        }
+    }
+
+    /// Account for a refusal: the caller's own list (`sys/self/errors`, unless it is a
+    /// `probe` — a lookup of what is not there), and whether its audit line is to be written
+    /// in full (false: it is counted into its window's aggregate line). The daemon's own
+    /// failures (EIO) are always written.
+    fn note_refusal(
+        &self,
+        mode: &AuditMode,
+        caller: &Caller,
+        op: &'static str,
+        path: &str,
+        e: &Error,
+        probe: bool,
+    ) -> bool {
+        if !probe {
+            self.reasons
+                .record(caller.uid, op, path, e.kind.errno_name(), &e.message);
+        }
+        if matches!(e.kind, ErrorKind::Io | ErrorKind::Integrity) {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        match self
+            .refusals
+            .decide(caller, op, path, e.kind.errno_name(), &e.message, now)
+        {
+            Decision::Counted => false,
+            Decision::Write(closed) => {
+                gate::write_aggregates(mode, closed);
+                true
+            }
         }
     }
 
@@ -160,27 +183,11 @@ impl Engine {
         if is_stat && result.is_ok() && !gate::failing(&audit_mode) {
             return result;
         }
-        if let Err(e) = &result {
-            // A lookup of what is not there is how shells and tools probe: not a refusal.
-            if !(is_stat && e.kind == ErrorKind::NotFound) {
-                self.reasons
-                    .record(caller.uid, op_name, path, e.kind.errno_name(), &e.message);
-            }
-        }
         // Repeated refusals are counted, not each written (the daemon's own failures are).
         if let Err(e) = &result {
-            if !matches!(e.kind, ErrorKind::Io | ErrorKind::Integrity) {
-                match self.refusals.decide(
-                    caller,
-                    op_name,
-                    path,
-                    e.kind.errno_name(),
-                    &e.message,
-                    std::time::Instant::now(),
-                ) {
-                    Decision::Counted => return result,
-                    Decision::Write(closed) => gate::write_aggregates(&audit_mode, closed),
-                }
+            let probe = is_stat && e.kind == ErrorKind::NotFound;
+            if !self.note_refusal(&audit_mode, caller, op_name, path, e, probe) {
+                return result;
             }
         }
         let audited = gate::audit(
