@@ -98,16 +98,9 @@ pub(crate) fn check_document(
     what: &str,
     check: impl Fn(&str) -> Result<()>,
 ) -> Result<()> {
-    if !worth_checking(data) {
+    let Some(text) = text_unless_json(data, what, &check)? else {
         return Ok(());
-    }
-    let text = text_so_far(data, what)?;
-    if text.trim_start().starts_with('{') {
-        return match json_complete(text, what)? {
-            true => check(text),
-            false => Ok(()),
-        };
-    }
+    };
     match toml_complete_lines(text, what)? {
         Some(lines) => match check(lines) {
             Err(e) if e.message.contains("missing field") => Ok(()),
@@ -115,6 +108,26 @@ pub(crate) fn check_document(
         },
         None => Ok(()),
     }
+}
+
+/// The text so far when it is worth checking and not JSON (`None`: nothing to check now). A
+/// JSON body is checked here, with `whole` once it is complete.
+fn text_unless_json<'a>(
+    data: &'a [u8],
+    what: &str,
+    whole: &impl Fn(&str) -> Result<()>,
+) -> Result<Option<&'a str>> {
+    if !worth_checking(data) {
+        return Ok(None);
+    }
+    let text = text_so_far(data, what)?;
+    if text.trim_start().starts_with('{') {
+        if json_complete(text, what)? {
+            whole(text)?;
+        }
+        return Ok(None);
+    }
+    Ok(Some(text))
 }
 
 /// Check `key=value` lines (blank lines and `#` comments skipped) or a JSON object as they
@@ -126,16 +139,9 @@ pub(crate) fn check_fields(
     line: impl Fn(&str, &str, usize) -> Result<()>,
     whole: impl Fn(&str) -> Result<()>,
 ) -> Result<()> {
-    if !worth_checking(data) {
+    let Some(text) = text_unless_json(data, what, &whole)? else {
         return Ok(());
-    }
-    let text = text_so_far(data, what)?;
-    if text.trim_start().starts_with('{') {
-        return match json_complete(text, what)? {
-            true => whole(text),
-            false => Ok(()),
-        };
-    }
+    };
     // Line numbers as the commit-time parser counts them (after leading blank space).
     let lines = complete_lines(text.trim_start());
     for (i, l) in lines.lines().enumerate() {

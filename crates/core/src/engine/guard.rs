@@ -168,17 +168,6 @@ impl Engine {
         if is_chmod {
             result = result.map(|_| Reply::Done);
         }
-        // The lease this request made, or the one a `sys/` request acted on.
-        let minted = match &result {
-            Ok(Reply::Credential(_, id)) => Some(id.clone()),
-            _ => None,
-        };
-        let lease_id = minted.clone().or_else(|| self.lease_named(path));
-        if let (true, Ok(Reply::Data(d) | Reply::Credential(d, _))) = (hashing, &result) {
-            if let Ok(h) = self.barrier.audit_hmac(d.expose()) {
-                values.push(("response", h));
-            }
-        }
         // A successful stat is not recorded, unless the log is failing: then it is refused too.
         if is_stat && result.is_ok() && !gate::failing(&audit_mode) {
             return result;
@@ -188,6 +177,17 @@ impl Engine {
             let probe = is_stat && e.kind == ErrorKind::NotFound;
             if !self.note_refusal(&audit_mode, caller, op_name, path, e, probe) {
                 return result;
+            }
+        }
+        // The lease this request made, or the one a `sys/` request acted on.
+        let minted = match &result {
+            Ok(Reply::Credential(_, id)) => Some(id.clone()),
+            _ => None,
+        };
+        let lease_id = minted.clone().or_else(|| self.lease_named(path));
+        if let (true, Ok(Reply::Data(d) | Reply::Credential(d, _))) = (hashing, &result) {
+            if let Ok(h) = self.barrier.audit_hmac(d.expose()) {
+                values.push(("response", h));
             }
         }
         let audited = gate::audit(
