@@ -292,10 +292,7 @@ impl Backend for Transit {
                 known(name)?;
                 // Buffered, applied whole at close (all commands or none, even when a shell
                 // writes them line by line); each complete line is checked as it arrives.
-                Node {
-                    dynamic: false,
-                    ..Node::write_only()
-                }
+                Node::write_only_document()
             }
             Route::OpFile(_) => {
                 known(name)?;
