@@ -379,7 +379,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     } = setup;
 
     let (storage, faults) = crate::faults::wrap(storage)?;
-    let engine = Arc::new(Engine::new(storage, engine_cfg));
+    let engine = Engine::new(storage, engine_cfg);
     engine
         .set_policies(policies, admins)
         .map_err(|e| format!("policies: {}", e.message))?;

@@ -191,6 +191,24 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Help text for `MOUNT/.help`.
     fn help(&self) -> String;
+    /// A privileged (control-plane) backend: every operation on it needs `sudo` on its path,
+    /// `sudo` grants everything there, and without it its names do not exist for the caller
+    /// (no probing). Its folders move nothing a caller could read, so a rename is decided on
+    /// its two paths alone. Default: an ordinary backend, decided capability by capability.
+    fn privileged(&self) -> bool {
+        false
+    }
+    /// Paths anyone who can enter the mount may stat, list and read, whatever the policy
+    /// (`sys/health`). `.help` is open to all in every mount. Default: none.
+    fn open_to_all(&self, path: &str) -> bool {
+        let _ = path;
+        false
+    }
+    /// The lease a request on `path` acts on (`sys/leases/ID`), named in its audit line.
+    fn lease_named<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let _ = path;
+        None
+    }
     /// Describe a path. Must have no side effects (lookups and `ls -l` call it).
     fn stat(&self, ctx: &Ctx<'_>, path: &str) -> Result<Node>;
     fn list(&self, ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>>;
@@ -217,9 +235,10 @@ pub trait Backend: Send + Sync {
         let _ = (path, data);
         Ok(())
     }
-    /// Check that `path` may be written: called when a file is created and when one is opened
-    /// for writing, so refusals come at open rather than at close. Nothing is stored here.
-    fn create(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+    /// Check that `path` may be written, and say how its writes will apply: called when a file
+    /// is created and when one is opened for writing, so refusals come at open rather than at
+    /// close. Nothing is stored here.
+    fn create(&self, ctx: &Ctx<'_>, path: &str) -> Result<Writes> {
         let _ = ctx;
         Err(unsupported("create", path))
     }
@@ -238,6 +257,11 @@ pub trait Backend: Send + Sync {
     fn rename(&self, ctx: &Ctx<'_>, from: &str, to: &str) -> Result<()> {
         let _ = (ctx, to);
         Err(unsupported("rename", from))
+    }
+    /// `touch` (times set to now). Default: nothing to do (times are not kept).
+    fn touch(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+        let _ = (ctx, path);
+        Ok(())
     }
     /// Run the exchange of an exchange node (`Node::exchange`): `input` is every byte written in
     /// one open, the answer is what that open reads back. Called once per input.

@@ -31,7 +31,7 @@
 mod fields;
 
 use super::{partial, validate_name, Services};
-use crate::backend::{Backend, Ctx, DirEntry, Node};
+use crate::backend::{Backend, Ctx, DirEntry, Node, Writes};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{parse_duration, LeaseRecord};
@@ -423,10 +423,10 @@ impl<U: Upstream> Backend for Dynamic<U> {
         }
     }
 
-    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
+    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Writes> {
         match self.route(path)? {
-            (Route::ConfigSecret | Route::ConfigLease, _) => Ok(()),
-            (Route::Role, caps) => role_key(caps[0]).map(|_| ()),
+            (Route::ConfigSecret | Route::ConfigLease, _) => Ok(Writes::Buffered),
+            (Route::Role, caps) => role_key(caps[0]).map(|_| Writes::Buffered),
             (Route::Cred, _) => Err(Error::denied(format!(
                 "{path}: credentials are read, not written"
             ))),

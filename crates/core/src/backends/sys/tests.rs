@@ -2,7 +2,8 @@ use super::*;
 
 #[test]
 fn help_and_root_listing_come_from_the_table() {
-    let sys = Sys::new();
+    let none: std::sync::Weak<crate::engine::Engine> = std::sync::Weak::new();
+    let sys = Sys::new(none);
     let help = sys.router.help(HELP_INTRO, "");
     assert!(help.starts_with("sys/: the control plane.\n\n  health          read: JSON"));
     for label in [

@@ -10,7 +10,7 @@ use crate::route::Ops;
 use crate::storage::memory::MemoryStorage;
 use std::sync::Arc;
 
-fn engine() -> (Engine, View) {
+fn engine() -> (std::sync::Arc<Engine>, View) {
     let s = Arc::new(MemoryStorage::new());
     let e = Engine::new(
         s,
