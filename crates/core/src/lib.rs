@@ -20,6 +20,7 @@ pub mod refusals;
 pub mod route;
 pub mod secret;
 pub mod storage;
+pub mod tls;
 
 pub use backend::{Backend, DirEntry, Node, NodeKind};
 pub use caller::Caller;

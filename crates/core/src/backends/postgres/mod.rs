@@ -20,6 +20,7 @@ use super::dynamic::{self, failpoint, CredView, HelpText, SecretConfig, Upstream
 pub mod client;
 mod roles;
 mod target;
+mod tls;
 
 use super::{partial, Services};
 use crate::backend::Ctx;
