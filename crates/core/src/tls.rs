@@ -67,8 +67,8 @@ pub fn read_checked(
         };
         if loose {
             return Err(Error::invalid(format!(
-                "{what} {shown}: mode {mode:04o}: a private key must be 0600 (or 0640 when owned \
-                 by root)"
+                "{what} {shown}: mode {mode:04o}: a key or password file must be 0600 (or 0640 \
+                 when owned by root)"
             )));
         }
     }
@@ -123,7 +123,7 @@ pub fn root_store(what: &str, path: &Path) -> Result<rustls::RootCertStore> {
 
 /// A person's reason for a TLS failure found anywhere in `e`'s chain (a `rustls::Error`, or
 /// an `io::Error` carrying one), or `None` if none is there. `host` is the name the client
-/// checked; `ca` names the CA file (for "unknown CA").
+/// checked ("" if the caller does not know it); `ca` names the CA file (for "unknown CA").
 pub fn describe(e: &(dyn std::error::Error + 'static), host: &str, ca: &str) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
@@ -137,7 +137,58 @@ pub fn describe(e: &(dyn std::error::Error + 'static), host: &str, ca: &str) -> 
         }
         cur = err.source();
     }
+    // Some layers (h2) keep only the text of the rustls error: recognise rustls's wording.
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = describe_text(&err.to_string(), host, ca) {
+            return Some(r);
+        }
+        cur = err.source();
+    }
     None
+}
+
+/// `describe` for error text that quotes a rustls error's `Display`.
+pub fn describe_text(text: &str, host: &str, ca: &str) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    if let Some((_, rest)) = text.split_once("received fatal alert: ") {
+        let name: String = rest
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        let alert = match name.as_str() {
+            "CertificateRequired" => A::CertificateRequired,
+            "BadCertificate" => A::BadCertificate,
+            "UnknownCA" => A::UnknownCA,
+            "CertificateUnknown" => A::CertificateUnknown,
+            "AccessDenied" => A::AccessDenied,
+            "CertificateExpired" => A::CertificateExpired,
+            "HandshakeFailure" => A::HandshakeFailure,
+            "ProtocolVersion" => A::ProtocolVersion,
+            _ => {
+                return Some(format!(
+                    "TLS: the server ended the handshake (alert {name})"
+                ))
+            }
+        };
+        return Some(describe_rustls(&E::AlertReceived(alert), host, ca));
+    }
+    let (_, rest) = text.split_once("invalid peer certificate: ")?;
+    let c = if rest.starts_with("UnknownIssuer") || rest.starts_with("unknown issuer") {
+        C::UnknownIssuer
+    } else if rest.contains("not valid for name") || rest.starts_with("NotValidForName") {
+        return Some(format!(
+            "TLS: host name mismatch: {}",
+            rest.trim_start_matches("NotValidForName")
+        ));
+    } else if rest.starts_with("Expired") || rest.contains("expired") {
+        C::Expired
+    } else if rest.starts_with("BadSignature") {
+        C::BadSignature
+    } else {
+        return Some(format!("TLS: the server's certificate was refused: {rest}"));
+    };
+    Some(describe_rustls(&E::InvalidCertificate(c), host, ca))
 }
 
 /// `describe` for one rustls error.
@@ -148,13 +199,26 @@ pub fn describe_rustls(e: &rustls::Error, host: &str, ca: &str) -> String {
             C::UnknownIssuer => {
                 format!("TLS: unknown CA: the server's certificate is not signed by a CA in {ca}")
             }
+            C::NotValidForName if host.is_empty() => {
+                "TLS: host name mismatch: the server's certificate is not valid for the name it \
+                 was reached by"
+                    .to_string()
+            }
             C::NotValidForName => format!(
                 "TLS: host name mismatch: the server's certificate is not valid for {host:?}"
             ),
-            C::NotValidForNameContext { presented, .. } => format!(
-                "TLS: host name mismatch: the server's certificate is not valid for {host:?} \
-                 (it names {})",
-                presented.join(", ")
+            C::NotValidForNameContext {
+                expected,
+                presented,
+            } => format!(
+                "TLS: host name mismatch: the server's certificate is not valid for {:?} (it \
+                 names {})",
+                server_name_text(expected),
+                presented
+                    .iter()
+                    .map(|p| presented_text(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             C::Expired | C::ExpiredContext { .. } => {
                 "TLS: the server's certificate has expired".to_string()
@@ -176,7 +240,10 @@ pub fn describe_rustls(e: &rustls::Error, host: &str, ca: &str) -> String {
                     .to_string()
             }
             A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied => {
-                format!("TLS: the server refused our client certificate (alert {a:?})")
+                format!(
+                    "TLS: the server refused our client certificate, or wants one and got \
+                     none (alert {a:?}): check sslcert/sslkey or cert_file/key_file"
+                )
             }
             A::CertificateExpired => {
                 "TLS: the server refused our client certificate: expired".to_string()
@@ -184,6 +251,25 @@ pub fn describe_rustls(e: &rustls::Error, host: &str, ca: &str) -> String {
             other => format!("TLS: the server ended the handshake (alert {other:?})"),
         },
         other => format!("TLS: {other}"),
+    }
+}
+
+/// `DnsName("db")` / `IpAddress(10.0.0.1)` (rustls's wording of a SAN) as `db` / `10.0.0.1`.
+fn presented_text(p: &str) -> String {
+    let inner = p
+        .strip_prefix("DnsName(")
+        .or_else(|| p.strip_prefix("IpAddress("))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(p);
+    inner.trim_matches('"').to_string()
+}
+
+fn server_name_text(n: &rustls::pki_types::ServerName<'_>) -> String {
+    use rustls::pki_types::ServerName as N;
+    match n {
+        N::DnsName(d) => d.as_ref().to_string(),
+        N::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -253,5 +339,18 @@ mod tests {
         let r = describe(&io, "h", "x").expect("found in an io::Error");
         assert!(r.contains("requires a client certificate"), "{r}");
         assert!(describe(&std::io::Error::other("plain"), "h", "x").is_none());
+        assert_eq!(presented_text("DnsName(\"db.example\")"), "db.example");
+        assert_eq!(presented_text("IpAddress(10.0.0.1)"), "10.0.0.1");
+        // Only the text survived (h2 flattens its io::Error).
+        let r = describe(
+            &std::io::Error::other("connection error: received fatal alert: BadCertificate"),
+            "h",
+            "x",
+        )
+        .expect("from the text");
+        assert!(r.contains("client certificate"), "{r}");
+        let r = describe_text("invalid peer certificate: UnknownIssuer", "h", "ca_file /c")
+            .expect("unknown issuer");
+        assert!(r.contains("unknown CA"), "{r}");
     }
 }

@@ -14,7 +14,7 @@ use tokio_postgres::config::Host;
 
 /// The query parameters nomadfs handles itself (libpq's names); neither passed to
 /// tokio-postgres nor redacted (a mode or a file path is not a secret, and the reasons name
-/// them).
+/// them; `hostaddr` is not redacted either: a certificate's addresses are compared with it).
 const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// `url` without its TLS parameters, and the settings they make.
@@ -161,6 +161,8 @@ impl Target {
 /// parameter's value in its error ("invalid value for parameter … : \"…\""), and that text
 /// reaches the daemon log and the audit log. Values shorter than 3 bytes are left (too common to
 /// replace inside other words, and not a secret); each is replaced by `***`, longest first.
+/// Not redacted: the TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`: modes and
+/// paths the reasons name) and `hostaddr`.
 #[derive(Default, Clone)]
 pub struct Redactor {
     secrets: Vec<zeroize::Zeroizing<String>>,
@@ -210,7 +212,8 @@ impl Redactor {
             let Some((key, value)) = pair.split_once('=') else {
                 continue;
             };
-            if TLS_KEYS.contains(&percent_decode(key).as_str()) {
+            let k = percent_decode(key);
+            if TLS_KEYS.contains(&k.as_str()) || k == "hostaddr" {
                 continue;
             }
             let decoded = percent_decode(value);
