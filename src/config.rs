@@ -117,7 +117,7 @@ pub struct StorageConfig {
     /// etcd authentication: the user, and where its password is (a file or an environment
     /// variable; never in this file).
     #[serde(default)]
-    pub user: Option<String>,
+    pub username: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     #[serde(default)]
@@ -135,7 +135,7 @@ impl StorageConfig {
             || self.ca_file.is_some()
             || self.cert_file.is_some()
             || self.key_file.is_some()
-            || self.user.is_some()
+            || self.username.is_some()
             || self.password_file.is_some()
             || self.password_env.is_some()
             || self.password.is_some()
@@ -284,17 +284,17 @@ impl Config {
         }
         let sources =
             usize::from(st.password_file.is_some()) + usize::from(st.password_env.is_some());
-        match (&st.user, sources) {
+        match (&st.username, sources) {
             (Some(u), 1) if !u.is_empty() => {}
-            (Some(_), 1) => return Err("[storage] user must not be empty".into()),
+            (Some(_), 1) => return Err("[storage] username must not be empty".into()),
             (Some(_), 0) => {
                 return Err(
-                    "[storage] user needs its password: password_file or password_env".into(),
+                    "[storage] username needs its password: password_file or password_env".into(),
                 )
             }
             (_, 2) => return Err("[storage] give password_file or password_env, not both".into()),
             (None, _) if sources > 0 => {
-                return Err("[storage] password_file/password_env need user".into())
+                return Err("[storage] password_file/password_env need username".into())
             }
             _ => {}
         }
@@ -317,7 +317,7 @@ impl Config {
             ca_file,
             client: st.cert_file.clone().zip(st.key_file.clone()),
         });
-        if let Some(user) = &st.user {
+        if let Some(user) = &st.username {
             let mut raw = if let Some(p) = &st.password_file {
                 let bytes = nomadfs_core::tls::read_checked("password_file", p, true)
                     .map_err(|e| format!("[storage] {}", e.message))?;
@@ -328,7 +328,7 @@ impl Config {
                 })?;
                 SecretBytes::new(std::os::unix::ffi::OsStringExt::into_vec(v))
             } else {
-                return Err("[storage] user needs password_file or password_env".into());
+                return Err("[storage] username needs password_file or password_env".into());
             };
             while matches!(raw.expose().last(), Some(b'\n' | b'\r')) {
                 raw.expose_mut().pop();
@@ -555,7 +555,7 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
         .expect("etcd config with prefix");
         assert_eq!(c.etcd_prefix(), "team-a/");
         let c = Config::parse(&etcd_config(
-            "endpoints = [\"https://127.0.0.1:2379\", \"10.0.0.2:2379\"]\nca_file = \"/etc/nomadfs/ca.pem\"\ncert_file = \"/etc/nomadfs/c.pem\"\nkey_file = \"/etc/nomadfs/c.key\"\nuser = \"nomadfs\"\npassword_env = \"NOMADFS_TEST_ETCD_PW_UNSET\"",
+            "endpoints = [\"https://127.0.0.1:2379\", \"10.0.0.2:2379\"]\nca_file = \"/etc/nomadfs/ca.pem\"\ncert_file = \"/etc/nomadfs/c.pem\"\nkey_file = \"/etc/nomadfs/c.key\"\nusername = \"nomadfs\"\npassword_env = \"NOMADFS_TEST_ETCD_PW_UNSET\"",
         ))
         .expect("etcd with TLS and auth");
         assert_eq!(
@@ -580,16 +580,16 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
                 "go together",
             ),
             (
-                "endpoints = [\"h:1\"]\nuser = \"root\"\npassword = \"hunter2\"",
+                "endpoints = [\"h:1\"]\nusername = \"root\"\npassword = \"hunter2\"",
                 "not in the config file",
             ),
             (
-                "endpoints = [\"h:1\"]\nuser = \"root\"",
+                "endpoints = [\"h:1\"]\nusername = \"root\"",
                 "needs its password",
             ),
-            ("endpoints = [\"h:1\"]\npassword_env = \"P\"", "need user"),
+            ("endpoints = [\"h:1\"]\npassword_env = \"P\"", "need username"),
             (
-                "endpoints = [\"h:1\"]\nuser = \"r\"\npassword_env = \"P\"\npassword_file = \"/p\"",
+                "endpoints = [\"h:1\"]\nusername = \"r\"\npassword_env = \"P\"\npassword_file = \"/p\"",
                 "not both",
             ),
             ("endpoints = [\"h:1\"]\nprefix = \"\"", "prefix"),

@@ -606,7 +606,7 @@ mod etcd {
 
     fn storage_lines(e: &SecureEtcd, pki: &Pki, ca: &str, pw_file: &Path, cert: bool) -> String {
         let mut s = format!(
-            "endpoints = [{:?}]\nca_file = {:?}\nuser = \"nomadfs\"\npassword_file = {:?}\n",
+            "endpoints = [{:?}]\nca_file = {:?}\nusername = \"nomadfs\"\npassword_file = {:?}\n",
             e.endpoint(),
             pki.s(ca),
             pw_file.display().to_string()
@@ -688,7 +688,7 @@ mod etcd {
         fails_at_start(&bad, "0600");
         // A password inline in the config is refused with the way to do it.
         let bad = prepare(&format!(
-            "endpoints = [{:?}]\nca_file = {:?}\nuser = \"nomadfs\"\npassword = \"x\"\n",
+            "endpoints = [{:?}]\nca_file = {:?}\nusername = \"nomadfs\"\npassword = \"x\"\n",
             e.endpoint(),
             pki.s("ca.pem")
         ));
@@ -700,7 +700,7 @@ mod etcd {
         let pki = Pki::new();
         let e = SecureEtcd::start(&pki);
         let mut d = prepare(&format!(
-            "endpoints = [{:?}]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nuser = \"nomadfs\"\npassword_env = \"NOMADFS_TEST_ETCD_PASSWORD\"\n",
+            "endpoints = [{:?}]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nusername = \"nomadfs\"\npassword_env = \"NOMADFS_TEST_ETCD_PASSWORD\"\n",
             e.endpoint(),
             pki.s("ca.pem"),
             pki.s("client.pem"),
