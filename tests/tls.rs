@@ -326,6 +326,18 @@ fn postgres_verify_full_verify_ca_require_prefer() {
         ),
     )
     .expect("require");
+    // SCRAM is bound to the TLS session (tls-server-end-point): a relay in the middle, which
+    // `require` alone would not notice, cannot reuse the login.
+    connect(
+        &d,
+        &url(
+            &pg,
+            &admin(&pg),
+            "127.0.0.1",
+            "sslmode=require&channel_binding=require",
+        ),
+    )
+    .expect("SCRAM with channel binding");
     // ... unless a root certificate is named (then the chain is checked, as in libpq).
     refused(
         &d,

@@ -6,7 +6,8 @@
 //! CA in `sslrootcert`, not the host name; `verify-full`: the chain and the host name (a DNS
 //! name or an IP address in the certificate's SANs) — and the connector tokio-postgres uses
 //! (`PgTls`, built for every new connection: the files are read at connect time, so a renewed
-//! certificate is picked up by the next connection).
+//! certificate is picked up by the next connection), with SCRAM bound to the TLS session
+//! (`tls-server-end-point`) when the certificate's signature hash is SHA-1/256/384/512.
 //!
 //! Must never: accept a certificate the mode says to check without checking it, or put the
 //! content of a file it read into an error (see `crate::tls`).
@@ -406,9 +407,129 @@ impl AsyncWrite for PgTlsStream {
 }
 
 impl tokio_postgres::tls::TlsStream for PgTlsStream {
-    /// No `tls-server-end-point` binding: SCRAM runs without channel binding (as libpq does
-    /// with `channel_binding=prefer` when the client offers none).
+    /// `tls-server-end-point` (RFC 5929): the hash of the server's certificate, so SCRAM's
+    /// proof is bound to this TLS session and a man in the middle (possible with `require`,
+    /// which checks no certificate) cannot relay the login. For a signature hash nomadfs does
+    /// not know (Ed25519, RSA-PSS), none: SCRAM then runs unbound (as with libpq's `prefer`).
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let (_, conn) = self.0.get_ref();
+        match conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| server_end_point(c.as_ref()))
+        {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
+    }
+}
+
+/// One DER TLV: (tag, contents, what follows).
+fn der_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)?;
+    let (len, head) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | usize::from(*b.get(2 + i)?);
+        }
+        (len, 2 + n)
+    };
+    let body = b.get(head..head.checked_add(len)?)?;
+    Some((tag, body, b.get(head + len..)?))
+}
+
+/// RFC 5929's `tls-server-end-point` for certificate `der`: its hash with the hash of its
+/// signature algorithm (SHA-256 for MD5 and SHA-1), or `None` for an algorithm not handled.
+fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let (0x30, cert, _) = der_tlv(der)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = der_tlv(cert)? else {
+        return None;
+    };
+    let (0x30, alg, _) = der_tlv(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der_tlv(alg)? else {
+        return None;
+    };
+    let bits = if let Some(t) = oid.strip_prefix(RSA) {
+        match t {
+            [0x04] | [0x05] | [0x0b] => 256,
+            [0x0c] => 384,
+            [0x0d] => 512,
+            _ => return None,
+        }
+    } else if let Some(t) = oid.strip_prefix(ECDSA) {
+        match t {
+            [0x01] | [0x03, 0x02] => 256,
+            [0x03, 0x03] => 384,
+            [0x03, 0x04] => 512,
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(match bits {
+        256 => sha2::Sha256::digest(der).to_vec(),
+        384 => sha2::Sha384::digest(der).to_vec(),
+        _ => sha2::Sha512::digest(der).to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate's outer shape with a given signature algorithm OID.
+    fn cert_with_oid(oid: &[u8]) -> Vec<u8> {
+        let tbs = [0x30, 0x03, 0x02, 0x01, 0x01];
+        let mut alg = vec![0x06, oid.len() as u8];
+        alg.extend_from_slice(oid);
+        let mut alg_seq = vec![0x30, alg.len() as u8];
+        alg_seq.extend(alg);
+        let mut body = tbs.to_vec();
+        body.extend(alg_seq);
+        body.extend([0x03, 0x01, 0x00]);
+        let mut der = vec![0x30, body.len() as u8];
+        der.extend(body);
+        der
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        use sha2::Digest;
+        let ecdsa256 = cert_with_oid(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]);
+        assert_eq!(
+            server_end_point(&ecdsa256),
+            Some(sha2::Sha256::digest(&ecdsa256).to_vec())
+        );
+        let rsa384 = cert_with_oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c]);
+        assert_eq!(
+            server_end_point(&rsa384),
+            Some(sha2::Sha384::digest(&rsa384).to_vec())
+        );
+        let sha1 = cert_with_oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]);
+        assert_eq!(
+            server_end_point(&sha1),
+            Some(sha2::Sha256::digest(&sha1).to_vec()),
+            "MD5/SHA-1 use SHA-256"
+        );
+        // Ed25519 (1.3.101.112): not defined by RFC 5929 here, no binding.
+        assert_eq!(server_end_point(&cert_with_oid(&[0x2b, 0x65, 0x70])), None);
+        // Truncated or not DER: no binding, no panic.
+        assert_eq!(server_end_point(&ecdsa256[..ecdsa256.len() - 2]), None);
+        assert_eq!(server_end_point(b"\x30\x84\xff\xff\xff\xff"), None);
+        assert_eq!(server_end_point(b""), None);
     }
 }
