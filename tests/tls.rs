@@ -1,7 +1,7 @@
 //! TLS and authentication to the daemon's upstreams, against real servers and certificates this
 //! test makes with the `openssl` CLI (Debian's `postgresql` pulls it in through `ssl-cert`):
-//! a CA, a second CA nobody trusts, a server certificate for `localhost` and `127.0.0.1`, and
-//! a client certificate for `certuser`.
+//! a CA, a second CA nobody trusts, a server certificate for `localhost` and `127.0.0.1`, one
+//! for `db.wrong-name.example` only, and a client certificate for `certuser`.
 //!
 //! PostgreSQL (`ssl = on`): `sslmode` verify-full / verify-ca / require / prefer / disable, the
 //! wrong CA, a host name the certificate does not name, a server without SSL, a client
@@ -10,7 +10,8 @@
 //!
 //! etcd (feature `etcd`): a member with `--cert-file/--key-file/--client-cert-auth
 //! --trusted-ca-file` and authentication enabled; the daemon stores and reads a secret through
-//! it; the wrong CA, the wrong password, no client certificate fail at start with the reason.
+//! it, also after its token expired (`--auth-token-ttl 1`); the wrong CA, a certificate for
+//! another host, the wrong password, no client certificate fail at start with the reason.
 
 mod common;
 
@@ -59,6 +60,12 @@ impl Pki {
             "ca",
             "/CN=localhost",
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        );
+        pki.leaf(
+            "wrong-name",
+            "ca",
+            "/CN=db.wrong-name.example",
+            "subjectAltName=DNS:db.wrong-name.example\nextendedKeyUsage=serverAuth\n",
         );
         pki.leaf(
             "client",
@@ -492,6 +499,11 @@ mod etcd {
 
     impl SecureEtcd {
         fn start(pki: &Pki) -> Self {
+            Self::start_with(pki, "server", &[])
+        }
+
+        /// With server certificate `cert` (`server`: localhost and 127.0.0.1) and extra flags.
+        fn start_with(pki: &Pki, cert: &str, extra: &[&str]) -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
             let (port, peer) = (free_port(), free_port());
             let client = format!("https://127.0.0.1:{port}");
@@ -513,8 +525,9 @@ mod etcd {
                     &peer_url,
                 ])
                 .args(["--initial-cluster", &format!("n0={peer_url}")])
-                .args(["--cert-file", &pki.s("server.pem")])
-                .args(["--key-file", &pki.s("server.key")])
+                .args(["--cert-file", &pki.s(&format!("{cert}.pem"))])
+                .args(["--key-file", &pki.s(&format!("{cert}.key"))])
+                .args(extra)
                 .args(["--client-cert-auth", "--trusted-ca-file", &pki.s("ca.pem")])
                 .args(["--logger", "zap", "--log-outputs", "stderr"])
                 .stdin(Stdio::null())
@@ -524,7 +537,13 @@ mod etcd {
                 .expect("spawn etcd (apt-get install etcd-server)");
             let e = SecureEtcd { dir, port, child };
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !e.ctl(pki, &[], &["endpoint", "health"]).status.success() {
+            // etcdctl checks the name too: for a certificate naming another host, skip that.
+            let name: Vec<&str> = if cert == "server" {
+                vec![]
+            } else {
+                vec!["--insecure-skip-tls-verify"]
+            };
+            while !e.ctl(pki, &name, &["endpoint", "health"]).status.success() {
                 assert!(
                     Instant::now() < deadline,
                     "etcd not healthy: {}",
@@ -557,7 +576,7 @@ mod etcd {
                 vec!["user", "grant-role", "nomadfs", "nomadfs-rw"],
                 vec!["auth", "enable"],
             ] {
-                let o = e.ctl(pki, &[], &args);
+                let o = e.ctl(pki, &name, &args);
                 assert!(
                     o.status.success(),
                     "etcdctl {args:?}: {}",
@@ -694,6 +713,11 @@ mod etcd {
         // No client certificate for a --client-cert-auth member.
         let bad = prepare(&storage_lines(&e, &pki, "ca.pem", &good_pw, false));
         fails_at_start(&bad, "certificate");
+        // A member whose certificate names another host.
+        let other = SecureEtcd::start_with(&pki, "wrong-name", &[]);
+        let bad = prepare(&storage_lines(&other, &pki, "ca.pem", &good_pw, true));
+        fails_at_start(&bad, "host name mismatch");
+        drop(other);
         // A password file others can read is refused before anything is sent.
         chmod(&good_pw, 0o644);
         let bad = prepare(&storage_lines(&e, &pki, "ca.pem", &good_pw, true));
@@ -708,9 +732,10 @@ mod etcd {
     }
 
     #[test]
-    fn etcd_password_from_the_environment() {
+    fn etcd_password_from_the_environment_and_token_renewal() {
         let pki = Pki::new();
-        let e = SecureEtcd::start(&pki);
+        // Tokens live 1 s: the daemon must authenticate again when its token has expired.
+        let e = SecureEtcd::start_with(&pki, "server", &["--auth-token-ttl", "1"]);
         let mut d = prepare(&format!(
             "endpoints = [{:?}]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nusername = \"nomadfs\"\npassword_env = \"NOMADFS_TEST_ETCD_PASSWORD\"\n",
             e.endpoint(),
@@ -725,6 +750,13 @@ mod etcd {
         assert_eq!(
             std::fs::read_to_string(d.p("secret/env-pw")).expect("read"),
             "ok"
+        );
+        // Let the token expire (not a timing assertion: any wait past 1 s will do).
+        std::thread::sleep(Duration::from_millis(2500));
+        std::fs::write(d.p("secret/after-expiry"), "still").expect("write after expiry");
+        assert_eq!(
+            std::fs::read_to_string(d.p("secret/after-expiry")).expect("read"),
+            "still"
         );
     }
 }
