@@ -717,6 +717,24 @@ mod etcd {
         let other = SecureEtcd::start_with(&pki, "wrong-name", &[]);
         let bad = prepare(&storage_lines(&other, &pki, "ca.pem", &good_pw, true));
         fails_at_start(&bad, "host name mismatch");
+        // Listed first, that member is passed over for the next one, which serves.
+        let both = storage_lines(&e, &pki, "ca.pem", &good_pw, true).replace(
+            &format!("endpoints = [{:?}]", e.endpoint()),
+            &format!("endpoints = [{:?}, {:?}]", other.endpoint(), e.endpoint()),
+        );
+        let mut d = prepare(&both);
+        d.spawn(true);
+        assert_eq!(
+            std::fs::read_to_string(d.p("secret/tls-canary")).expect("read"),
+            "through-tls-7d1"
+        );
+        assert!(
+            d.log_text()
+                .contains("refused over TLS, trying the next endpoint"),
+            "{}",
+            d.log_text()
+        );
+        d.stop();
         drop(other);
         // A password file others can read is refused before anything is sent.
         chmod(&good_pw, 0o644);

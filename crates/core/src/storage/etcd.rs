@@ -13,9 +13,10 @@
 //! any thread may call it. Also owns the connection's security: `https://` endpoints with a CA
 //! file (and optionally a client certificate and key), rustls with ring through tonic, the
 //! files read and checked (`crate::tls`) each time a client is built; etcd's user/password
-//! authentication (the token is refreshed when it expires). A certificate or password that is
-//! refused fails the call at once (no retry) with the reason: unknown CA, host name mismatch,
-//! client certificate refused, authentication failed.
+//! authentication (the token is refreshed when it expires). A TLS refusal (unknown CA, host
+//! name mismatch, client certificate refused) moves on to the next member at once and fails
+//! the call, with that reason, once every member has refused; a refused password fails it at
+//! once (it is the cluster's verdict).
 //!
 //! Must never: see plaintext (the barrier encrypts values and SIV-encrypts names before they
 //! get here; only the seal config is plaintext and it holds no secret), log keys or values
@@ -171,6 +172,14 @@ struct Failure {
     /// `--max-txn-ops` is `InvalidInput`, a request over `--max-request-bytes` is `TooLarge`).
     kind: ErrorKind,
     reason: String,
+}
+
+impl Failure {
+    /// The member's TLS refused us or we refused its certificate: another member may do better
+    /// (its own certificate), asking this one again will not.
+    fn tls_refused(&self) -> bool {
+        self.reason.starts_with("TLS: ")
+    }
 }
 
 impl From<etcd_client::Error> for Failure {
@@ -413,6 +422,7 @@ impl Shared {
         let mut pause = BACKOFF_START;
         let mut retried = false;
         let mut tries = 0u32;
+        let mut tls_refusals = 0usize;
         loop {
             tries = tries.saturating_add(1);
             let endpoint = self.current_endpoint();
@@ -435,6 +445,21 @@ impl Shared {
                     (generation, f)
                 }
             };
+            if failure.tls_refused() {
+                // Next call starts at another member; this one tries each member once.
+                self.rotate(generation);
+                tls_refusals += 1;
+                if tls_refusals < self.endpoints.len() {
+                    tracing::warn!(
+                        op,
+                        endpoint,
+                        "etcd member refused over TLS, trying the next endpoint: {}",
+                        self.explain(&failure.reason)
+                    );
+                    retried = true;
+                    continue;
+                }
+            }
             if !failure.retry {
                 let msg = format!("etcd {op} at {endpoint}: {}", self.explain(&failure.reason));
                 tracing::error!("{msg}");
