@@ -702,6 +702,7 @@ mod etcd {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(String::from_utf8_lossy(&o.stdout).lines().count() > 2);
         d.stop();
+        assert!(!d.log_text().contains(ETCD_PW), "etcd password logged");
 
         // The wrong CA: exit 1 with the reason.
         let bad = prepare(&storage_lines(&e, &pki, "other-ca.pem", &good_pw, true));
