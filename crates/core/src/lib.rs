@@ -20,6 +20,7 @@ pub mod refusals;
 pub mod route;
 pub mod secret;
 pub mod storage;
+pub mod tls;
 
 pub use backend::{Backend, Cache, DirEntry, Node, NodeKind, Writes};
 pub use caller::Caller;
