@@ -146,7 +146,9 @@ impl StorageConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     pub path: PathBuf,
-    /// "group" (default: concurrent requests share one fsync), "always", or "never".
+    /// "changes" (default: changes and credential mints wait for a group-committed fsync,
+    /// reads' lines are written but not synced per line), "group" (every answer waits for a
+    /// group-committed fsync), "always" (one fsync per waited-for line), or "never".
     #[serde(default)]
     pub fsync: Option<String>,
 }
@@ -460,7 +462,10 @@ impl Config {
             Some(AuditSetting::Table(t)) => {
                 if let Some(f) = &t.fsync {
                     f.parse::<nomadfs_core::audit::FsyncPolicy>().map_err(|_| {
-                        format!("[audit] fsync = {f:?}: use \"group\", \"always\" or \"never\"")
+                        format!(
+                            "[audit] fsync = {f:?}: use \"changes\", \"group\", \"always\" \
+                             or \"never\""
+                        )
                     })?;
                 }
             }

@@ -322,12 +322,12 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
             AuditMode::Off
         }
         Some(AuditSetting::Table(t)) => {
-            let fsync = t
-                .fsync
-                .as_deref()
-                .unwrap_or("group")
-                .parse::<FsyncPolicy>()
-                .map_err(|_| "bad [audit] fsync".to_string())?;
+            let fsync = match t.fsync.as_deref() {
+                None => FsyncPolicy::default(),
+                Some(f) => f
+                    .parse::<FsyncPolicy>()
+                    .map_err(|_| "bad [audit] fsync".to_string())?,
+            };
             let log = AuditLog::open(&t.path, fsync)
                 .map_err(|e| format!("audit log {}: {}", t.path.display(), e.message))?;
             AuditMode::Log(Arc::new(log))

@@ -1,8 +1,8 @@
 //! The audit log: one JSON line per request, hash-chained, appended to a file.
 //!
 //! Owns: the audit file (creating it `0600`, its parent directories `0700`), the line format,
-//! the hash chain (`seq`, `prev`), durability (`FsyncPolicy`, group commit), reopening for log
-//! rotation, and `verify`, which checks a file's chain.
+//! the hash chain (`seq`, `prev`), durability (`FsyncPolicy`, `Wait`, group commit, the
+//! background flusher), reopening for log rotation, and `verify`, which checks a file's chain.
 //!
 //! Must never: write a secret value, credential, passphrase or ciphertext. Those reach this
 //! module only as bytes handed to the caller-supplied HMAC function, and only its
@@ -10,6 +10,17 @@
 //! sees the HMAC key. `reason` and `path` are written as given: the engine must not put secrets
 //! in them (`Error` messages already name paths and reasons only). It must never panic, and
 //! never report a record as logged unless its line was written (and synced, per policy).
+//!
+//! # Durability
+//!
+//! Every line is written (a completed `write(2)`) before `record_as` returns, under every
+//! policy; a line that cannot be written is an error and the caller refuses the request. What
+//! the policy (`FsyncPolicy`) chooses is which lines are also fdatasync'd first, by what the
+//! line is for (`Wait`): the default, `changes`, syncs (group commit) a change's intent line
+//! before the change commits and a line naming a credential's lease before it is handed out,
+//! and lets an answer's line (a read) go once written. A thread syncs whatever was written
+//! and not yet synced every `FLUSH_INTERVAL`; a failed fsync kills the file for writing, so
+//! every later record fails and every request is refused until `reopen`.
 //!
 //! # Line format
 //!
@@ -70,17 +81,47 @@ pub const HMAC_PREFIX: &str = "hmac-sha256:";
 /// Longest last line `open` will read back to continue a chain.
 const MAX_TAIL: u64 = 16 << 20;
 
-/// When `record` makes its line durable before returning.
+/// When `record_as` makes its line durable (fdatasync'd) before returning. Under every policy
+/// a line is written (one completed `write(2)`, so in the kernel's page cache: a crash of the
+/// daemon loses nothing) before `record_as` returns, and a line that cannot be written is an
+/// error, which refuses the request (fail closed). The policies differ in which lines also wait
+/// for an fsync, i.e. what a crash of the whole host (power loss, kernel panic) may lose.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// Every record performs its own `fdatasync`.
+    /// Every waited-for line (`Wait::Answer` and `Wait::Commit`) performs its own `fdatasync`.
     Always,
-    /// Group commit: a record waits until an `fdatasync` that started after its append has
-    /// completed; one waiting thread performs it for all others waiting.
-    #[default]
+    /// Group commit for every waited-for line (`Wait::Answer` and `Wait::Commit`): a record
+    /// waits until an `fdatasync` that started after its append has completed; one waiting
+    /// thread performs it for all others waiting. Every answer, reads included, waits for it.
     Group,
+    /// Group commit for the lines of changes only (`Wait::Commit`: a change's intent line
+    /// before it commits, a line naming a credential's lease before it is handed out). An
+    /// answer's line (`Wait::Answer`: a value read, a listing, a transit result, a refusal) is
+    /// written before the answer but not synced per line: the next group commit or the
+    /// background flusher (`FLUSH_INTERVAL`) makes it durable, so a host crash can lose at
+    /// most the answer lines of the last interval. The default (SECURITY.md, "Audit log").
+    #[default]
+    Changes,
     /// Never sync (the kernel writes back when it likes); for tests and tmpfs.
     Never,
+}
+
+impl FsyncPolicy {
+    /// The name used in `mounts.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Group => "group",
+            Self::Changes => "changes",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl FromStr for FsyncPolicy {
@@ -89,13 +130,34 @@ impl FromStr for FsyncPolicy {
         match s {
             "always" => Ok(Self::Always),
             "group" => Ok(Self::Group),
+            "changes" => Ok(Self::Changes),
             "never" => Ok(Self::Never),
             other => Err(Error::invalid(format!(
-                "audit fsync policy {other:?}: expected always, group or never"
+                "audit fsync policy {other:?}: expected changes, group, always or never"
             ))),
         }
     }
 }
+
+/// What a line is for, which decides (with the policy) whether `record_as` waits for its
+/// fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Written only, never waited for: the outcome of a change whose intent line is already
+    /// durable, aggregated refusals.
+    Written,
+    /// The line of an answer that changes nothing: durable before returning under `always`
+    /// and `group`; written before returning (and synced within `FLUSH_INTERVAL`) under
+    /// `changes`.
+    Answer,
+    /// The intent line of a change or a credential mint, or a line naming a lease handed out:
+    /// durable before returning under every policy but `never`.
+    Commit,
+}
+
+/// How long a written line may wait for its fsync at most (policies other than `never`): a
+/// background thread fdatasyncs the file when lines were appended since the last sync.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One request to log. `values` are (field name, bytes) pairs: the bytes are only ever passed
 /// to the HMAC function; the line carries `"values":{name: "hmac-sha256:..."}`.
@@ -118,6 +180,8 @@ pub struct AuditRecord<'a> {
 pub struct AuditLog {
     path: PathBuf,
     policy: FsyncPolicy,
+    /// How often the flusher thread syncs lines nobody waited for.
+    flush_interval: std::time::Duration,
     inner: Mutex<Inner>,
     /// The last record failed (and none has succeeded since): every request is refused, also
     /// those that would not be recorded otherwise.
@@ -156,6 +220,8 @@ struct Sink {
     appended: AtomicU64,
     /// An fsync failed: nothing more is written to this file.
     dead: AtomicBool,
+    /// fdatasyncs performed on this file (tests and diagnostics).
+    syncs: AtomicU64,
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
 }
@@ -440,6 +506,7 @@ fn open_sink(path: &Path, policy: FsyncPolicy) -> Result<Opened> {
             ident,
             appended: AtomicU64::new(0),
             dead: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
             sync: Mutex::new(SyncState::default()),
             synced_cv: Condvar::new(),
         },
@@ -450,6 +517,17 @@ fn open_sink(path: &Path, policy: FsyncPolicy) -> Result<Opened> {
 }
 
 impl Sink {
+    fn sync_data(&self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.file.sync_data()
+    }
+
+    /// Whether lines were appended that no completed fsync covers yet.
+    fn behind(&self) -> Option<u64> {
+        let target = self.appended.load(Ordering::SeqCst);
+        (lock(&self.sync).synced < target).then_some(target)
+    }
+
     /// Group commit: return once an fdatasync that started after ticket `t` was appended has
     /// completed (or report the failure of the one that covered it).
     fn wait_durable(&self, t: u64, path: &Path) -> Result<()> {
@@ -466,7 +544,7 @@ impl Sink {
                 // Every line counted here finished its write(2) before this fsync starts.
                 let target = self.appended.load(Ordering::SeqCst);
                 drop(st);
-                let r = self.file.sync_data();
+                let r = self.sync_data();
                 st = lock(&self.sync);
                 st.running = false;
                 match r {
@@ -488,12 +566,24 @@ impl AuditLog {
     /// Open (creating `0600`, parent directories `0700`) the audit file at `path` for
     /// appending, continuing the chain from its last line if it has one.
     pub fn open(path: &Path, fsync: FsyncPolicy) -> Result<AuditLog> {
+        Self::open_with(path, fsync, FLUSH_INTERVAL)
+    }
+
+    /// `open` with another flush interval (tests).
+    pub(crate) fn open_with(
+        path: &Path,
+        fsync: FsyncPolicy,
+        flush_interval: std::time::Duration,
+    ) -> Result<AuditLog> {
         let o = open_sink(path, fsync)?;
+        let sink = Arc::new(o.sink);
+        start_flusher(&sink, path, fsync, flush_interval)?;
         Ok(AuditLog {
             path: path.to_path_buf(),
             policy: fsync,
+            flush_interval,
             inner: Mutex::new(Inner {
-                sink: Arc::new(o.sink),
+                sink,
                 seq: o.seq,
                 prev: o.prev,
                 len: o.len,
@@ -523,21 +613,23 @@ impl AuditLog {
         (inner.seq, hex(&inner.prev))
     }
 
-    /// Append one line for `rec`. Each of `rec.values` is passed to `hmac`, which must return
+    /// Append one line for `rec` and make it durable (`Wait::Commit`: the strictest wait the
+    /// policy has). Each of `rec.values` is passed to `hmac`, which must return
     /// `hmac-sha256:HEX`; only that is written. Returns an `Io` error if the line could not be
     /// written and made durable per the policy: the caller must then refuse the request.
     pub fn record(&self, rec: &AuditRecord<'_>, hmac: &dyn Fn(&[u8]) -> String) -> Result<()> {
-        self.record_as(rec, Annotation::default(), true, hmac)
+        self.record_as(rec, Annotation::default(), Wait::Commit, hmac)
     }
 
-    /// `record` with an annotation. With `durable = false` the line is written (one write(2))
-    /// but not waited for: the next synced line, or the kernel, makes it durable. Only for the
-    /// outcome line of a change whose intent line was already made durable.
+    /// `record` with an annotation, waiting as `wait` and the policy say. The line is always
+    /// written (one write(2)) before this returns; whether it is also fsynced first is the
+    /// policy's choice for this kind of line (`FsyncPolicy`). Lines not waited for are made
+    /// durable by the next synced line or by the flusher within `FLUSH_INTERVAL`.
     pub fn record_as(
         &self,
         rec: &AuditRecord<'_>,
         ann: Annotation,
-        durable: bool,
+        wait: Wait,
         hmac: &dyn Fn(&[u8]) -> String,
     ) -> Result<()> {
         let r = (|| {
@@ -546,11 +638,7 @@ impl AuditLog {
                 let mut inner = lock(&self.inner);
                 self.append(&mut inner, &body)?
             };
-            if durable {
-                self.make_durable(&sink, ticket)
-            } else {
-                Ok(())
-            }
+            self.make_durable(&sink, ticket, wait)
         })();
         self.failing.store(r.is_err(), Ordering::SeqCst);
         r
@@ -562,10 +650,19 @@ impl AuditLog {
     pub fn reopen(&self) -> Result<()> {
         let mut inner = lock(&self.inner);
         let o = open_sink(&self.path, self.policy)?;
+        let sink = Arc::new(o.sink);
+        start_flusher(&sink, &self.path, self.policy, self.flush_interval)?;
+        // Lines written to the old file since its last sync: make them durable now (the old
+        // file's flusher stops once its last writer lets go of it).
+        if self.policy != FsyncPolicy::Never {
+            if let Some(t) = inner.sink.behind() {
+                let _ = inner.sink.wait_durable(t, &self.path);
+            }
+        }
         let (old_seq, old_hash) = (inner.seq, hex(&inner.prev));
         let fresh = o.len == 0;
         *inner = Inner {
-            sink: Arc::new(o.sink),
+            sink,
             seq: o.seq,
             prev: o.prev,
             len: o.len,
@@ -591,7 +688,7 @@ impl AuditLog {
         let body = body_of(&rec, Annotation::default(), &|_| String::new())?;
         let (sink, ticket) = self.append(&mut inner, &body)?;
         drop(inner);
-        self.make_durable(&sink, ticket)?;
+        self.make_durable(&sink, ticket, Wait::Commit)?;
         self.failing.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -652,16 +749,87 @@ impl AuditLog {
         Ok((Arc::clone(&inner.sink), ticket))
     }
 
-    fn make_durable(&self, sink: &Sink, ticket: u64) -> Result<()> {
-        match self.policy {
-            FsyncPolicy::Never => Ok(()),
-            FsyncPolicy::Group => sink.wait_durable(ticket, &self.path),
-            FsyncPolicy::Always => sink.file.sync_data().map_err(|e| {
-                sink.dead.store(true, Ordering::SeqCst);
-                io_err(&self.path, "fsync", e)
-            }),
+    fn make_durable(&self, sink: &Sink, ticket: u64, wait: Wait) -> Result<()> {
+        match (self.policy, wait) {
+            (FsyncPolicy::Never, _) | (_, Wait::Written) => Ok(()),
+            (FsyncPolicy::Changes, Wait::Answer) => Ok(()),
+            (FsyncPolicy::Group | FsyncPolicy::Changes, _) => sink.wait_durable(ticket, &self.path),
+            (FsyncPolicy::Always, _) => {
+                // Every line counted here finished its write(2) before this fsync starts.
+                let target = sink.appended.load(Ordering::SeqCst);
+                match sink.sync_data() {
+                    Ok(()) => {
+                        let mut st = lock(&sink.sync);
+                        st.synced = st.synced.max(target);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        sink.dead.store(true, Ordering::SeqCst);
+                        Err(io_err(&self.path, "fsync", e))
+                    }
+                }
+            }
         }
     }
+
+    /// fdatasyncs performed on the current file so far (tests and diagnostics).
+    pub fn syncs(&self) -> u64 {
+        lock(&self.inner).sink.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Whether every line written to the current file is covered by a completed fsync.
+    pub fn all_synced(&self) -> bool {
+        lock(&self.inner).sink.behind().is_none()
+    }
+}
+
+impl Drop for AuditLog {
+    /// A clean shutdown leaves no line unsynced (best effort: there is nobody to tell).
+    fn drop(&mut self) {
+        if self.policy == FsyncPolicy::Never {
+            return;
+        }
+        let inner = lock(&self.inner);
+        if let Some(t) = inner.sink.behind() {
+            let _ = inner.sink.wait_durable(t, &self.path);
+        }
+    }
+}
+
+/// Start the thread that fdatasyncs `sink` every `interval` when lines were written since its
+/// last sync (lines nobody waited for: answers under `changes`, outcomes of changes). It holds
+/// the sink weakly and ends once the file is no longer used (reopen, drop) or an fsync failed
+/// (then the sink is dead: the next record fails and the request is refused).
+fn start_flusher(
+    sink: &Arc<Sink>,
+    path: &Path,
+    policy: FsyncPolicy,
+    interval: std::time::Duration,
+) -> Result<()> {
+    if policy == FsyncPolicy::Never {
+        return Ok(());
+    }
+    let weak = Arc::downgrade(sink);
+    let file_path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("audit-flush".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let Some(sink) = weak.upgrade() else {
+                return;
+            };
+            if sink.dead.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Some(t) = sink.behind() {
+                if let Err(e) = sink.wait_durable(t, &file_path) {
+                    tracing::error!("audit log flush failed: {}", e.message);
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| io_err(path, "starting its flusher thread", e))
 }
 
 /// A chain that checked out.
@@ -1193,5 +1361,166 @@ mod tests {
         write_n(&AuditLog::open(&q, FsyncPolicy::Never).expect("open"), 1);
         write_n(&AuditLog::open(&q, FsyncPolicy::Never).expect("open"), 1);
         assert_eq!(verify_file(&q).expect("ok").lines, 2);
+    }
+
+    fn record_wait(log: &AuditLog, n: usize, wait: Wait) -> Result<()> {
+        let c = caller();
+        for i in 0..n {
+            let p = format!("secret/w{i}");
+            log.record_as(
+                &rec(&c, &p, &[("response", b"v")]),
+                Annotation::default(),
+                wait,
+                &mac,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn audit_policy_names_round_trip() {
+        for p in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Group,
+            FsyncPolicy::Changes,
+            FsyncPolicy::Never,
+        ] {
+            assert_eq!(p.name().parse::<FsyncPolicy>().expect("parse"), p);
+            assert_eq!(p.to_string(), p.name());
+        }
+        assert_eq!(FsyncPolicy::default(), FsyncPolicy::Changes);
+        let e = "sometimes".parse::<FsyncPolicy>().expect_err("bad");
+        assert!(e.message.contains("changes, group, always or never"), "{e}");
+    }
+
+    #[test]
+    fn audit_policies_sync_what_they_promise() {
+        // A flusher that never runs in the test's time: only the waits are counted.
+        let hour = std::time::Duration::from_secs(3600);
+        let d = tempfile::tempdir().expect("tmp");
+        // (policy, fsyncs after 5 answers, fsyncs after 1 commit more)
+        for (policy, answers, commit) in [
+            (FsyncPolicy::Always, 5, 6),
+            (FsyncPolicy::Group, 5, 6),
+            (FsyncPolicy::Changes, 0, 1),
+            (FsyncPolicy::Never, 0, 0),
+        ] {
+            let p = d.path().join(format!("{policy}.log"));
+            let log = AuditLog::open_with(&p, policy, hour).expect("open");
+            // Every line is written before record_as returns, whatever the policy.
+            record_wait(&log, 5, Wait::Answer).expect("answers");
+            assert_eq!(lines(&p).len(), 5, "{policy}");
+            assert_eq!(log.syncs(), answers, "{policy}: fsyncs after 5 answers");
+            assert_eq!(
+                log.all_synced(),
+                policy != FsyncPolicy::Changes && policy != FsyncPolicy::Never,
+                "{policy}"
+            );
+            // Outcome lines are never waited for.
+            record_wait(&log, 3, Wait::Written).expect("written");
+            assert_eq!(
+                log.syncs(),
+                answers,
+                "{policy}: fsyncs after written-only lines"
+            );
+            // A commit is durable before it returns, and covers every line written before it.
+            record_wait(&log, 1, Wait::Commit).expect("commit");
+            assert_eq!(log.syncs(), commit, "{policy}: fsyncs after a commit");
+            assert_eq!(log.all_synced(), policy != FsyncPolicy::Never, "{policy}");
+            assert_eq!(verify_file(&p).expect("chain").lines, 9);
+        }
+    }
+
+    #[test]
+    fn audit_flusher_syncs_unwaited_lines() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("audit.log");
+        let tick = std::time::Duration::from_millis(20);
+        let log = AuditLog::open_with(&p, FsyncPolicy::Changes, tick).expect("open");
+        record_wait(&log, 4, Wait::Answer).expect("answers");
+        // Not a timing assertion: the flusher must get there eventually (10 s is 500 ticks).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !log.all_synced() && std::time::Instant::now() < deadline {
+            std::thread::sleep(tick);
+        }
+        assert!(
+            log.all_synced(),
+            "the flusher never synced the answer lines"
+        );
+        assert!(log.syncs() >= 1);
+        // Nothing new written: the flusher does not sync again.
+        let before = log.syncs();
+        std::thread::sleep(tick * 10);
+        assert_eq!(
+            log.syncs(),
+            before,
+            "the flusher synced with nothing to sync"
+        );
+        // Never: no flusher at all.
+        let q = d.path().join("never.log");
+        let log = AuditLog::open_with(&q, FsyncPolicy::Never, tick).expect("open");
+        record_wait(&log, 2, Wait::Commit).expect("lines");
+        std::thread::sleep(tick * 10);
+        assert_eq!(log.syncs(), 0);
+    }
+
+    #[test]
+    fn audit_answers_fail_closed_under_every_policy() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        for policy in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Group,
+            FsyncPolicy::Changes,
+            FsyncPolicy::Never,
+        ] {
+            // /dev/full: every write(2) fails with ENOSPC; an unsynced answer is refused too.
+            let log = AuditLog::open(full, policy).expect("open /dev/full");
+            for wait in [Wait::Written, Wait::Answer, Wait::Commit] {
+                let e = record_wait(&log, 1, wait).expect_err("ENOSPC");
+                assert_eq!(e.kind, crate::ErrorKind::Io, "{policy} {wait:?}");
+                assert!(log.is_failing(), "{policy} {wait:?}");
+            }
+        }
+        // A file whose fsync failed (the flusher's or a commit's) takes no more lines: the
+        // next answer is refused and the log reports failing until reopened.
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("audit.log");
+        let log = AuditLog::open(&p, FsyncPolicy::Changes).expect("open");
+        record_wait(&log, 1, Wait::Answer).expect("answer");
+        lock(&log.inner).sink.dead.store(true, Ordering::SeqCst);
+        let e = record_wait(&log, 1, Wait::Answer).expect_err("dead file");
+        assert!(e.message.contains("fsync failed"), "{e}");
+        assert!(log.is_failing());
+        log.reopen().expect("reopen");
+        assert!(!log.is_failing());
+        record_wait(&log, 1, Wait::Answer).expect("answer after reopen");
+        assert_eq!(verify_file(&p).expect("chain").lines, 2);
+    }
+
+    #[test]
+    fn audit_drop_and_reopen_sync_pending_lines() {
+        let hour = std::time::Duration::from_secs(3600);
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("audit.log");
+        let log = AuditLog::open_with(&p, FsyncPolicy::Changes, hour).expect("open");
+        record_wait(&log, 2, Wait::Answer).expect("answers");
+        assert!(!log.all_synced());
+        // Reopen with the file in place: the old file's pending lines are synced first.
+        let old = Arc::clone(&lock(&log.inner).sink);
+        log.reopen().expect("reopen");
+        assert!(
+            old.behind().is_none(),
+            "pending lines of the old file not synced"
+        );
+        assert_eq!(old.syncs.load(Ordering::Relaxed), 1);
+        drop(old);
+        record_wait(&log, 1, Wait::Answer).expect("answer");
+        let sink = Arc::clone(&lock(&log.inner).sink);
+        assert!(sink.behind().is_some());
+        drop(log);
+        assert!(sink.behind().is_none(), "drop left lines unsynced");
     }
 }

@@ -5,7 +5,7 @@
 //! because it cannot be audited. Must never: let a secret-bearing request answer before its
 //! audit line is written, or put a value into the audit log other than as an HMAC.
 
-use crate::audit::{Annotation, AuditLog, AuditRecord};
+use crate::audit::{Annotation, AuditLog, AuditRecord, Wait};
 use crate::backend::{DirEntry, Node, NodeKind};
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
@@ -153,8 +153,8 @@ pub(crate) struct Record<'a> {
     pub secret_bearing: bool,
     /// The line announces a change about to be made (`"result":"intent"`).
     pub intent: bool,
-    /// Wait until the line is durable (per the fsync policy) before answering. Only the
-    /// outcome line of a change whose intent line is already durable may skip this.
+    /// Wait until the line is durable (per the fsync policy, `audit::Wait`) before answering.
+    /// Only the outcome line of a change whose intent line is already durable may skip this.
     pub durable: bool,
     /// An aggregate of this many repeated refusals.
     pub count: Option<u64>,
@@ -195,14 +195,23 @@ pub(crate) fn audit(mode: &AuditMode, rec: Record<'_>) -> Result<()> {
         intent: rec.intent,
         count: rec.count,
     };
-    log.record_as(&r, ann, rec.durable, &pass_through)
-        .map_err(|e| {
-            tracing::error!("audit log write failed: {}", e.message);
-            Error::new(
-                ErrorKind::Io,
-                format!("audit log unavailable, request refused: {}", e.message),
-            )
-        })
+    // What the fsync policy decides by: a change's intent line, and any answer that names a
+    // lease (a credential just minted, a `sys/` request acting on a lease), are commits; any
+    // other answer (a value read, a listing, a transit result, a refusal) is an answer.
+    let wait = if !rec.durable {
+        Wait::Written
+    } else if rec.intent || (rec.result.is_ok() && rec.lease_id.is_some()) {
+        Wait::Commit
+    } else {
+        Wait::Answer
+    };
+    log.record_as(&r, ann, wait, &pass_through).map_err(|e| {
+        tracing::error!("audit log write failed: {}", e.message);
+        Error::new(
+            ErrorKind::Io,
+            format!("audit log unavailable, request refused: {}", e.message),
+        )
+    })
 }
 
 /// Whether the audit log is failing now (every request must then be refused, also those that
@@ -232,8 +241,9 @@ pub(crate) fn write_aggregates(mode: &AuditMode, aggregates: Vec<crate::refusals
             intent: false,
             count: Some(a.count),
         };
-        if let Err(e) = log.record_as(&r, ann, false, &|b| String::from_utf8_lossy(b).into_owned())
-        {
+        if let Err(e) = log.record_as(&r, ann, Wait::Written, &|b| {
+            String::from_utf8_lossy(b).into_owned()
+        }) {
             tracing::error!("aggregated refusals not written: {}", e.message);
         }
     }
