@@ -262,6 +262,10 @@ fn conformance_against_etcd() {
         s.apply(&ops).expect("batch of 100");
     }
     assert_eq!(s.list("many/").expect("list"), keys);
+    // Direct children page through leaves too.
+    assert_eq!(s.list_children("many/").expect("children"), keys);
+    let c = EtcdStorage::new(EtcdConfig::new(etcd.endpoints(), "conc/")).expect("storage");
+    nomadfs_core::storage::conformance::run_concurrent(&c);
 }
 
 #[test]

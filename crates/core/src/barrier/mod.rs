@@ -345,6 +345,25 @@ impl Barrier {
         Ok(out)
     }
 
+    /// The direct children of `prefix` ("" or ending in '/'), in storage order: an entry as
+    /// its logical path, a subfolder as its logical path with a trailing '/' (see
+    /// `Storage::list_children`; each segment is encrypted on its own, so the encrypted keys
+    /// keep the folder structure and the store can seek past a subtree).
+    pub fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        let kr = self.keyring()?;
+        let enc_prefix = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_prefix(&kr, prefix)?);
+        let keys = self.storage.list_children(&enc_prefix)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let rest = &k[ENCRYPTED_PREFIX.len()..];
+            out.push(match rest.strip_suffix('/') {
+                Some(folder) => format!("{}/", names::decrypt_path(&kr, folder)?),
+                None => names::decrypt_path(&kr, rest)?,
+            });
+        }
+        Ok(out)
+    }
+
     pub fn has_prefix(&self, prefix: &str) -> Result<bool> {
         let kr = self.keyring()?;
         let enc_prefix = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_prefix(&kr, prefix)?);

@@ -34,6 +34,44 @@ fn roundtrip_and_names_are_encrypted() {
 }
 
 #[test]
+fn children_of_encrypted_names() {
+    let (s, b) = barrier();
+    for p in [
+        "m/a",
+        "m/b/1",
+        "m/b/2/deep",
+        "m/b/2/deeper/x",
+        "m/c",
+        "m/c/x",
+        "n/other",
+    ] {
+        b.put(p, b"v").expect("put");
+    }
+    let mut got = b.list_children("m/").expect("children");
+    got.sort();
+    assert_eq!(got, vec!["m/a", "m/b/", "m/c", "m/c/"]);
+    let mut got = b.list_children("m/b/").expect("children");
+    got.sort();
+    assert_eq!(got, vec!["m/b/1", "m/b/2/"]);
+    assert!(b.list_children("m/a/").expect("children").is_empty());
+    let mut top = b.list_children("").expect("children");
+    top.sort();
+    assert_eq!(top, vec!["m/", "n/"]);
+    // what the store was asked for and answered are encrypted names only
+    let raw = s.list_children(ENCRYPTED_PREFIX).expect("raw children");
+    assert_eq!(raw.len(), 2);
+    for k in &raw {
+        let seg = k[ENCRYPTED_PREFIX.len()..]
+            .strip_suffix('/')
+            .expect("a folder");
+        assert!(
+            seg.len() >= 38 && !seg.contains('/'),
+            "not an encrypted name: {k}"
+        );
+    }
+}
+
+#[test]
 fn every_bit_flip_fails_authentication() {
     let (s, b) = barrier();
     b.put("p/x", b"value").expect("put");

@@ -72,6 +72,17 @@ impl View {
             .map(|p| p[n..].to_string())
             .collect())
     }
+    /// Direct children (relative to the view) of `prefix` ("" or ending in '/'): entries as
+    /// paths, subfolders as paths ending in '/' (see `Barrier::list_children`).
+    pub fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        let n = self.prefix.len();
+        Ok(self
+            .barrier
+            .list_children(&self.full(prefix))?
+            .into_iter()
+            .map(|p| p[n..].to_string())
+            .collect())
+    }
     pub fn has_prefix(&self, prefix: &str) -> Result<bool> {
         self.barrier.has_prefix(&self.full(prefix))
     }

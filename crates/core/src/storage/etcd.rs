@@ -571,6 +571,65 @@ impl Storage for EtcdStorage {
         })
     }
 
+    fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        // Pages of keys at one revision; past each child's subtree a new range (etcd keys are
+        // ordered bytes, like the other stores).
+        const PAGE: i64 = 100;
+        let shared = self.shared.clone();
+        let prefix = prefix.to_string();
+        self.run(async move {
+            shared
+                .retrying("list", |mut c, _| {
+                    let shared = shared.clone();
+                    let prefix = prefix.clone();
+                    async move {
+                        let full = shared.full(&prefix);
+                        let end = prefix_end(&full);
+                        let strip = shared.prefix.len();
+                        let mut out = Vec::new();
+                        let mut from = full.clone();
+                        let mut revision = 0i64;
+                        'seek: loop {
+                            let opts = GetOptions::new()
+                                .with_range(end.clone())
+                                .with_keys_only()
+                                .with_limit(PAGE)
+                                .with_revision(revision);
+                            let resp = c.get(from.clone(), Some(opts)).await?;
+                            if revision == 0 {
+                                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                            }
+                            for kv in resp.kvs() {
+                                let name = kv.key().get(strip..).unwrap_or_default();
+                                let name = std::str::from_utf8(name).map_err(|_| Failure {
+                                    retry: false,
+                                    kind: ErrorKind::Integrity,
+                                    reason: "a key under the prefix is not UTF-8 (not ours?)"
+                                        .into(),
+                                })?;
+                                if let super::Child::Subtree(child) = super::child_of(&prefix, name)
+                                {
+                                    out.push(child.to_string());
+                                    from = shared.full(&super::past_subtree(child));
+                                    continue 'seek;
+                                }
+                                out.push(name.to_string());
+                            }
+                            match resp.kvs().last() {
+                                Some(last) if resp.more() => {
+                                    from = last.key().to_vec();
+                                    from.push(0);
+                                }
+                                _ => break,
+                            }
+                        }
+                        Ok(out)
+                    }
+                })
+                .await
+        })
+    }
+
     fn has_prefix(&self, prefix: &str) -> Result<bool> {
         let shared = self.shared.clone();
         let full = shared.full(prefix);

@@ -352,6 +352,9 @@ impl Storage for FaultyStorage {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.run(OpKind::List, |s| s.list(prefix))
     }
+    fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        self.run(OpKind::List, |s| s.list_children(prefix))
+    }
     fn has_prefix(&self, prefix: &str) -> Result<bool> {
         self.run(OpKind::List, |s| s.has_prefix(prefix))
     }

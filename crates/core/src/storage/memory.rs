@@ -1,6 +1,6 @@
 //! In-memory storage for `--dev` and tests. Everything is gone at exit.
 
-use super::{Storage, WriteOp};
+use super::{child_of, past_subtree, Child, Storage, WriteOp};
 use crate::error::Result;
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -43,6 +43,26 @@ impl Storage for MemoryStorage {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
             .collect())
+    }
+    fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        let map = self.read();
+        let mut out = Vec::new();
+        let mut from = prefix.to_string();
+        'seek: loop {
+            for k in map.range(from.clone()..).map(|(k, _)| k) {
+                if !k.starts_with(prefix) {
+                    break 'seek;
+                }
+                if let Child::Subtree(c) = child_of(prefix, k) {
+                    out.push(c.to_string());
+                    from = past_subtree(c);
+                    continue 'seek;
+                }
+                out.push(k.clone());
+            }
+            break;
+        }
+        Ok(out)
     }
     fn has_prefix(&self, prefix: &str) -> Result<bool> {
         Ok(self
@@ -88,5 +108,9 @@ mod tests {
     #[test]
     fn conformance() {
         super::super::conformance::run(&super::MemoryStorage::new());
+    }
+    #[test]
+    fn concurrent_writers() {
+        super::super::conformance::run_concurrent(&super::MemoryStorage::new());
     }
 }

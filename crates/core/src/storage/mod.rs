@@ -48,6 +48,23 @@ pub trait Storage: Send + Sync {
     }
     /// Every key that starts with `prefix`, in byte order.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// The direct children of `prefix` ("" or ending in '/'), in byte order: a key directly
+    /// under `prefix` comes as itself; a deeper subtree (`prefix` + `c/...`) comes once, as
+    /// `prefix` + `c/` (a name may come both ways). The ordered stores seek past each child's
+    /// subtree, so this costs O(direct children · log n) whatever lies below them.
+    fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for k in self.list(prefix)? {
+            let entry = match child_of(prefix, &k) {
+                Child::Leaf => k,
+                Child::Subtree(c) => c.to_string(),
+            };
+            if out.last() != Some(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
     /// Whether any key starts with `prefix`.
     fn has_prefix(&self, prefix: &str) -> Result<bool> {
         Ok(!self.list(prefix)?.is_empty())
@@ -66,4 +83,29 @@ pub trait Storage: Send + Sync {
 
 pub(crate) fn storage_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Io, format!("storage {what}: {e}"))
+}
+
+/// What a key under a listed prefix is to that prefix (for `Storage::list_children`).
+pub(crate) enum Child<'a> {
+    /// The key itself is a direct child.
+    Leaf,
+    /// The key lies in the subtree of a child: `prefix` + `c/`, the child as listed.
+    Subtree(&'a str),
+}
+
+/// Classify `key` (which starts with `prefix`) relative to `prefix`.
+pub(crate) fn child_of<'a>(prefix: &str, key: &'a str) -> Child<'a> {
+    match key.get(prefix.len()..).and_then(|rest| rest.find('/')) {
+        Some(n) => Child::Subtree(&key[..prefix.len() + n + 1]),
+        None => Child::Leaf,
+    }
+}
+
+/// The first key after every key that starts with `subtree` (which ends with '/'): the same
+/// string with the final '/' replaced by '0', the next byte. Every key in between starts with
+/// `subtree`, so a range continued here skips exactly that subtree.
+pub(crate) fn past_subtree(subtree: &str) -> String {
+    let mut s = subtree.strip_suffix('/').unwrap_or(subtree).to_string();
+    s.push('0');
+    s
 }

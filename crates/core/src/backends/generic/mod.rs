@@ -116,10 +116,11 @@ impl Generic {
         let (fp, dp) = prefixes(path);
         let mut out = BTreeMap::new();
         for (prefix, leaf_kind) in [(fp, NodeKind::File), (dp, NodeKind::Dir)] {
-            for p in self.view.list(&prefix)? {
+            // Direct children only: the store seeks past each subfolder's subtree.
+            for p in self.view.list_children(&prefix)? {
                 let rest = &p[prefix.len()..];
-                let (name, kind) = match rest.find('/') {
-                    Some(n) => (&rest[..n], NodeKind::Dir),
+                let (name, kind) = match rest.strip_suffix('/') {
+                    Some(folder) => (folder, NodeKind::Dir),
                     None => (rest, leaf_kind),
                 };
                 out.entry(name.to_string()).or_insert(kind);
