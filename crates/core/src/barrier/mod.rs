@@ -299,6 +299,21 @@ impl Barrier {
             .compare_and_swap(&key, expected.map(|v| v.0.as_slice()), sealed.as_deref())
     }
 
+    /// The stored form of `logical` without decrypting it (None: absent): a cheap "has it
+    /// changed?" check for caches of decrypted state. Every write seals with a fresh nonce, so
+    /// an equal version means nobody (no daemon sharing the store) wrote it since.
+    pub fn version(&self, logical: &str) -> Result<Option<Version>> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        Ok(self.storage.get(&key)?.map(Version))
+    }
+
+    /// Decrypt the stored form `version` of `logical` (read by `version`).
+    pub fn open_version(&self, logical: &str, version: &Version) -> Result<SecretBytes> {
+        let kr = self.keyring()?;
+        self.open(kr, logical, &version.0)
+    }
+
     /// Plaintext size of an entry without decrypting it (None: absent).
     pub fn size(&self, logical: &str) -> Result<Option<u64>> {
         let kr = self.keyring()?;
@@ -352,7 +367,9 @@ impl Barrier {
     }
 }
 
-/// The stored form of an entry as read, for `Barrier::compare_and_swap`.
+/// The stored form of an entry as read, for `Barrier::compare_and_swap` (and, compared, for
+/// "changed since?").
+#[derive(Clone, PartialEq, Eq)]
 pub struct Version(Vec<u8>);
 
 /// One write in an atomic barrier batch (logical paths, plaintext values).
