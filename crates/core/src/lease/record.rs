@@ -104,7 +104,15 @@ pub(super) fn store(barrier: &Barrier, rec: &LeaseRecord) -> Result<()> {
 }
 
 pub(super) fn load(barrier: &Barrier, id: &str) -> Result<Option<LeaseRecord>> {
-    Ok(load_versioned(barrier, id)?.map(|(rec, _)| rec))
+    match barrier.get(&key(id))? {
+        None => Ok(None),
+        Some(raw) => parse(id, raw.expose()).map(Some),
+    }
+}
+
+fn parse(id: &str, raw: &[u8]) -> Result<LeaseRecord> {
+    serde_json::from_slice(raw)
+        .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}")))
 }
 
 /// The record and its stored version (to write it back only if nobody changed it).
@@ -114,9 +122,7 @@ pub(super) fn load_versioned(
 ) -> Result<Option<(LeaseRecord, Version)>> {
     match barrier.get_versioned(&key(id))? {
         None => Ok(None),
-        Some((raw, version)) => serde_json::from_slice(raw.expose())
-            .map(|rec| Some((rec, version)))
-            .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}"))),
+        Some((raw, version)) => parse(id, raw.expose()).map(|rec| Some((rec, version))),
     }
 }
 
