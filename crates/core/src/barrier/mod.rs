@@ -63,9 +63,14 @@ pub struct Barrier {
     /// rotates, so a cached key stays right until seal (which clears it), also when other
     /// daemons share the store. Bounded.
     keys: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Logical folder → its encrypted form, so a path missing from `keys` costs one segment
+    /// encryption, not one per segment (e.g. restoring 100,000 lease records under one
+    /// folder). Bounded; cleared at seal.
+    folders: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 const KEY_CACHE_MAX: usize = 16_384;
+const FOLDER_CACHE_MAX: usize = 4_096;
 
 impl Barrier {
     /// `kdf` is used only when initialising an empty store.
@@ -75,6 +80,7 @@ impl Barrier {
             keyring: RwLock::new(None),
             kdf,
             keys: Default::default(),
+            folders: Default::default(),
         }
     }
 
@@ -144,6 +150,10 @@ impl Barrier {
     pub fn seal(&self) {
         *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.folders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn keyring(&self) -> Result<Arc<Keyring>> {
@@ -242,13 +252,39 @@ impl Barrier {
         {
             return Ok(k.clone());
         }
-        let key = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_path(kr, logical)?);
+        let enc = match logical.rsplit_once('/') {
+            Some((parent, seg)) if !parent.is_empty() && !seg.is_empty() => {
+                let parent_enc = self.folder_key(kr, parent)?;
+                names::encrypt_child(kr, parent, &parent_enc, seg)?
+            }
+            _ => names::encrypt_path(kr, logical)?,
+        };
+        let key = format!("{ENCRYPTED_PREFIX}{enc}");
         let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= KEY_CACHE_MAX {
             cache.clear();
         }
         cache.insert(logical.to_string(), key.clone());
         Ok(key)
+    }
+
+    /// The encrypted form of logical folder `folder` (no prefix, no trailing '/').
+    fn folder_key(&self, kr: &Keyring, folder: &str) -> Result<String> {
+        if let Some(k) = self
+            .folders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(folder)
+        {
+            return Ok(k.clone());
+        }
+        let enc = names::encrypt_path(kr, folder)?;
+        let mut cache = self.folders.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= FOLDER_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(folder.to_string(), enc.clone());
+        Ok(enc)
     }
 
     pub fn get(&self, logical: &str) -> Result<Option<SecretBytes>> {
@@ -299,6 +335,21 @@ impl Barrier {
             .compare_and_swap(&key, expected.map(|v| v.0.as_slice()), sealed.as_deref())
     }
 
+    /// The stored form of `logical` without decrypting it (None: absent): a cheap "has it
+    /// changed?" check for caches of decrypted state. Every write seals with a fresh nonce, so
+    /// an equal version means nobody (no daemon sharing the store) wrote it since.
+    pub fn version(&self, logical: &str) -> Result<Option<Version>> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        Ok(self.storage.get(&key)?.map(Version))
+    }
+
+    /// Decrypt the stored form `version` of `logical` (read by `version`).
+    pub fn open_version(&self, logical: &str, version: &Version) -> Result<SecretBytes> {
+        let kr = self.keyring()?;
+        self.open(kr, logical, &version.0)
+    }
+
     /// Plaintext size of an entry without decrypting it (None: absent).
     pub fn size(&self, logical: &str) -> Result<Option<u64>> {
         let kr = self.keyring()?;
@@ -338,9 +389,26 @@ impl Barrier {
         let enc_prefix = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_prefix(&kr, prefix)?);
         let keys = self.storage.list(&enc_prefix)?;
         let mut out = Vec::with_capacity(keys.len());
+        // Keys in storage order share their folders: decrypt each folder once.
+        let mut last: Option<(String, String)> = None;
         for k in keys {
-            let rest = &k[ENCRYPTED_PREFIX.len()..];
-            out.push(names::decrypt_path(&kr, rest)?);
+            let rest = k.get(ENCRYPTED_PREFIX.len()..).unwrap_or("");
+            let logical = match rest.rsplit_once('/') {
+                Some((enc_parent, enc_seg)) => {
+                    let parent = match &last {
+                        Some((e, l)) if e == enc_parent => l.clone(),
+                        _ => {
+                            let l = names::decrypt_path(&kr, enc_parent)?;
+                            last = Some((enc_parent.to_string(), l.clone()));
+                            l
+                        }
+                    };
+                    let seg = names::decrypt_child(&kr, &parent, enc_seg)?;
+                    format!("{parent}/{seg}")
+                }
+                None => names::decrypt_path(&kr, rest)?,
+            };
+            out.push(logical);
         }
         Ok(out)
     }
@@ -371,7 +439,9 @@ impl Barrier {
     }
 }
 
-/// The stored form of an entry as read, for `Barrier::compare_and_swap`.
+/// The stored form of an entry as read, for `Barrier::compare_and_swap` (and, compared, for
+/// "changed since?").
+#[derive(Clone, PartialEq, Eq)]
 pub struct Version(Vec<u8>);
 
 /// One write in an atomic barrier batch (logical paths, plaintext values).

@@ -108,6 +108,30 @@ pub(crate) fn encrypt_prefix(kr: &Keyring, prefix: &str) -> Result<String> {
     Ok(format!("{}/", encrypt_path(kr, trimmed)?))
 }
 
+/// `encrypt_path` of `parent/seg`, given `parent_enc = encrypt_path(parent)` (a cached folder):
+/// one segment encrypted instead of every one.
+pub(crate) fn encrypt_child(
+    kr: &Keyring,
+    parent: &str,
+    parent_enc: &str,
+    seg: &str,
+) -> Result<String> {
+    check_logical(parent)?;
+    check_logical(seg)?;
+    if seg.contains('/') {
+        return Err(Error::invalid(format!("bad path segment {seg:?}")));
+    }
+    Ok(format!(
+        "{parent_enc}/{}",
+        encrypt_segment(kr, parent, seg)?
+    ))
+}
+
+/// The last segment of a stored name, given its parent's logical path.
+pub(crate) fn decrypt_child(kr: &Keyring, parent: &str, enc: &str) -> Result<String> {
+    decrypt_segment(kr, parent, enc)
+}
+
 pub(crate) fn decrypt_path(kr: &Keyring, enc: &str) -> Result<String> {
     let mut out = String::with_capacity(enc.len() / 2);
     for (i, seg) in enc.split('/').enumerate() {

@@ -36,6 +36,14 @@ impl View {
     pub fn get(&self, path: &str) -> Result<Option<SecretBytes>> {
         self.barrier.get(&self.full(path))
     }
+    /// The stored (encrypted) form of `path`, not decrypted: see `Barrier::version`.
+    pub fn version(&self, path: &str) -> Result<Option<super::Version>> {
+        self.barrier.version(&self.full(path))
+    }
+    /// Decrypt a stored form `version` read of `path`.
+    pub fn open_version(&self, path: &str, version: &super::Version) -> Result<SecretBytes> {
+        self.barrier.open_version(&self.full(path), version)
+    }
     pub fn size(&self, path: &str) -> Result<Option<u64>> {
         self.barrier.size(&self.full(path))
     }

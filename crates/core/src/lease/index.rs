@@ -244,3 +244,122 @@ pub(super) fn over_quota(uid: u32, held: u64, limit: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(due: u64, uid: u32) -> Meta {
+        Meta {
+            due: Some(due),
+            uid,
+            foreign: false,
+        }
+    }
+
+    /// Leases under folders whose names are string prefixes of each other, and siblings that
+    /// sort between a folder and its children ('-' and '.' sort before '/', '0' after it).
+    fn index() -> Index {
+        let mut ix = Index::default();
+        for (i, id) in [
+            "aws/creds/a/1",
+            "aws/creds/a/2",
+            "aws/creds/a/deep/3",
+            "aws/creds/ab/4",
+            "aws/creds/a-b/5",
+            "aws/creds/a.b/6",
+            "aws/creds/a0/7",
+            "aws/creds/b/8",
+            "awsx/creds/a/9",
+            "pg/creds/a/10",
+        ]
+        .iter()
+        .enumerate()
+        {
+            ix.set(id, meta(1000 + i as u64, 1000 + (i % 3) as u32));
+        }
+        ix
+    }
+
+    #[test]
+    fn prefix_range_is_exactly_the_folder() {
+        let ix = index();
+        assert_eq!(
+            ix.ids_under("aws/creds/a/"),
+            ["aws/creds/a/1", "aws/creds/a/2", "aws/creds/a/deep/3"]
+        );
+        assert_eq!(ix.ids_under("aws/creds/ab/"), ["aws/creds/ab/4"]);
+        assert_eq!(ix.ids_under("aws/creds/a-b/"), ["aws/creds/a-b/5"]);
+        assert_eq!(ix.ids_under("aws/creds/a/deep/"), ["aws/creds/a/deep/3"]);
+        assert_eq!(ix.ids_under("aws/"), {
+            let mut v: Vec<&str> = ix
+                .leases
+                .keys()
+                .map(String::as_str)
+                .filter(|k| k.starts_with("aws/"))
+                .collect();
+            v.sort();
+            v
+        });
+        assert!(ix.ids_under("aws/creds/c/").is_empty());
+        assert!(ix.ids_under("zzz/").is_empty());
+        // The raw form is a string prefix (callers pass a folder with its '/').
+        assert_eq!(ix.ids_under("aws/creds/a").len(), 7);
+        assert_eq!(ix.ids_under("").len(), ix.leases.len());
+    }
+
+    #[test]
+    fn kind_and_listing_tell_string_prefix_siblings_apart() {
+        let mut ix = index();
+        assert_eq!(ix.kind("aws/creds/a/1"), Some(false));
+        assert_eq!(ix.kind("aws/creds/ab"), Some(true));
+        assert_eq!(ix.kind("aws/creds/a/deep"), Some(true));
+        assert_eq!(ix.kind("aws/creds/a/de"), None);
+        assert_eq!(ix.kind("aws/cred"), None);
+        assert_eq!(ix.kind("aws/creds/a"), Some(true));
+        let names = |v: Vec<DirEntry>| -> Vec<String> { v.into_iter().map(|e| e.name).collect() };
+        assert_eq!(names(ix.list("aws/creds/a")), ["1", "2", "deep"]);
+        // Each child once (a folder's leases are contiguous in the ordered index), in
+        // index order ('-' and '.' sort before '/').
+        assert_eq!(
+            names(ix.list("aws/creds")),
+            ["a-b", "a.b", "a", "a0", "ab", "b"]
+        );
+        assert_eq!(names(ix.list("")), ["aws", "awsx", "pg"]);
+        assert!(ix.list("aws/creds/c").is_empty());
+        // Removing every lease of a folder leaves its siblings alone.
+        for id in ix.ids_under("aws/creds/a/") {
+            ix.remove(&id);
+        }
+        assert_eq!(ix.ids_under("aws/creds/ab/"), ["aws/creds/ab/4"]);
+        assert!(ix.ids_under("aws/creds/a/").is_empty());
+        assert_eq!(ix.kind("aws/creds/a/deep"), Some(true), "recently emptied");
+        ix.forget_folder("aws/creds/a/deep");
+        assert_eq!(ix.kind("aws/creds/a/deep"), None);
+    }
+
+    #[test]
+    fn counts_and_queue_follow_set_and_remove() {
+        let mut ix = index();
+        let n = ix.leases.len();
+        assert_eq!(ix.queue.len(), n);
+        let total: u64 = (1000..1003).map(|u| ix.count_of(u)).sum();
+        assert_eq!(total as usize, n);
+        for u in 1000..1003 {
+            assert_eq!(ix.count_of(u) as usize, ix.count_uid(u));
+            assert_eq!(ix.ids_of(u).len(), ix.count_uid(u));
+        }
+        // Rescheduling moves the queue entry; a new uid moves the count.
+        ix.set("aws/creds/b/8", meta(5, 2000));
+        assert_eq!(ix.queue.len(), n);
+        assert_eq!(
+            ix.queue.first().map(|(d, id)| (*d, id.as_str())),
+            Some((5, "aws/creds/b/8"))
+        );
+        assert_eq!(ix.count_of(2000), 1);
+        for id in ix.ids_under("") {
+            ix.remove(&id);
+        }
+        assert!(ix.queue.is_empty() && ix.per_uid.is_empty() && ix.leases.is_empty());
+    }
+}

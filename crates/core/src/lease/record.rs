@@ -97,14 +97,23 @@ pub(super) fn key(id: &str) -> String {
     format!("{STORE_PREFIX}{id}")
 }
 
-/// Persist `rec` (unconditionally).
+/// Persist `rec` (unconditionally; durable when this returns). Concurrent writes of lease
+/// records share one storage batch (`batch`).
 pub(super) fn store(barrier: &Barrier, rec: &LeaseRecord) -> Result<()> {
     let raw = serde_json::to_vec(rec).map_err(|e| Error::io(format!("lease record: {e}")))?;
-    barrier.put(&key(&rec.id), &raw)
+    batch::write(barrier, key(&rec.id), Some(raw))
 }
 
 pub(super) fn load(barrier: &Barrier, id: &str) -> Result<Option<LeaseRecord>> {
-    Ok(load_versioned(barrier, id)?.map(|(rec, _)| rec))
+    match barrier.get(&key(id))? {
+        None => Ok(None),
+        Some(raw) => parse(id, raw.expose()).map(Some),
+    }
+}
+
+fn parse(id: &str, raw: &[u8]) -> Result<LeaseRecord> {
+    serde_json::from_slice(raw)
+        .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}")))
 }
 
 /// The record and its stored version (to write it back only if nobody changed it).
@@ -114,9 +123,7 @@ pub(super) fn load_versioned(
 ) -> Result<Option<(LeaseRecord, Version)>> {
     match barrier.get_versioned(&key(id))? {
         None => Ok(None),
-        Some((raw, version)) => serde_json::from_slice(raw.expose())
-            .map(|rec| Some((rec, version)))
-            .map_err(|e| Error::new(ErrorKind::Integrity, format!("lease {id}: {e}"))),
+        Some((raw, version)) => parse(id, raw.expose()).map(|rec| Some((rec, version))),
     }
 }
 
@@ -127,7 +134,238 @@ pub(super) fn store_if(barrier: &Barrier, rec: &LeaseRecord, version: &Version) 
     barrier.compare_and_swap(&key(&rec.id), Some(version), Some(&raw))
 }
 
-/// Delete the record of `id`.
+/// Delete the record of `id` (durable when this returns; concurrent deletes, e.g. the workers
+/// of a prefix revocation or of the expiry scheduler, share one storage batch).
 pub(super) fn delete(barrier: &Barrier, id: &str) -> Result<()> {
-    barrier.delete(&key(id))
+    batch::write(barrier, key(id), None)
+}
+
+/// Group commit of lease-record writes: a writer that finds no batch being applied applies
+/// its own write and every write that queued meanwhile, in one atomic `Barrier::apply` (one
+/// storage commit, one fsync, instead of one each); the writers that queued behind it wait for
+/// that batch's outcome, and the first still queued after it leads the next batch. Each
+/// writer returns only once its own write is durable (or with the batch's error, its write
+/// not made). A key already queued is written on its own (a batch names each key once).
+mod batch {
+    use crate::barrier::{Barrier, BarrierOp};
+    use crate::error::{Error, Result};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+    /// Writes per batch at most (etcd's default limit of operations in one transaction).
+    const MAX_BATCH: usize = 128;
+
+    #[derive(Default)]
+    struct Slot {
+        state: Mutex<State>,
+        cv: Condvar,
+    }
+
+    #[derive(Default)]
+    enum State {
+        #[default]
+        Queued,
+        /// Lead the next batch.
+        Lead,
+        Done(Result<()>),
+    }
+
+    struct Write {
+        key: String,
+        value: Option<Vec<u8>>,
+        slot: Arc<Slot>,
+    }
+
+    #[derive(Default)]
+    struct Group {
+        queue: Vec<Write>,
+        leading: bool,
+    }
+
+    /// Per barrier (by address: a group lives only while writers, which borrow the barrier,
+    /// wait in it).
+    static GROUPS: Mutex<Option<HashMap<usize, Group>>> = Mutex::new(None);
+
+    fn groups() -> MutexGuard<'static, Option<HashMap<usize, Group>>> {
+        GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_state(slot: &Slot) -> MutexGuard<'_, State> {
+        slot.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply_alone(barrier: &Barrier, key: &str, value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(v) => barrier.apply(&[BarrierOp::Put(key, v)]),
+            None => barrier.apply(&[BarrierOp::Delete(key)]),
+        }
+    }
+
+    pub(super) fn write(barrier: &Barrier, key: String, value: Option<Vec<u8>>) -> Result<()> {
+        let id = barrier as *const Barrier as usize;
+        let slot = Arc::new(Slot::default());
+        {
+            let mut g = groups();
+            let group = g.get_or_insert_with(HashMap::new).entry(id).or_default();
+            if group.queue.iter().any(|w| w.key == key) {
+                drop(g);
+                return apply_alone(barrier, &key, value.as_deref());
+            }
+            group.queue.push(Write {
+                key,
+                value,
+                slot: slot.clone(),
+            });
+            if group.leading {
+                drop(g);
+                let mut st = lock_state(&slot);
+                loop {
+                    match std::mem::take(&mut *st) {
+                        State::Queued => {
+                            st = slot.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                        }
+                        State::Done(res) => return res,
+                        State::Lead => break,
+                    }
+                }
+            } else {
+                group.leading = true;
+            }
+        }
+        lead(barrier, id);
+        let outcome = std::mem::take(&mut *lock_state(&slot));
+        match outcome {
+            State::Done(res) => res,
+            // Not reached: the leader's own write is in the batch it applied.
+            State::Queued | State::Lead => Err(Error::io("lease record write lost its batch")),
+        }
+    }
+
+    /// Apply one batch (this writer's own write is in it), then hand the lead to the first
+    /// writer still queued, if any.
+    fn lead(barrier: &Barrier, id: usize) {
+        let batch: Vec<Write> = {
+            let mut g = groups();
+            let Some(group) = g.as_mut().and_then(|m| m.get_mut(&id)) else {
+                return;
+            };
+            let n = group.queue.len().min(MAX_BATCH);
+            group.queue.drain(..n).collect()
+        };
+        let ops: Vec<BarrierOp<'_>> = batch
+            .iter()
+            .map(|w| match &w.value {
+                Some(v) => BarrierOp::Put(&w.key, v),
+                None => BarrierOp::Delete(&w.key),
+            })
+            .collect();
+        let res = barrier.apply(&ops);
+        for w in &batch {
+            *lock_state(&w.slot) = State::Done(res.clone());
+            w.slot.cv.notify_one();
+        }
+        let mut g = groups();
+        if let Some(map) = g.as_mut() {
+            if let Some(group) = map.get_mut(&id) {
+                match group.queue.first() {
+                    Some(next) => {
+                        *lock_state(&next.slot) = State::Lead;
+                        next.slot.cv.notify_one();
+                    }
+                    None => {
+                        map.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::barrier::KdfParams;
+    use crate::storage::memory::MemoryStorage;
+    use std::sync::Arc;
+
+    fn rec(i: usize) -> LeaseRecord {
+        LeaseRecord {
+            id: format!("pg/creds/r/{i}"),
+            path: "pg/creds/r".into(),
+            issued_ms: 1,
+            expires_ms: 2,
+            max_expires_ms: 3,
+            increment_secs: 1,
+            renewable: true,
+            uid: i as u32,
+            secret: serde_json::json!({ "username": format!("u{i}") }),
+            attempts: 0,
+            retry_at_ms: None,
+            last_error: None,
+            irrevocable: false,
+        }
+    }
+
+    /// Concurrent writers share batches and every write lands (and every delete), each one
+    /// durable when its call returns; two barriers never mix their batches.
+    #[test]
+    fn concurrent_writes_and_deletes_all_land() {
+        let barriers: Vec<Arc<Barrier>> = (0..2)
+            .map(|_| {
+                let b = Arc::new(Barrier::new(
+                    Arc::new(MemoryStorage::new()),
+                    KdfParams::minimum(),
+                ));
+                b.unseal(b"pw").expect("unseal");
+                b
+            })
+            .collect();
+        let n = 400;
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let barriers = &barriers;
+                s.spawn(move || {
+                    for i in (t..n).step_by(8) {
+                        let b = &barriers[i % 2];
+                        store(b, &rec(i)).expect("store");
+                        // Durable (readable) as soon as the call returns.
+                        assert_eq!(load(b, &rec(i).id).expect("load"), Some(rec(i)));
+                    }
+                });
+            }
+        });
+        for i in 0..n {
+            assert_eq!(
+                load(&barriers[i % 2], &rec(i).id).expect("load"),
+                Some(rec(i))
+            );
+            assert_eq!(load(&barriers[1 - i % 2], &rec(i).id).expect("load"), None);
+        }
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let barriers = &barriers;
+                s.spawn(move || {
+                    for i in (t..n).step_by(8) {
+                        if i % 3 != 0 {
+                            delete(&barriers[i % 2], &rec(i).id).expect("delete");
+                        }
+                    }
+                });
+            }
+        });
+        for i in 0..n {
+            let got = load(&barriers[i % 2], &rec(i).id).expect("load");
+            assert_eq!(got.is_some(), i % 3 == 0, "lease {i}");
+        }
+    }
+
+    /// A batch that fails fails every write in it, and nothing of it is written.
+    #[test]
+    fn a_failed_write_reports_its_error() {
+        let b = Barrier::new(Arc::new(MemoryStorage::new()), KdfParams::minimum());
+        // Sealed: the barrier refuses every write.
+        let err = store(&b, &rec(1)).expect_err("sealed");
+        assert_eq!(err.kind, ErrorKind::Sealed);
+        assert_eq!(delete(&b, "x").map_err(|e| e.kind), Err(ErrorKind::Sealed));
+    }
 }

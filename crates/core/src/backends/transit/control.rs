@@ -122,7 +122,9 @@ impl Transit {
             .map(|((_, k), p)| ViewOp::Put(p, k.expose()))
             .collect();
         ops.push(ViewOp::Put(&mk, &m));
-        self.view.apply(&ops)?;
+        let res = self.view.apply(&ops);
+        self.cache.invalidate(name);
+        res?;
         tracing::info!(
             key = name,
             latest_version = meta.latest_version,

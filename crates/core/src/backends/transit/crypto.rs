@@ -65,7 +65,7 @@ impl Transit {
     pub(super) fn encrypt_with(
         &self,
         name: &str,
-        meta: &Meta,
+        k: &Loaded,
         plaintext: &[u8],
     ) -> Result<SecretBytes> {
         let limit = self.services.limits.max_value_size;
@@ -78,8 +78,8 @@ impl Transit {
                 ),
             ));
         }
-        let version = meta.latest_version;
-        let cipher = self.cipher(name, version)?;
+        let version = k.meta.latest_version;
+        let cipher = self.cipher_of(name, k, version)?;
         let mut nonce = [0u8; NONCE];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ad = aad(name, version);
@@ -99,18 +99,14 @@ impl Transit {
         Ok(SecretBytes::from(format!("{PREFIX}{version}:{b64}")))
     }
 
-    pub(super) fn decrypt_with(
-        &self,
-        name: &str,
-        meta: &Meta,
-        input: &[u8],
-    ) -> Result<SecretBytes> {
+    pub(super) fn decrypt_with(&self, name: &str, k: &Loaded, input: &[u8]) -> Result<SecretBytes> {
         if input.len() > max_ciphertext_len(self.services.limits.max_value_size) {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!("ciphertext of {} bytes is over the limit", input.len()),
             ));
         }
+        let meta = &k.meta;
         let c = parse_ciphertext(input)?;
         if c.version > meta.latest_version {
             return Err(Error::invalid(format!(
@@ -124,7 +120,7 @@ impl Transit {
                 c.version, meta.min_decryption_version
             )));
         }
-        let cipher = self.cipher(name, c.version)?;
+        let cipher = self.cipher_of(name, k, c.version)?;
         let ad = aad(name, c.version);
         let (nonce, body) = c.raw.split_at(NONCE);
         cipher

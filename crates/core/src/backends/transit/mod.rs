@@ -8,6 +8,9 @@
 //! version, and the key lifecycle (create, rotate, min_decryption_version, guarded delete).
 //! `encrypt/NAME`, `decrypt/NAME` and `rewrap/NAME` are exchange nodes: the adapter hands the
 //! bytes written in one open to `exchange` and serves its answer to the reads of that open.
+//! Decrypted key versions are cached (`cache`: zeroized on drop, bounded, checked against the
+//! stored record on every use, so a change made by another daemon sharing the store is never
+//! served stale; `invalidate` is the hook for a storage watch).
 //! Must never: return or log key material (info shows versions and settings only), put a
 //! plaintext or key into an error message, or change a key except under the mutation lock in one
 //! atomic batch (a rotation lost to a race would make its ciphertexts undecryptable).
@@ -15,7 +18,7 @@
 use super::{partial, validate_name, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node, Writes};
 use crate::barrier::view::ViewOp;
-use crate::barrier::View;
+use crate::barrier::{Version, View};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::rfc3339;
 use crate::route::Router;
@@ -27,7 +30,7 @@ use paths::{HELP_INTRO, HELP_NOTES, PATHS};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The one key type.
 pub const KEY_TYPE: &str = "aes256-gcm96";
@@ -76,6 +79,14 @@ pub struct Transit {
     view: View,
     services: Services,
     router: Router<Route>,
+    cache: cache::KeyCache,
+}
+
+/// A key's settings as one operation uses them, with the stored form of `keys/NAME/meta` they
+/// were read from (the cache's validity check).
+struct Loaded {
+    meta: Arc<Meta>,
+    stamp: Version,
 }
 
 fn meta_key(name: &str) -> String {
@@ -94,7 +105,20 @@ impl Transit {
             view,
             services: services.clone(),
             router: Router::declare(PATHS),
+            cache: cache::KeyCache::default(),
         }
+    }
+
+    /// Forget what is cached of key `name` (its key material is wiped). Every use checks the
+    /// cache against the stored record anyway; this hook lets a storage watch (a change made
+    /// by another daemon sharing etcd) drop the key material at once.
+    pub fn invalidate(&self, name: &str) {
+        self.cache.invalidate(name);
+    }
+
+    /// Forget every cached key (e.g. a watch that lost its place).
+    pub fn invalidate_all(&self) {
+        self.cache.clear();
     }
 
     fn route<'p>(&self, path: &'p str) -> Result<(Route, &'p str)> {
@@ -112,7 +136,39 @@ impl Transit {
             .view
             .get(&meta_key(name))?
             .ok_or_else(|| Error::not_found(&format!("keys/{name}")))?;
-        let meta: Meta = serde_json::from_slice(raw.expose()).map_err(|e| {
+        Self::parse_meta(name, raw.expose())
+    }
+
+    /// The key's settings for an operation: from the cache while the stored record is the one
+    /// it was built from (one storage read, no decryption), else read and cached.
+    fn load(&self, name: &str) -> Result<Loaded> {
+        validate_name(name)?;
+        let mk = meta_key(name);
+        let Some(stamp) = self.view.version(&mk)? else {
+            self.cache.invalidate(name);
+            return Err(Error::not_found(&format!("keys/{name}")));
+        };
+        if let Some(meta) = self.cache.meta(name, &stamp) {
+            return Ok(Loaded { meta, stamp });
+        }
+        let raw = self.view.open_version(&mk, &stamp)?;
+        let meta = Arc::new(Self::parse_meta(name, raw.expose())?);
+        self.cache.put_meta(name, stamp.clone(), meta.clone());
+        Ok(Loaded { meta, stamp })
+    }
+
+    /// The cipher of `version` of the key `k` was loaded for: cached, or read and cached.
+    fn cipher_of(&self, name: &str, k: &Loaded, version: u32) -> Result<Arc<Aes256Gcm>> {
+        if let Some(c) = self.cache.cipher(name, &k.stamp, version) {
+            return Ok(c);
+        }
+        let c = Arc::new(self.cipher(name, version)?);
+        self.cache.put_cipher(name, &k.stamp, version, c.clone());
+        Ok(c)
+    }
+
+    fn parse_meta(name: &str, raw: &[u8]) -> Result<Meta> {
+        let meta: Meta = serde_json::from_slice(raw).map_err(|e| {
             Error::new(
                 ErrorKind::Integrity,
                 format!("keys/{name}: stored settings unreadable: {e}"),
@@ -215,6 +271,7 @@ impl Transit {
         let (mk, vk) = (meta_key(name), version_key(name, 1));
         self.view
             .apply(&[ViewOp::Put(&vk, key.expose()), ViewOp::Put(&mk, &m)])?;
+        self.cache.invalidate(name);
         tracing::info!(key = name, "transit key created");
         Ok(())
     }
@@ -229,7 +286,10 @@ impl Transit {
         }
         let paths = self.view.list(&key_prefix(name))?;
         let ops: Vec<ViewOp<'_>> = paths.iter().map(|p| ViewOp::Delete(p)).collect();
-        self.view.apply(&ops)?;
+        let res = self.view.apply(&ops);
+        // Wiped whatever happened: a failed batch leaves the record as it was (re-read).
+        self.cache.invalidate(name);
+        res?;
         tracing::info!(key = name, "transit key deleted");
         Ok(())
     }
@@ -439,18 +499,19 @@ impl Backend for Transit {
                 "{path} is not an exchange file"
             )));
         };
-        let meta = self.meta(name)?;
+        let k = self.load(name)?;
         match op {
-            Exchange::Encrypt => self.encrypt_with(name, &meta, input.expose()),
-            Exchange::Decrypt => self.decrypt_with(name, &meta, input.expose()),
+            Exchange::Encrypt => self.encrypt_with(name, &k, input.expose()),
+            Exchange::Decrypt => self.decrypt_with(name, &k, input.expose()),
             Exchange::Rewrap => {
-                let plain = self.decrypt_with(name, &meta, input.expose())?;
-                self.encrypt_with(name, &meta, plain.expose())
+                let plain = self.decrypt_with(name, &k, input.expose())?;
+                self.encrypt_with(name, &k, plain.expose())
             }
         }
     }
 }
 
+mod cache;
 mod control;
 mod crypto;
 mod paths;

@@ -507,3 +507,219 @@ fn declared_ops_match_what_the_paths_are() {
         }
     }
 }
+
+// The key cache (`cache.rs`).
+
+/// Two engines (two daemons) over one store, both unsealed.
+fn two_daemons() -> (Engine, Engine) {
+    let s = Arc::new(MemoryStorage::new());
+    let config = || EngineConfig {
+        kdf: KdfParams::minimum(),
+        ..EngineConfig::default()
+    };
+    let a = Engine::new(s.clone(), config());
+    a.unseal(b"pass").expect("unseal a");
+    a.mount("transit", "transit", "").expect("mount");
+    let b = Engine::new(s, config());
+    b.unseal(b"pass").expect("unseal b");
+    (a, b)
+}
+
+fn version_of(ct: &str) -> u32 {
+    ct.strip_prefix("nomadfs:v")
+        .and_then(|r| r.split_once(':'))
+        .and_then(|(v, _)| v.parse().ok())
+        .expect("a nomadfs:vN: ciphertext")
+}
+
+/// A transit instance of its own over the engine's transit view (its own cache).
+fn instance(e: &Engine, view: &View) -> Transit {
+    Transit::new(
+        view.clone(),
+        &Services {
+            leases: e.leases().clone(),
+            limits: crate::backends::Limits::default(),
+        },
+    )
+}
+
+fn ctx(caller: &Caller) -> Ctx<'_> {
+    Ctx {
+        caller,
+        mount: "transit",
+        lease_limit: None,
+        issued: std::sync::OnceLock::new(),
+    }
+}
+
+#[test]
+fn rotate_then_encrypt_uses_the_new_version_here_and_from_another_daemon() {
+    let (a, b) = two_daemons();
+    a.mkdir(&root(), "transit/keys/k").expect("mkdir");
+    assert_eq!(version_of(&enc(&a, "k", b"x").expect("enc")), 1);
+    let old = enc(&a, "k", b"old").expect("enc (cached now)");
+    ctl(&a, "k", "rotate").expect("rotate here");
+    assert_eq!(version_of(&enc(&a, "k", b"x").expect("enc")), 2);
+    // The other daemon rotates and raises min_decryption_version: never served stale here.
+    ctl(&b, "k", "rotate\nmin_decryption_version=3").expect("rotate there");
+    assert_eq!(version_of(&enc(&a, "k", b"x").expect("enc")), 3);
+    assert_eq!(
+        kind(dec(&a, "k", &old)),
+        Some(ErrorKind::NotPermitted),
+        "a ciphertext below the other daemon's min_decryption_version is refused here"
+    );
+    ctl(&b, "k", "min_decryption_version=1").expect("lower it there");
+    assert_eq!(dec(&a, "k", &old).expect("decrypts again"), b"old");
+}
+
+#[test]
+fn delete_then_encrypt_fails_here_and_from_another_daemon() {
+    let (a, b) = two_daemons();
+    for k in ["here", "there"] {
+        a.mkdir(&root(), &format!("transit/keys/{k}"))
+            .expect("mkdir");
+        enc(&a, k, b"warm the cache").expect("enc");
+        enc(&b, k, b"warm the cache").expect("enc");
+    }
+    ctl(&a, "here", "deletion_allowed=true").expect("allow");
+    a.rmdir(&root(), "transit/keys/here").expect("delete here");
+    assert_eq!(kind(enc(&a, "here", b"x")), Some(ErrorKind::NotFound));
+    assert_eq!(kind(enc(&b, "here", b"x")), Some(ErrorKind::NotFound));
+    ctl(&b, "there", "deletion_allowed=true").expect("allow");
+    b.rmdir(&root(), "transit/keys/there")
+        .expect("delete there");
+    assert_eq!(
+        kind(enc(&a, "there", b"x")),
+        Some(ErrorKind::NotFound),
+        "a key deleted by another daemon is not served from the cache"
+    );
+    // Re-created under the same name: a new key, not the cached old one.
+    a.mkdir(&root(), "transit/keys/there").expect("re-create");
+    let ct = enc(&a, "there", b"new").expect("enc");
+    assert_eq!(version_of(&ct), 1);
+    assert_eq!(dec(&b, "there", &ct).expect("dec there"), b"new");
+}
+
+#[test]
+fn cache_hits_make_the_same_ciphertexts_as_misses() {
+    let (a, b) = two_daemons();
+    a.mkdir(&root(), "transit/keys/k").expect("mkdir");
+    let miss = enc(&a, "k", b"same plaintext").expect("first (miss)");
+    let hit = enc(&a, "k", b"same plaintext").expect("second (hit)");
+    assert_ne!(miss, hit, "fresh nonce each time");
+    let (pm, ph) = (
+        parse_ciphertext(miss.as_bytes()).expect("parse"),
+        parse_ciphertext(hit.as_bytes()).expect("parse"),
+    );
+    assert_eq!(miss.len(), hit.len());
+    assert_eq!(version_of(&miss), version_of(&hit));
+    drop((pm, ph));
+    // Decrypted by a daemon that has cached nothing, and the other way round.
+    assert_eq!(dec(&b, "k", &miss).expect("dec"), b"same plaintext");
+    assert_eq!(dec(&b, "k", &hit).expect("dec"), b"same plaintext");
+    let theirs = enc(&b, "k", b"from b").expect("enc b");
+    assert_eq!(dec(&a, "k", &theirs).expect("dec a"), b"from b");
+    // Rewrap through the cache gives the same format.
+    let re = a
+        .exchange(
+            &root(),
+            "transit/rewrap/k",
+            SecretBytes::from_slice(hit.as_bytes()),
+        )
+        .expect("rewrap");
+    let re = String::from_utf8(re.expose().to_vec()).expect("utf8");
+    assert_eq!(re.len(), hit.len());
+    assert_eq!(dec(&b, "k", &re).expect("dec"), b"same plaintext");
+}
+
+#[test]
+fn concurrent_encrypt_and_rotate() {
+    let (e, _) = engine();
+    e.mkdir(&root(), "transit/keys/k").expect("mkdir");
+    let e = Arc::new(e);
+    let rotations = 20;
+    let per_thread: Vec<Vec<String>> = std::thread::scope(|s| {
+        let rotator = {
+            let e = e.clone();
+            s.spawn(move || {
+                for _ in 0..rotations {
+                    ctl(&e, "k", "rotate").expect("rotate");
+                }
+            })
+        };
+        let encrypters: Vec<_> = (0..4)
+            .map(|i| {
+                let e = e.clone();
+                s.spawn(move || {
+                    (0..60)
+                        .map(|j| enc(&e, "k", format!("{i}-{j}").as_bytes()).expect("enc"))
+                        .collect::<Vec<String>>()
+                })
+            })
+            .collect();
+        rotator.join().expect("rotator");
+        encrypters
+            .into_iter()
+            .map(|h| h.join().expect("encrypter"))
+            .collect()
+    });
+    for (i, cts) in per_thread.iter().enumerate() {
+        let versions: Vec<u32> = cts.iter().map(|c| version_of(c)).collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "one thread's encryptions never go back to an older version: {versions:?}"
+        );
+        for (j, ct) in cts.iter().enumerate() {
+            assert_eq!(
+                dec(&e, "k", ct).expect("every ciphertext decrypts"),
+                format!("{i}-{j}").as_bytes()
+            );
+        }
+    }
+    assert_eq!(
+        version_of(&enc(&e, "k", b"last").expect("enc")),
+        rotations + 1
+    );
+}
+
+#[test]
+fn the_cache_is_bounded_and_invalidate_drops_a_key() {
+    let (e, view) = engine();
+    let t = instance(&e, &view);
+    let r = root();
+    let c = ctx(&r);
+    let n = cache::MAX_KEYS + 5;
+    for i in 0..n {
+        t.mkdir(&c, &format!("keys/k{i}")).expect("mkdir");
+        t.exchange(&c, &format!("encrypt/k{i}"), SecretBytes::from_slice(b"x"))
+            .expect("enc");
+        assert!(t.cache.len() <= cache::MAX_KEYS);
+    }
+    assert_eq!(t.cache.len(), cache::MAX_KEYS);
+    // Versions of one key: bounded too, and every one still decrypts.
+    let mut cts = Vec::new();
+    for _ in 0..(cache::MAX_VERSIONS + 8) {
+        t.control("k0", &SecretBytes::from_slice(b"rotate"))
+            .expect("rotate");
+        cts.push(
+            t.exchange(&c, "encrypt/k0", SecretBytes::from_slice(b"v"))
+                .expect("enc"),
+        );
+    }
+    for ct in &cts {
+        let p = t.exchange(&c, "decrypt/k0", ct.duplicate()).expect("dec");
+        assert_eq!(p.expose(), b"v");
+        assert!(t.cache.versions("k0") <= cache::MAX_VERSIONS);
+    }
+    assert!(t.cache.versions("k0") >= 1);
+    let before = t.cache.len();
+    t.invalidate("k0");
+    assert_eq!(t.cache.len(), before - 1);
+    assert_eq!(t.cache.versions("k0"), 0);
+    t.invalidate_all();
+    assert_eq!(t.cache.len(), 0);
+    // Still works after: rebuilt from storage.
+    t.exchange(&c, "encrypt/k0", SecretBytes::from_slice(b"x"))
+        .expect("enc after invalidate");
+    assert_eq!(t.cache.len(), 1);
+}
