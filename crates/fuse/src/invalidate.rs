@@ -16,6 +16,9 @@
 //! - changes made outside any request (lease expiry, another daemon's mount table) are queued
 //!   and not waited for.
 //!
+//! Every inode whose attributes are dropped also counts as changed for `kcache.rs` (its pages
+//! go with its attributes: `inval_inode(ino, 0, 0)`), whether or not the kernel is connected.
+//!
 //! Must never: block a request thread without bound, or send anything before the kernel
 //! connection exists (then there is nothing cached to drop).
 
