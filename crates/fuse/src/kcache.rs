@@ -139,6 +139,25 @@ impl KernelCache {
         Some(ino)
     }
 
+    /// Does `fh` read through the page cache?
+    pub fn is_cached(&self, fh: u64) -> bool {
+        self.on && self.handles().contains_key(&fh)
+    }
+
+    /// The files reading through the page cache open on `ino`, newest generation first.
+    pub fn open_on(&self, ino: u64) -> Vec<u64> {
+        if !self.on {
+            return Vec::new();
+        }
+        let inos = self.inos();
+        let Some(i) = inos.get(&ino) else {
+            return Vec::new();
+        };
+        let mut open: Vec<(u64, u64)> = i.open.iter().map(|(fh, g)| (*g, *fh)).collect();
+        open.sort_unstable_by(|a, b| b.cmp(a));
+        open.into_iter().map(|(_, fh)| fh).collect()
+    }
+
     /// `fh` was released.
     pub fn released(&self, fh: u64) {
         if !self.on {
@@ -208,6 +227,8 @@ mod tests {
     fn an_open_file_from_before_a_change_keeps_others_off_the_cache() {
         let k = KernelCache::new(true);
         assert_eq!(k.opened(5, 1, k.generation(5)), Serve::Keep);
+        assert!(k.open_on(5) == vec![1] && k.open_on(6).is_empty());
+        assert!(k.is_cached(1) && !k.is_cached(2));
         k.changed(5);
         // Its next READ fills a page of the old value: dropped after the reply, and marked.
         assert_eq!(k.reading(1), Some(5));

@@ -217,7 +217,11 @@ impl Files {
     }
 
     /// Stat a path; a file created but not yet committed is answered from its open handle,
-    /// and a process that has the file open for writing sees the size of its own buffer.
+    /// and a process that has the file open for writing sees the size of its own buffer —
+    /// except while files reading through the page cache are open on the inode: the kernel
+    /// keeps one size per inode and clamps their reads to it, so then the size is their
+    /// snapshot's (not the path's, which may name another value by now — one renamed over
+    /// it, or a write not yet stored).
     fn stat_ino(&self, ino: u64, path: &str, c: &Caller) -> Result<Node, Error> {
         match self.engine.stat(c, path) {
             Err(e) if e.kind == ErrorKind::NotFound => match self.pending_for(ino, path, c) {
@@ -226,7 +230,12 @@ impl Files {
                 None => self.engine.stat(c, path),
             },
             Ok(mut node) if node.kind == NodeKind::File => {
-                if let Some(size) = self.handles.own_pending_size(ino, c.pid) {
+                let cached = self
+                    .kcache
+                    .open_on(ino)
+                    .into_iter()
+                    .find_map(|fh| self.handles.read_snapshot_len(fh));
+                if let Some(size) = cached.or_else(|| self.handles.own_pending_size(ino, c.pid)) {
                     node.size = size;
                 }
                 Ok(node)
