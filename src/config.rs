@@ -22,6 +22,10 @@ pub struct Config {
     /// Request-handling threads (default 4; 1 to [`MAX_THREADS`]).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Serve static values through the kernel's page cache where every admitted caller sees
+    /// the same view (default false: direct I/O; SECURITY.md says what it costs).
+    #[serde(default)]
+    pub kernel_cache: bool,
     /// argon2id memory cost in KiB for a new store (default 65536, minimum 19456).
     #[serde(default)]
     pub kdf_memory_kib: Option<u32>,
@@ -430,6 +434,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.kernel_cache && self.storage.kind == "etcd" {
+            return Err(
+                "kernel_cache = true with [storage] type = \"etcd\": another daemon's writes \
+                 would not drop this kernel's cached pages (stale values); remove the key"
+                    .into(),
+            );
+        }
         self.lease_config()?;
         self.uid_limits()?;
         match self.storage.kind.as_str() {
@@ -704,6 +715,27 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
                 assert!(e.contains("threads") && e.contains("1 to 64"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn kernel_cache_is_off_by_default_and_not_on_shared_storage() {
+        assert!(!Config::parse(GOOD).expect("good").kernel_cache);
+        let on = GOOD.replace(
+            "allow_other = false",
+            "allow_other = false\nkernel_cache = true",
+        );
+        assert!(Config::parse(&on).expect("on").kernel_cache);
+        let etcd = on.replace(
+            "type = \"file\"\npath = \"/var/lib/nomadfs\"",
+            "type = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]",
+        );
+        let e = Config::parse(&etcd).expect_err("etcd");
+        assert!(e.contains("kernel_cache") && e.contains("etcd"), "{e}");
+        let bad = GOOD.replace(
+            "allow_other = false",
+            "allow_other = false\nkernel_cache = 1",
+        );
+        assert!(Config::parse(&bad).is_err());
     }
 
     #[test]

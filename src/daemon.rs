@@ -195,6 +195,8 @@ struct Setup {
     mountpoint: PathBuf,
     allow_other: bool,
     threads: usize,
+    /// `kernel_cache = true` (off with `--dev`).
+    kernel_cache: bool,
     passphrase: Option<SecretBytes>,
     policies: Vec<nomadfs_core::policy::PolicyDoc>,
     admins: Vec<u32>,
@@ -224,6 +226,7 @@ fn dev_setup(args: &ServerArgs) -> Result<Setup, String> {
         mountpoint,
         allow_other: false,
         threads: 4,
+        kernel_cache: false,
         passphrase: Some(SecretBytes::new(pass)),
         policies: Vec::new(),
         admins: vec![own_uid()],
@@ -339,6 +342,7 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
         mountpoint,
         allow_other: cfg.allow_other,
         threads: cfg.threads.unwrap_or(4),
+        kernel_cache: cfg.kernel_cache,
         passphrase,
         policies: cfg.policies.clone(),
         admins: cfg.admins.clone().unwrap_or_else(|| vec![own_uid()]),
@@ -369,6 +373,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         mountpoint,
         allow_other,
         threads,
+        kernel_cache,
         passphrase,
         policies,
         admins,
@@ -426,6 +431,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         threads,
         auto_unmount: true,
         owner_uid: own_uid(),
+        kernel_cache,
     };
     let session = nomadfs_fuse::mount(engine.clone(), &mountpoint, &opts)
         .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;

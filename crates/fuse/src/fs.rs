@@ -6,16 +6,19 @@
 //! dispatch and a reply, and about forty requests nomadfs does not serve are answered here
 //! quietly (fuser's defaults log a WARN per call).
 //!
-//! Every file is served with direct I/O: no secret byte enters the page cache. Entries and
-//! attributes get a zero TTL unless `Files::cacheable` (one admin view for every admitted uid,
-//! a static node, not open for writing): then a short TTL, which saves a LOOKUP per path
-//! segment on every open, and the daemon drops them from the kernel's cache as they change
-//! (`invalidate.rs`). Opens, reads and writes always reach the engine.
+//! Every file is served with direct I/O by default: no secret byte enters the page cache.
+//! Entries and attributes get a zero TTL unless `Files::cacheable` (one admin view for every
+//! admitted uid, a static node, not open for writing): then a short TTL, which saves a LOOKUP
+//! per path segment on every open, and the daemon drops them from the kernel's cache as they
+//! change (`invalidate.rs`). With `kernel_cache` on, read-only opens of static values on such
+//! a mount read through the page cache instead (`kcache.rs`), kept until the value changes.
+//! Opens and writes always reach the engine; reads do unless served from the page cache.
 
 use crate::errno::errno;
 use crate::files::{Fail, Files, Opened, SetAttr};
 use crate::inodes::{join, Inodes};
 use crate::invalidate::{Invalidator, Scope};
+use crate::kcache::{KernelCache, Serve};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -52,11 +55,16 @@ fn file_type(kind: NodeKind) -> FileType {
 }
 
 impl NomadFs {
-    /// `admitted`: the uids the kernel lets into the mount (`None` when any uid may enter).
-    pub fn new(engine: Arc<Engine>, admitted: Option<Vec<u32>>) -> Self {
+    /// `admitted`: the uids the kernel lets into the mount (`None` when any uid may enter);
+    /// `kernel_cache`: serve static values through the page cache where every caller sees
+    /// the same view (`kcache.rs`).
+    pub fn new(engine: Arc<Engine>, admitted: Option<Vec<u32>>, kernel_cache: bool) -> Self {
         let inodes = Arc::new(Inodes::default());
-        let inval = Arc::new(Invalidator::new(inodes.clone()));
+        let kcache = Arc::new(KernelCache::new(kernel_cache));
+        let inval = Arc::new(Invalidator::new(inodes.clone(), kcache.clone()));
         let mut files = Files::new(engine, inodes, admitted);
+        let refill = inval.clone();
+        files.set_kernel_cache(kcache, Box::new(move |ino| refill.refill(ino)));
         let stored = inval.clone();
         files.on_stored(Box::new(move |ino| stored.attr(ino)));
         Self {
@@ -304,8 +312,17 @@ impl Filesystem for NomadFs {
         let res = self.files.open(&c, ino.0, flags.0);
         scope.settle();
         match res {
-            Ok(Opened { fh, no_flush }) => {
-                let mut fopen = FopenFlags::FOPEN_DIRECT_IO;
+            Ok(Opened {
+                fh,
+                no_flush,
+                serve,
+            }) => {
+                let mut fopen = match serve {
+                    Serve::Direct => FopenFlags::FOPEN_DIRECT_IO,
+                    // Without KEEP_CACHE the kernel drops the inode's pages at this open.
+                    Serve::Refill => FopenFlags::empty(),
+                    Serve::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+                };
                 if no_flush {
                     fopen |= FopenFlags::FOPEN_NOFLUSH;
                 }
@@ -357,6 +374,9 @@ impl Filesystem for NomadFs {
         reply: ReplyData,
     ) {
         let c = caller(req);
+        // An open file from before a change fills the page cache with its old snapshot:
+        // marked before the reply, its pages dropped after it (`kcache.rs`).
+        let stale = self.files.kernel_cache().reading(fh.0);
         let mut reply = Some(reply);
         let res = self.files.read(&c, fh.0, offset, size, |data| {
             if let Some(r) = reply.take() {
@@ -365,6 +385,9 @@ impl Filesystem for NomadFs {
         });
         if let (Err(f), Some(r)) = (res, reply) {
             r.error(self.answer(req, "read", f, || self.log_path(ino)))
+        }
+        if let Some(ino) = stale {
+            self.inval.pages(ino);
         }
     }
 

@@ -16,10 +16,14 @@
 //! - changes made outside any request (lease expiry, another daemon's mount table) are queued
 //!   and not waited for.
 //!
+//! Every inode whose attributes are dropped also counts as changed for `kcache.rs` (its pages
+//! go with its attributes: `inval_inode(ino, 0, 0)`), whether or not the kernel is connected.
+//!
 //! Must never: block a request thread without bound, or send anything before the kernel
 //! connection exists (then there is nothing cached to drop).
 
 use crate::inodes::Inodes;
+use crate::kcache::KernelCache;
 use fuser::{INodeNo, Notifier};
 use std::cell::RefCell;
 use std::ffi::OsStr;
@@ -52,12 +56,14 @@ thread_local! {
 
 pub struct Invalidator {
     inodes: Arc<Inodes>,
+    /// Told of every inode whose cached pages become old (`kcache.rs`).
+    kcache: Arc<KernelCache>,
     notifier: Arc<OnceLock<Notifier>>,
     tx: Mutex<Sender<Batch>>,
 }
 
 impl Invalidator {
-    pub fn new(inodes: Arc<Inodes>) -> Self {
+    pub fn new(inodes: Arc<Inodes>, kcache: Arc<KernelCache>) -> Self {
         let (tx, rx) = channel::<Batch>();
         let notifier: Arc<OnceLock<Notifier>> = Arc::default();
         let n = notifier.clone();
@@ -82,6 +88,7 @@ impl Invalidator {
         }
         Self {
             inodes,
+            kcache,
             notifier,
             tx: Mutex::new(tx),
         }
@@ -95,19 +102,42 @@ impl Invalidator {
     /// `path` (and everything under it) changed: its entry, its attributes and those of its
     /// parent folder (its listing changed) and of everything under it. `""`: everything.
     pub fn changed(&self, path: &str) {
-        if self.notifier.get().is_none() {
+        if self.notifier.get().is_none() && !self.kcache.on() {
             return;
         }
         let jobs = self.jobs_for(path);
-        if !jobs.is_empty() {
+        for job in &jobs {
+            if let Job::Attr(ino) = job {
+                self.kcache.changed(*ino);
+            }
+        }
+        if !jobs.is_empty() && self.notifier.get().is_some() {
             self.submit(jobs);
         }
     }
 
-    /// The attributes of `ino` changed (a value stored, a size changed).
+    /// The attributes of `ino` changed (a value stored, a size changed): also drops its pages.
     pub fn attr(&self, ino: u64) {
+        self.kcache.changed(ino);
         if self.notifier.get().is_some() {
             self.submit(vec![Job::Attr(ino)]);
+        }
+    }
+
+    /// Drop what the kernel holds of `ino` (pages and attributes) without counting a change:
+    /// in a request, before its reply (an open that refills the page cache).
+    pub fn refill(&self, ino: u64) {
+        if self.notifier.get().is_some() {
+            self.submit(vec![Job::Attr(ino)]);
+        }
+    }
+
+    /// Drop the pages of `ino` (an open file from before a change filled one with its old
+    /// snapshot): queued, not waited for (the page is locked until the reply that fills it,
+    /// and the kernel's invalidation waits for that lock).
+    pub fn pages(&self, ino: u64) {
+        if self.notifier.get().is_some() {
+            self.queue(vec![Job::Attr(ino)], None);
         }
     }
 
@@ -243,7 +273,7 @@ mod tests {
         let f = inodes.lookup("X/f");
         let s = inodes.lookup("sys");
         let l = inodes.lookup("sys/leases");
-        let inval = Invalidator::new(inodes.clone());
+        let inval = Invalidator::new(inodes.clone(), Default::default());
         let jobs = inval.jobs_for("X");
         assert!(jobs.contains(&Job::Entry {
             parent: ROOT,
@@ -277,7 +307,7 @@ mod tests {
     #[test]
     fn a_scope_holds_its_notifications_and_keeps_locked_folders_for_later() {
         let inodes = Arc::new(Inodes::default());
-        let inval = Invalidator::new(inodes);
+        let inval = Invalidator::new(inodes, Default::default());
         let mut scope = Scope::enter(&inval, &[7]);
         inval.submit(vec![
             Job::Attr(3),

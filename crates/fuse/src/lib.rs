@@ -10,6 +10,7 @@ mod files;
 mod fs;
 mod inodes;
 mod invalidate;
+mod kcache;
 mod logbudget;
 pub mod memory;
 
@@ -33,6 +34,9 @@ pub struct MountOptions {
     pub auto_unmount: bool,
     /// The daemon's own uid: without `allow_other` the kernel admits only it and root.
     pub owner_uid: u32,
+    /// Serve static values through the kernel's page cache where every admitted caller sees
+    /// the same view (`kernel_cache = true`; off: direct I/O, nothing in the page cache).
+    pub kernel_cache: bool,
 }
 
 impl Default for MountOptions {
@@ -42,6 +46,7 @@ impl Default for MountOptions {
             threads: 4,
             auto_unmount: true,
             owner_uid: 0,
+            kernel_cache: false,
         }
     }
 }
@@ -80,7 +85,13 @@ pub fn mount(
         uids.dedup();
         Some(uids)
     };
-    let fs = NomadFs::new(engine.clone(), admitted);
+    if opts.kernel_cache && admitted.is_none() {
+        tracing::warn!(
+            "kernel_cache = true has no effect with allow_other = true: callers may see \
+             different views, so values are served with direct I/O"
+        );
+    }
+    let fs = NomadFs::new(engine.clone(), admitted, opts.kernel_cache);
     let inval = fs.invalidator();
     let told = inval.clone();
     engine.set_change_listener(Box::new(move |path| told.changed(path)));

@@ -407,6 +407,14 @@ impl Handles {
         self.lock().values().any(|s| s.ino == ino && s.writer)
     }
 
+    /// The snapshot length of the read-only open `fh`.
+    pub fn read_snapshot_len(&self, fh: u64) -> Option<u64> {
+        match &locked(&self.get(fh)?).kind {
+            Kind::Read(s) => Some(s.len() as u64),
+            _ => None,
+        }
+    }
+
     /// Size of a file created but not yet committed (no stored entry exists yet).
     pub fn pending_size(&self, ino: u64) -> Option<u64> {
         self.on_ino(ino).iter().find_map(|h| {

@@ -22,6 +22,7 @@ mod open;
 mod tests;
 
 use crate::inodes::Inodes;
+use crate::kcache::{KernelCache, Serve};
 use handles::{Bounds, Handle, Handles, Kind};
 use nomadfs_core::engine::Op;
 use nomadfs_core::{Cache, Caller, Engine, Error, ErrorKind, Node, NodeKind, SecretBytes};
@@ -61,6 +62,8 @@ pub struct Opened {
     pub fh: u64,
     /// Nothing to commit at close: the kernel may skip the FLUSH round trip.
     pub no_flush: bool,
+    /// Direct I/O, or through the kernel's page cache (`kernel_cache`, `kcache.rs`).
+    pub serve: Serve,
 }
 
 pub struct Files {
@@ -72,6 +75,11 @@ pub struct Files {
     admitted: Option<Vec<u32>>,
     /// Told the inode of each value stored here (the adapter drops the kernel's attributes).
     stored: Box<dyn Fn(u64) + Send + Sync>,
+    /// Which opens read through the kernel's page cache (off unless `kernel_cache`).
+    kcache: Arc<KernelCache>,
+    /// Told the inode of an open that refills the page cache: the adapter drops the kernel's
+    /// pages and attributes of it before the open's reply.
+    refill: Box<dyn Fn(u64) + Send + Sync>,
 }
 
 pub(crate) fn name_str(name: &OsStr) -> Result<&str, Error> {
@@ -109,7 +117,25 @@ impl Files {
             dirs: Default::default(),
             admitted,
             stored: Box::new(|_| {}),
+            kcache: Arc::new(KernelCache::new(false)),
+            refill: Box::new(|_| {}),
         }
+    }
+
+    /// Serve static values through the kernel's page cache where every caller sees the same
+    /// view (`kcache.rs`); the same `KernelCache` must be the invalidator's.
+    /// `refill`: drops what the kernel holds of an inode, before the reply of the open.
+    pub fn set_kernel_cache(
+        &mut self,
+        kcache: Arc<KernelCache>,
+        refill: Box<dyn Fn(u64) + Send + Sync>,
+    ) {
+        self.kcache = kcache;
+        self.refill = refill;
+    }
+
+    pub fn kernel_cache(&self) -> &KernelCache {
+        &self.kcache
     }
 
     /// Be told the inode of each value stored through an open file or a truncate.
@@ -138,6 +164,22 @@ impl Files {
             }
             None => false,
         }
+    }
+
+    /// May this open read through the kernel's page cache? A read-only open (without
+    /// `O_TRUNC`) of a stored value (not generated, not minting, not an exchange, not under
+    /// `sys/`) on a mount where `cacheable` holds (one view for every admitted uid, nobody
+    /// writing it), with `kernel_cache` on.
+    fn kernel_cacheable(&self, ino: u64, path: &str, node: &Node, flags: i32) -> bool {
+        self.kcache.on()
+            && is_read(flags)
+            && !is_write(flags)
+            && flags & libc::O_TRUNC == 0
+            && node.kind == NodeKind::File
+            && !node.exchange
+            && path != "sys"
+            && !path.starts_with("sys/")
+            && self.cacheable(ino, node)
     }
 
     /// The per-uid bounds that apply to `c` (none for admins unless configured).
@@ -177,7 +219,11 @@ impl Files {
     }
 
     /// Stat a path; a file created but not yet committed is answered from its open handle,
-    /// and a process that has the file open for writing sees the size of its own buffer.
+    /// and a process that has the file open for writing sees the size of its own buffer —
+    /// except while files reading through the page cache are open on the inode: the kernel
+    /// keeps one size per inode and clamps their reads to it, so then the size is their
+    /// snapshot's (not the path's, which may name another value by now — one renamed over
+    /// it, or a write not yet stored).
     fn stat_ino(&self, ino: u64, path: &str, c: &Caller) -> Result<Node, Error> {
         match self.engine.stat(c, path) {
             Err(e) if e.kind == ErrorKind::NotFound => match self.pending_for(ino, path, c) {
@@ -186,7 +232,12 @@ impl Files {
                 None => self.engine.stat(c, path),
             },
             Ok(mut node) if node.kind == NodeKind::File => {
-                if let Some(size) = self.handles.own_pending_size(ino, c.pid) {
+                let cached = self
+                    .kcache
+                    .open_on(ino)
+                    .into_iter()
+                    .find_map(|fh| self.handles.read_snapshot_len(fh));
+                if let Some(size) = cached.or_else(|| self.handles.own_pending_size(ino, c.pid)) {
                     node.size = size;
                 }
                 Ok(node)

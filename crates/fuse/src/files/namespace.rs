@@ -33,6 +33,9 @@ impl Files {
 
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
+        if self.inodes.path(ino).is_none() {
+            self.kcache.forgotten(ino);
+        }
     }
 
     /// Stat `ino`; an open file (`fh`) always answers, even once its path is gone.
@@ -135,6 +138,10 @@ impl Files {
             Some(ino) => {
                 self.dispatch_maybe_held(ino, c, &path, Op::Delete)?;
                 self.handles.unlinked(ino);
+                // A deleted secret's pages leave the kernel's cache now, not at eviction.
+                if self.kcache.on() {
+                    self.told_stored(ino);
+                }
             }
             None => self.engine.delete(c, &path)?,
         }
@@ -194,6 +201,9 @@ impl Files {
         // Whatever was at `to` is replaced: its open handles store nothing.
         if let Some(t) = to_ino.filter(|t| Some(*t) != from_ino) {
             self.handles.unlinked(t);
+            if self.kcache.on() {
+                self.told_stored(t);
+            }
         }
         self.handles.renamed(&from, &to);
         self.inodes.rename(&from, &to);

@@ -5,6 +5,7 @@ use super::exchange;
 use super::handles::{Handle, Kind, WriteBuf};
 use super::{is_read, is_write, name_str, noted, Fail, Files, Opened, Res};
 use crate::inodes::join;
+use crate::kcache::Serve;
 use nomadfs_core::engine::Op;
 use nomadfs_core::{Caller, Error, ErrorKind, SecretBytes, Writes};
 use std::ffi::OsStr;
@@ -47,7 +48,11 @@ impl Files {
             exchange::check_open(&path, &node, is_read(flags), is_write(flags))?;
             let h = self.new_handle(c, ino, path, Kind::Exchange(Default::default()));
             let fh = self.handles.insert(h)?;
-            return Ok(Opened { fh, no_flush: true });
+            return Ok(Opened {
+                fh,
+                no_flush: true,
+                serve: Serve::Direct,
+            });
         }
         // The mode bits already say no; the reason is the policy's when it is the policy.
         if is_read(flags) && node.mode & 0o400 == 0 {
@@ -71,6 +76,10 @@ impl Files {
             self.engine.create(c, &path)?;
         }
         let trunc = flags & libc::O_TRUNC != 0;
+        // Taken before the snapshot is read: a change in between serves this open direct.
+        let cache = self
+            .kernel_cacheable(ino, &path, &node, flags)
+            .then(|| self.kcache.generation(ino));
         let snapshot = if is_read(flags) {
             Some(self.read_value(ino, &path, c)?)
         } else {
@@ -98,8 +107,22 @@ impl Files {
         };
         // A handle that cannot write has nothing to commit at close.
         let no_flush = !matches!(kind, Kind::Buffered(_) | Kind::Immediate { .. });
+        let read_only = matches!(kind, Kind::Read(_));
         let fh = self.handles.insert(self.new_handle(c, ino, path, kind))?;
-        Ok(Opened { fh, no_flush })
+        let serve = match cache {
+            Some(at) if read_only => self.kcache.opened(ino, fh, at),
+            _ => Serve::Direct,
+        };
+        if serve == Serve::Refill {
+            // The size the kernel knows may be old too (a short read of an old snapshot
+            // shrinks it): dropped with the pages before the reply.
+            (self.refill)(ino);
+        }
+        Ok(Opened {
+            fh,
+            no_flush,
+            serve,
+        })
     }
 
     /// The path of `ino` for a log line (never the inode number).
@@ -287,6 +310,11 @@ impl Files {
         let mut h = shared.lock().unwrap_or_else(|p| p.into_inner());
         let c = h.opener.clone();
         let res = self.commit(&mut h, &c, true);
+        // With the page cache in use, whatever a writer did leaves the inode's pages and size
+        // to be dropped (its open used direct I/O, but the kernel adjusts the size it knows).
+        if self.kcache.on() && h.is_writer() {
+            self.told_stored(h.ino);
+        }
         let freed = match &h.kind {
             Kind::Buffered(w) | Kind::Immediate { buf: w, .. } => w.data.capacity() as u64,
             Kind::Exchange(x) => x.input_len(),
@@ -302,6 +330,7 @@ impl Files {
         drop(h);
         // Out of the table only once committed: a created file is never missing in between.
         self.handles.remove(fh);
+        self.kcache.released(fh);
         crate::memory::freed(freed);
         res.map_err(|error| Fail::Released { uid, path, error })
     }
