@@ -30,7 +30,7 @@ fn storage(kind: &str, dir: &std::path::Path) -> Arc<dyn Storage> {
     }
 }
 
-fn engine(s: Arc<dyn Storage>) -> Engine {
+fn engine(s: Arc<dyn Storage>) -> Arc<Engine> {
     let e = Engine::new(
         s,
         EngineConfig {

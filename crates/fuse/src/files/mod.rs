@@ -167,18 +167,16 @@ impl Files {
     }
 
     /// May this open read through the kernel's page cache? A read-only open (without
-    /// `O_TRUNC`) of a stored value (not generated, not minting, not an exchange, not under
-    /// `sys/`) on a mount where `cacheable` holds (one view for every admitted uid, nobody
+    /// `O_TRUNC`) of a stored value (`Cache::Allowed`: not generated, not minting, not an
+    /// exchange) on a mount where `cacheable` holds (one view for every admitted uid, nobody
     /// writing it), with `kernel_cache` on.
-    fn kernel_cacheable(&self, ino: u64, path: &str, node: &Node, flags: i32) -> bool {
+    fn kernel_cacheable(&self, ino: u64, node: &Node, flags: i32) -> bool {
         self.kcache.on()
             && is_read(flags)
             && !is_write(flags)
             && flags & libc::O_TRUNC == 0
             && node.kind == NodeKind::File
-            && !node.exchange
-            && path != "sys"
-            && !path.starts_with("sys/")
+            && !node.writes.may_exchange()
             && self.cacheable(ino, node)
     }
 

@@ -78,7 +78,7 @@ impl Files {
         let trunc = flags & libc::O_TRUNC != 0;
         // Taken before the snapshot is read: a change in between serves this open direct.
         let cache = self
-            .kernel_cacheable(ino, &path, &node, flags)
+            .kernel_cacheable(ino, &node, flags)
             .then(|| self.kcache.generation(ino));
         let snapshot = if is_read(flags) {
             Some(self.read_value(ino, &path, c)?)

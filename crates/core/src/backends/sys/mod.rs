@@ -14,7 +14,7 @@ mod paths;
 
 pub use control::{Control, Status};
 
-use crate::backend::{DirEntry, Node, Writes};
+use crate::backend::{Cache, DirEntry, Node, Writes};
 use crate::backends::validate_name;
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
@@ -133,9 +133,14 @@ impl Sys {
             Route::SelfDir => Node::dir(),
             Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => Node::write_only(),
             Route::Policies => Node::dir(),
+            // Its text is made at read (a config policy has no stored form): never cached;
+            // writes are a document, applied whole at close.
             Route::Policy => {
                 e.policy_text(caps[0]).map_err(|e| in_sys(path, e))?;
-                Node::file(0)
+                Node {
+                    cache: Cache::Never,
+                    ..Node::file(0)
+                }
             }
             // Read-write: an exchange (the hash of what was written, read in the same open).
             // Else buffered (not dynamic): the value is hashed whole at close; reads use direct

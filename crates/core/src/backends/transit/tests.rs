@@ -511,7 +511,7 @@ fn declared_ops_match_what_the_paths_are() {
 // The key cache (`cache.rs`).
 
 /// Two engines (two daemons) over one store, both unsealed.
-fn two_daemons() -> (Engine, Engine) {
+fn two_daemons() -> (std::sync::Arc<Engine>, std::sync::Arc<Engine>) {
     let s = Arc::new(MemoryStorage::new());
     let config = || EngineConfig {
         kdf: KdfParams::minimum(),
