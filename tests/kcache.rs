@@ -247,11 +247,7 @@ rules = [ { path = "secret/app/*", capabilities = ["read", "list"] } ]
 fn readers_never_go_back(renamed: bool) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
-    let d = if std::env::var_os("KC_OFF").is_some() {
-        Daemon::start()
-    } else {
-        on()
-    };
+    let d = on();
     let path = d.p("secret/n");
     let tmp = d.p("secret/n.new");
     std::fs::write(&path, b"0").expect("first");

@@ -15,6 +15,9 @@
 //!   generation is old), the page it fills is stale — the inode is marked dirty and its pages
 //!   dropped again after the reply, and while such an open file exists every new open of the
 //!   inode uses direct I/O (it never reads the shared cache);
+//! - while files reading through the cache are open on an inode, its size (stat, lookup) is
+//!   their snapshot's (`Files::stat_ino`): the kernel keeps one size per inode and clamps
+//!   cached reads to it, and the path may name another value by now;
 //! - opens for writing always use direct I/O (a buffered write never enters the page cache:
 //!   values are stored at close, and what the kernel would cache before then is not stored).
 //!
