@@ -203,6 +203,9 @@ struct Setup {
     store_desc: String,
     /// `STORE.pid` beside a file store's folder (see `mountpoint::pid_file_for`).
     pid_file: Option<PathBuf>,
+    /// The etcd store, for the expiry election and the watches (several daemons).
+    #[cfg(feature = "etcd")]
+    etcd: Option<Arc<nomadfs_core::storage::etcd::EtcdStorage>>,
 }
 
 fn dev_setup(args: &ServerArgs) -> Result<Setup, String> {
@@ -230,6 +233,8 @@ fn dev_setup(args: &ServerArgs) -> Result<Setup, String> {
         audit: AuditMode::Off,
         store_desc: "memory".into(),
         pid_file: None,
+        #[cfg(feature = "etcd")]
+        etcd: None,
     })
 }
 
@@ -253,6 +258,8 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
     // Before the store is opened: a live daemon on this mountpoint holds it too, and its pid
     // says more than "the store is in use".
     crate::mountpoint::prepare(&mountpoint, pid_file.as_deref())?;
+    #[cfg(feature = "etcd")]
+    let mut etcd = None;
     let (storage, store_desc): (Arc<dyn Storage>, String) = match cfg.storage.kind.as_str() {
         "file" => {
             let dir = store_dir.clone().unwrap_or_default();
@@ -274,7 +281,9 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
             let desc = format!("etcd {} prefix {prefix}", cfg.storage.endpoints.join(","));
             let s = EtcdStorage::new(EtcdConfig::new(cfg.storage.endpoints.clone(), prefix))
                 .map_err(|e| e.message)?;
-            (Arc::new(s), desc)
+            let s = Arc::new(s);
+            etcd = Some(s.clone());
+            (s, desc)
         }
         other => {
             return Err(format!(
@@ -346,7 +355,19 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
         audit,
         store_desc,
         pid_file,
+        #[cfg(feature = "etcd")]
+        etcd,
     })
+}
+
+/// This host's name (for the node id in the expiry election), "host" if unreadable.
+#[cfg(feature = "etcd")]
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -376,10 +397,22 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         audit,
         store_desc,
         pid_file,
+        #[cfg(feature = "etcd")]
+        etcd,
     } = setup;
 
     let (storage, faults) = crate::faults::wrap(storage)?;
     let engine = Arc::new(Engine::new(storage, engine_cfg));
+    // Several daemons on etcd: join the expiry election before anything can revoke, and
+    // follow the others' changes (policies, mount table, leases) through a watch.
+    #[cfg(feature = "etcd")]
+    if let Some(s) = etcd {
+        use nomadfs_core::cluster::etcd::{follow, EtcdCluster};
+        let node = format!("{}-{}", host_name(), std::process::id());
+        let cluster = EtcdCluster::start(s, node).map_err(|e| e.message)?;
+        engine.leases().set_leadership(cluster.clone());
+        follow(&engine, &cluster).map_err(|e| e.message)?;
+    }
     engine
         .set_policies(policies, admins)
         .map_err(|e| format!("policies: {}", e.message))?;

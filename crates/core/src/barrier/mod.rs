@@ -345,6 +345,61 @@ impl Barrier {
         Ok(out)
     }
 
+    /// The storage key prefix of logical `prefix` (ends with '/'), e.g. to watch it on a
+    /// shared store. Needs the name key (unsealed).
+    pub fn storage_prefix(&self, prefix: &str) -> Result<String> {
+        let kr = self.keyring()?;
+        Ok(format!(
+            "{ENCRYPTED_PREFIX}{}",
+            names::encrypt_prefix(&kr, prefix)?
+        ))
+    }
+
+    /// The logical path of storage key `key` (None: not an encrypted entry's key).
+    pub fn logical_of(&self, key: &str) -> Result<Option<String>> {
+        let kr = self.keyring()?;
+        match key.strip_prefix(ENCRYPTED_PREFIX) {
+            Some(rest) => names::decrypt_path(&kr, rest).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Delete `logical` only while `term` leads the expiry election (`cluster`).
+    /// Ok(false): fenced off, nothing deleted.
+    pub fn delete_fenced(
+        &self,
+        logical: &str,
+        leadership: &dyn crate::cluster::Leadership,
+        term: crate::cluster::Term,
+    ) -> Result<bool> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        leadership.apply_fenced(term, &[WriteOp::Delete(key)])
+    }
+
+    /// `compare_and_swap` only while `term` leads the expiry election. Ok(None): fenced off.
+    pub fn compare_and_swap_fenced(
+        &self,
+        logical: &str,
+        expected: Option<&Version>,
+        new: Option<&[u8]>,
+        leadership: &dyn crate::cluster::Leadership,
+        term: crate::cluster::Term,
+    ) -> Result<Option<bool>> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        let sealed = match new {
+            Some(v) => Some(entry::seal(&kr, logical, v)?),
+            None => None,
+        };
+        leadership.compare_and_swap_fenced(
+            term,
+            &key,
+            expected.map(|v| v.0.as_slice()),
+            sealed.as_deref(),
+        )
+    }
+
     pub fn has_prefix(&self, prefix: &str) -> Result<bool> {
         let kr = self.keyring()?;
         let enc_prefix = format!("{ENCRYPTED_PREFIX}{}", names::encrypt_prefix(&kr, prefix)?);

@@ -12,7 +12,8 @@ nomadfs: secrets as files. Each folder here is a mounted backend; `cat MOUNT/.he
 
 impl Engine {
     /// `sys/health`. The lease count is the daemon's for a caller with `sudo` on
-    /// `sys/leases/`, else the caller's own.
+    /// `sys/leases/`, else the caller's own. `role` is the daemon's in the expiry election
+    /// (`single` alone on its store; `leader`/`follower` on etcd, with `node` and `leader`).
     pub(crate) fn health_json(&self, caller: &Caller) -> String {
         let leases =
             if self
@@ -23,11 +24,21 @@ impl Engine {
             } else {
                 self.leases.count_uid(caller.uid)
             };
+        // One read of the store: reachable or the reason (etcd names endpoints, no keys).
+        let initialized = self.barrier.is_initialized();
+        let leadership = self.leases.leadership();
         let v = serde_json::json!({
             "sealed": self.is_sealed(),
-            "initialized": self.barrier.is_initialized().unwrap_or(false),
+            "initialized": *initialized.as_ref().unwrap_or(&false),
             "version": VERSION,
             "storage": self.barrier.storage().kind(),
+            "storage_health": match &initialized {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.message.clone(),
+            },
+            "role": self.leases.role().as_str(),
+            "node": leadership.map(|l| l.node_id()),
+            "leader": leadership.and_then(|l| l.leader_id()),
             "leases": leases,
             "key_term": self.barrier.active_term().ok(),
         });

@@ -94,6 +94,23 @@ impl Engine {
         }
     }
 
+    /// Re-read the stored mount table now (another daemon sharing the store changed it: the
+    /// cluster watch calls this). Waits for a change this daemon is making; the kernel's
+    /// entries of what moved are dropped through the change listener (`set_table`).
+    pub fn reload_table(&self) {
+        let _g = self.lock_control();
+        if self.barrier.is_sealed() {
+            return;
+        }
+        match self.fresh_table() {
+            Ok(_) => {
+                *self.table_read_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(std::time::Instant::now());
+            }
+            Err(e) => tracing::warn!("re-reading the mount table failed: {}", e.message),
+        }
+    }
+
     /// Mount a backend of `kind` at `path`.
     pub fn mount(&self, path: &str, kind: &str, description: &str) -> Result<MountEntry> {
         let _g = self.lock_control();
