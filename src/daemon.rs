@@ -406,13 +406,25 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     // Several daemons on etcd: join the expiry election before anything can revoke, and
     // follow the others' changes (policies, mount table, leases) through a watch.
     #[cfg(feature = "etcd")]
+    let mut cluster = None;
+    #[cfg(feature = "etcd")]
     if let Some(s) = etcd {
         use nomadfs_core::cluster::etcd::{follow, EtcdCluster};
-        let node = format!("{}-{}", host_name(), std::process::id());
-        let cluster = EtcdCluster::start(s, node).map_err(|e| e.message)?;
-        engine.leases().set_leadership(cluster.clone());
-        follow(&engine, &cluster).map_err(|e| e.message)?;
+        // Stable across restarts (one daemon per mountpoint per host): a restarted daemon
+        // recognises its own unfinished work (aws intents) as its own.
+        let node = format!("{}:{}", host_name(), mountpoint.display());
+        let c = EtcdCluster::start(s, node).map_err(|e| e.message)?;
+        engine.leases().set_leadership(c.clone());
+        follow(&engine, &c).map_err(|e| e.message)?;
+        cluster = Some(c);
     }
+    // At shutdown, after the unmount: hand the expiry leadership over at once.
+    let resign = || {
+        #[cfg(feature = "etcd")]
+        if let Some(c) = &cluster {
+            c.resign();
+        }
+    };
     engine
         .set_policies(policies, admins)
         .map_err(|e| format!("policies: {}", e.message))?;
@@ -516,6 +528,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
                 Err(e) => Some(format!("the FUSE session ended with an error: {e}")),
             };
             crate::mountpoint::unmount_if_ours(&mountpoint);
+            resign();
             engine.seal();
             crate::faults::report(&faults);
             return failure.map_or(Ok(0), Err);
@@ -524,6 +537,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     }
     crate::notify::notify("STOPPING=1");
     nomadfs_fuse::unmount(session, &mountpoint, Duration::from_secs(5));
+    resign();
     engine.seal();
     crate::faults::report(&faults);
     tracing::info!("stopped");

@@ -219,8 +219,19 @@ fn three_nodes_share_writes_and_policy_changes_and_survive_a_member_loss() {
             d.log_text()
         );
     }
-    // And there is still one leader.
-    wait_for_leader(&ds, &[0, 1, 2], 10);
+    // And there is still one leader; stopped cleanly, it hands over at once (it revokes its
+    // etcd lease), not after the TTL.
+    let leader = wait_for_leader(&ds, &[0, 1, 2], 10);
+    let mut ds = ds;
+    let stopped_at = Instant::now();
+    ds[leader].stop();
+    let alive: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    wait_for_leader(&ds, &alive, 10);
+    eprintln!(
+        "handover after a clean stop (SIGTERM) of the leader: {} ms",
+        stopped_at.elapsed().as_millis()
+    );
+    assert!(ds[leader].log_text().contains("left the expiry election"));
 }
 
 /// Mount pg/ through `d` (the table is shared) with roles `app` (default revocation) and
@@ -358,4 +369,50 @@ fn the_expiry_leader_is_replaced_when_it_dies_and_fenced_when_paused() {
         role(&ds[new]) == "follower"
     });
     assert_eq!(role(&ds[other]), "leader");
+}
+
+#[test]
+fn an_aws_intent_is_rolled_back_by_its_owner_not_by_another_daemon() {
+    let moto = common::moto::Moto::start();
+    let etcd = Etcd::start(1);
+    let mut a = daemon_on(&etcd.endpoints(), "c3/");
+    let mut b = daemon_on(&etcd.endpoints(), "c3/");
+    write_synced(a.p("sys/mounts/aws"), "aws\n").expect("mount aws");
+    write_synced(a.p("aws/config/root"), moto.root_config()).expect("config/root");
+    write_synced(
+        a.p("aws/roles/deploy"),
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:*","Resource":"*"}]}"#,
+    )
+    .expect("role");
+    // A dies between "IAM user made" and "lease stored": its intent stays in wal/.
+    a.stop();
+    a.env = vec![("NOMADFS_FAILPOINT".into(), "aws-after-create-user".into())];
+    a.spawn(true);
+    assert!(std::fs::read(a.p("aws/creds/deploy")).is_err());
+    a.kill9();
+    let users = || {
+        let mut c = nomadfs_core::backends::aws_iam::RootCredentials::new(
+            "testing",
+            nomadfs_core::SecretBytes::from_slice(b"testing"),
+        );
+        c.endpoint = Some(moto.endpoint.clone());
+        nomadfs_core::backends::aws_iam::AwsIam::new(&c)
+            .expect("iam")
+            .list_users()
+            .expect("list users")
+    };
+    assert_eq!(users().len(), 1, "the user A made before dying");
+    // B unseals (restart): A's intent is within A's window, so B leaves it alone.
+    b.restart();
+    assert!(
+        b.log_text().contains("left to it"),
+        "B did not leave A's intent:\n{}",
+        b.log_text()
+    );
+    assert_eq!(users().len(), 1, "B rolled back another daemon's intent");
+    // A comes back (same node id): it rolls its own intent back.
+    a.env.clear();
+    a.spawn(true);
+    wait_until("A rolls back its own intent", 10, || users().is_empty());
+    assert!(a.log_text().contains("rolled back an IAM user"));
 }

@@ -53,6 +53,8 @@ struct State {
     alive_at: Option<Instant>,
     term: Option<Term>,
     leader: Option<String>,
+    /// Left the election (`resign`): campaign no more.
+    stopped: bool,
 }
 
 /// The election over one etcd storage. Dropping the storage's runtime ends its task.
@@ -89,6 +91,41 @@ impl EtcdCluster {
             .spawn(campaign(shared, state, node));
         tracing::info!(node = %me.node, ttl_s = LEASE_TTL_SECS, "joined the expiry election");
         Ok(me)
+    }
+
+    /// Leave the election (at shutdown): campaign no more and revoke the etcd lease, which
+    /// deletes the leader key if this daemon holds it, so another daemon takes over at its
+    /// next tick instead of after the TTL. Bounded (2 s); a failure only means the TTL runs.
+    pub fn resign(&self) {
+        let lease = {
+            let mut st = lock(&self.state);
+            st.stopped = true;
+            st.term = None;
+            st.lease.take()
+        };
+        let Some(id) = lease else { return };
+        let shared = self.shared.clone();
+        let r = self.storage.runtime().run_within(
+            Duration::from_secs(2),
+            async move {
+                shared
+                    .retrying_full("lease revoke", |c: Clients, _| async move {
+                        let mut full = c.full;
+                        full.lease_revoke(id).await?;
+                        Ok(())
+                    })
+                    .await
+            },
+            || Error::io("etcd lease revoke: no answer within 2 s"),
+        );
+        match r {
+            Ok(()) => tracing::info!(node = %self.node, "left the expiry election"),
+            Err(e) => tracing::warn!(
+                node = %self.node,
+                "leaving the expiry election: {} (its etcd lease lapses within {LEASE_TTL_SECS} s)",
+                e.message
+            ),
+        }
     }
 
     fn leader_key(&self) -> Vec<u8> {
@@ -130,6 +167,9 @@ impl EtcdCluster {
 async fn campaign(shared: Arc<Shared>, state: Arc<Mutex<State>>, node: String) {
     let key = shared.full(LEADER_KEY);
     loop {
+        if lock(&state).stopped {
+            return;
+        }
         if let Err(e) = tick(&shared, &state, &node, &key).await {
             tracing::warn!(node = %node, "expiry election: {}", e.message);
         }
@@ -181,6 +221,9 @@ async fn tick(shared: &Shared, state: &Mutex<State>, node: &str, key: &[u8]) -> 
             id
         }
     };
+    if lock(state).stopped {
+        return Ok(());
+    }
     // Campaign: take the key if nobody holds it; else learn who does.
     let (won, holder) = shared
         .retrying_full("election", |c: Clients, _| {
@@ -216,6 +259,9 @@ async fn tick(shared: &Shared, state: &Mutex<State>, node: &str, key: &[u8]) -> 
         })
         .await?;
     let mut st = lock(state);
+    if st.stopped {
+        return Ok(());
+    }
     match (won, holder) {
         (Some(rev), _) => {
             st.term = Some(Term { revision: rev });
