@@ -199,6 +199,17 @@ fn three_nodes_share_writes_and_policy_changes_and_survive_a_member_loss() {
     assert!(t.is_some(), "mount on B not in C's root listing");
     eprintln!("cross-node mount table latency: {} ms", t.unwrap_or(0));
 
+    // A rotates the key: B and C write under the new term at once (the watch), not only
+    // after reading an entry of it.
+    let term = |d: &Daemon| health(d)["key_term"].as_u64().unwrap_or(0);
+    let before = term(&ds[0]);
+    write_synced(ds[0].p("sys/rotate"), "x").expect("rotate");
+    for d in &ds[1..] {
+        let t = time_until(Duration::from_secs(2), || term(d) == before + 1);
+        assert!(t.is_some(), "rotation not followed:\n{}", d.log_text());
+        eprintln!("cross-node key rotation latency: {} ms", t.unwrap_or(0));
+    }
+
     // One etcd member dies: every daemon keeps serving (reads and writes).
     etcd.kill(0);
     for (i, d) in ds.iter().enumerate() {

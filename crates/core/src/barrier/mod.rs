@@ -216,6 +216,19 @@ impl Barrier {
         self.keyring()
     }
 
+    /// The storage key of the wrapped keyring (plaintext name), e.g. to watch it.
+    pub const KEYRING_STORAGE_KEY: &'static str = KEYRING_KEY;
+
+    /// Another daemon sharing the store rotated (the watch saw the stored keyring change):
+    /// re-read it, so this daemon's new writes use the new term at once. Sealed: nothing to
+    /// do. Returns the active term now.
+    pub fn keyring_changed(&self) -> Result<u32> {
+        if self.is_sealed() {
+            return Err(Error::sealed());
+        }
+        Ok(self.reload_keyring()?.active_term())
+    }
+
     /// The keyring that knows the term `raw` was sealed with: this one, or a reloaded one.
     fn keyring_for(&self, kr: Arc<Keyring>, raw: &[u8]) -> Result<Arc<Keyring>> {
         match entry::term_of(raw) {

@@ -503,12 +503,29 @@ impl Leadership for EtcdCluster {
     }
 }
 
-/// Keep `engine` in step with what other daemons change in the shared store: once unsealed,
-/// watch everything under the barrier's `core/` (policies, the mount table, lease records)
-/// and re-read what changed: policies (`Engine::invalidate_policies`), the mount table
-/// (`Engine::reload_table`), lease records (`LeaseManager::note_stored`/`note_deleted`).
+/// Keep `engine` in step with what other daemons change in the shared store: watch the
+/// wrapped keyring (`Barrier::keyring_changed`: new writes use a term another daemon added at
+/// once), and once unsealed everything under the barrier's `core/` (policies, the mount
+/// table, lease records), re-reading what changed: policies (`Engine::invalidate_policies`),
+/// the mount table (`Engine::reload_table`), lease records
+/// (`LeaseManager::note_stored`/`note_deleted`).
 /// Each of them tells the change listener, which drops the kernel's entries.
 pub fn follow(engine: &Arc<crate::Engine>, cluster: &Arc<EtcdCluster>) -> Result<()> {
+    // The wrapped keyring (a plaintext key name): watched from the start.
+    let weak = Arc::downgrade(engine);
+    cluster.watch_prefix(
+        crate::barrier::Barrier::KEYRING_STORAGE_KEY,
+        Box::new(move |_, deleted| {
+            if let (Some(e), false) = (weak.upgrade(), deleted) {
+                match e.barrier().keyring_changed() {
+                    Ok(_) => {}
+                    Err(err) if err.kind == crate::ErrorKind::Sealed => {}
+                    Err(err) => tracing::warn!("re-reading the keyring failed: {}", err.message),
+                }
+            }
+        }),
+        Box::new(|| {}),
+    )?;
     let (engine, cluster) = (Arc::downgrade(engine), cluster.clone());
     std::thread::Builder::new()
         .name("nomadfs-follow".into())
