@@ -307,6 +307,17 @@ fn the_expiry_leader_is_replaced_when_it_dies_and_fenced_when_paused() {
             users.push(user);
         }
     }
+    // `rm` of a lease works on any node: one issued on a follower, removed through the other.
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (rm_user, lease) = creds(&ds[followers[0]], "app");
+    let file = ds[followers[1]].p(&format!("sys/leases/{lease}"));
+    wait_until("the lease seen on the other follower", 5, || file.exists());
+    std::fs::remove_file(ds[followers[1]].p(&format!("sys/leases/{lease}"))).expect("rm lease");
+    assert!(
+        !pg.role_exists(&rm_user),
+        "rm on a follower did not revoke upstream"
+    );
+
     // The leader dies before they are due: another daemon takes over and revokes them all.
     let killed_at = Instant::now();
     ds[leader].kill9();
@@ -322,7 +333,9 @@ fn the_expiry_leader_is_replaced_when_it_dies_and_fenced_when_paused() {
         20,
         || users.iter().all(|u| !pg.role_exists(u)),
     );
-    let revocations = pg.psql("SELECT count(*) FROM revoked");
+    let revocations = pg.psql(&format!(
+        "SELECT count(*) FROM revoked WHERE name <> '{rm_user}'"
+    ));
     eprintln!(
         "{} leases, {revocations} upstream revocations, {} ms from SIGKILL to the last",
         users.len(),
@@ -426,4 +439,61 @@ fn an_aws_intent_is_rolled_back_by_its_owner_not_by_another_daemon() {
     a.spawn(true);
     wait_until("A rolls back its own intent", 10, || users().is_empty());
     assert!(a.log_text().contains("rolled back an IAM user"));
+}
+
+#[test]
+fn leases_expiring_while_leaders_are_killed_are_all_revoked_once_recorded() {
+    let pg = Pg::start();
+    let etcd = Etcd::start(3);
+    let mut ds = three_daemons(&etcd, "c4/");
+    let first = wait_for_leader(&ds, &[0, 1, 2], 10);
+    setup_pg(&ds[first], &pg);
+    // A stream of leases (3 s each) issued round-robin for ~10 s; the leader is killed with
+    // SIGKILL twice meanwhile (and restarted at once, as a supervisor would).
+    let start = Instant::now();
+    let mut users = Vec::new();
+    let mut kills = Vec::new();
+    let mut n = 0usize;
+    while start.elapsed() < Duration::from_secs(10) {
+        let at = start.elapsed();
+        if (kills.is_empty() && at > Duration::from_secs(3))
+            || (kills.len() == 1 && at > Duration::from_secs(7))
+        {
+            let leader = wait_for_leader(&ds, &[0, 1, 2], 10);
+            ds[leader].kill9();
+            kills.push((leader, Instant::now()));
+            ds[leader].spawn(true);
+        }
+        let d = &ds[n % 3];
+        n += 1;
+        let (user, _) = creds(d, "app");
+        users.push(user);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    wait_until("every lease revoked upstream", 30, || {
+        users.iter().all(|u| !pg.role_exists(u))
+    });
+    for d in &ds {
+        wait_until("no lease record left on any node", 10, || {
+            std::fs::read_dir(d.p("sys/leases/pg/creds/app"))
+                .map(|rd| rd.count() == 0)
+                .unwrap_or(true)
+        });
+    }
+    let rows = pg.psql("SELECT count(*) FROM revoked");
+    let distinct = pg.psql("SELECT count(DISTINCT name) FROM revoked");
+    eprintln!(
+        "{} leases, {} leader kills, {} upstream revocations of {} distinct roles (repeats \
+         are revocations a killed leader made before its record change)",
+        users.len(),
+        kills.len(),
+        rows.trim(),
+        distinct.trim()
+    );
+    assert_eq!(
+        distinct.trim(),
+        users.len().to_string(),
+        "a lease never revoked upstream"
+    );
+    assert_eq!(kills.len(), 2);
 }
