@@ -127,6 +127,9 @@ fn three_nodes_share_writes_and_policy_changes_and_survive_a_member_loss() {
     let ds = three_daemons(&etcd, "c1/");
     // Exactly one leader; the others follow; health names the storage as healthy.
     let leader = wait_for_leader(&ds, &[0, 1, 2], 10);
+    wait_until("every node knows the leader", 5, || {
+        ds.iter().all(|d| health(d)["leader"].is_string())
+    });
     for (i, d) in ds.iter().enumerate() {
         let h = health(d);
         assert_eq!(h["storage_health"], "ok", "{h}");
@@ -243,6 +246,12 @@ fn three_nodes_share_writes_and_policy_changes_and_survive_a_member_loss() {
         stopped_at.elapsed().as_millis()
     );
     assert!(ds[leader].log_text().contains("left the expiry election"));
+    // A sealed daemon cannot revoke, so it gives the leadership up: the other one leads.
+    let now = wait_for_leader(&ds, &alive, 10);
+    let other = alive.iter().copied().find(|&i| i != now).expect("other");
+    write_synced(ds[now].p("sys/seal"), "x").expect("seal");
+    wait_for_leader(&ds, &[other], 10);
+    assert_eq!(role(&ds[now]), "follower");
 }
 
 /// Mount pg/ through `d` (the table is shared) with roles `app` (default revocation) and

@@ -2,7 +2,8 @@
 //! connection (same endpoints, rotation and per-call deadline).
 //!
 //! Election: every daemon holds an etcd lease (TTL `LEASE_TTL_SECS`, kept alive every
-//! `TICK`) and tries, every tick, `txn(if create_revision(LEADER_KEY) == 0 then put(LEADER_KEY,
+//! `TICK`) and, while unsealed (`set_eligible`; a sealed daemon cannot revoke, and one sealed
+//! while leading gives the key up), tries, every tick, `txn(if create_revision(LEADER_KEY) == 0 then put(LEADER_KEY,
 //! node id, lease))`. The winner's term is the key's create revision. The key goes when the
 //! leader's etcd lease lapses (it died, was paused, or lost etcd), and another daemon's next
 //! tick takes it: a takeover within TTL + one tick (~3.5 s). A term is also dropped locally
@@ -55,6 +56,10 @@ struct State {
     leader: Option<String>,
     /// Left the election (`resign`): campaign no more.
     stopped: bool,
+    /// Unsealed, lease index loaded: may campaign (`set_eligible`).
+    eligible: bool,
+    /// Not eligible while holding the key: give it up at the next tick.
+    step_down: bool,
 }
 
 /// The election over one etcd storage. Dropping the storage's runtime ends its task.
@@ -221,7 +226,46 @@ async fn tick(shared: &Shared, state: &Mutex<State>, node: &str, key: &[u8]) -> 
             id
         }
     };
-    if lock(state).stopped {
+    let (stopped, eligible, step_down) = {
+        let st = lock(state);
+        (st.stopped, st.eligible, st.step_down)
+    };
+    if stopped {
+        return Ok(());
+    }
+    if step_down {
+        // Sealed while leading: revoke the etcd lease (the key goes with it) so another
+        // daemon takes over at its next tick; a new lease is granted at the next tick.
+        shared
+            .retrying_full("lease revoke", |c: Clients, _| async move {
+                let mut full = c.full;
+                full.lease_revoke(lease).await?;
+                Ok(())
+            })
+            .await?;
+        let mut st = lock(state);
+        st.step_down = false;
+        st.lease = None;
+        st.term = None;
+        tracing::info!(node, "stepped down as expiry leader (sealed)");
+        return Ok(());
+    }
+    if !eligible {
+        // Not campaigning (sealed): only learn who leads, for `sys/health`.
+        let holder = shared
+            .retrying("election", |mut kv, _| {
+                let key = key.to_vec();
+                async move {
+                    let mut resp = kv.get(key, None).await?;
+                    Ok(resp
+                        .take_kvs()
+                        .into_iter()
+                        .next()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+                }
+            })
+            .await?;
+        lock(state).leader = holder;
         return Ok(());
     }
     // Campaign: take the key if nobody holds it; else learn who does.
@@ -399,6 +443,14 @@ impl Leadership for EtcdCluster {
             return Some(self.node.clone());
         }
         lock(&self.state).leader.clone()
+    }
+
+    fn set_eligible(&self, eligible: bool) {
+        let mut st = lock(&self.state);
+        st.eligible = eligible;
+        if !eligible && st.term.take().is_some() {
+            st.step_down = true;
+        }
     }
 
     fn lost(&self, term: Term) {

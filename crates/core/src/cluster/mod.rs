@@ -56,6 +56,9 @@ pub trait Leadership: Send + Sync {
     /// This daemon's id in the election, and the current leader's (if known).
     fn node_id(&self) -> String;
     fn leader_id(&self) -> Option<String>;
+    /// Whether this daemon may lead (it is unsealed, its lease index loaded): a sealed
+    /// daemon cannot revoke, so it must not hold the leadership. `false` steps down.
+    fn set_eligible(&self, eligible: bool);
     /// A fenced write failed: the term is over (step down now, do not wait for the
     /// keep-alive to notice).
     fn lost(&self, term: Term);

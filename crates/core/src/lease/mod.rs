@@ -318,6 +318,8 @@ impl LeaseManager {
     /// Forget the in-memory index (at seal); nothing is revoked.
     pub fn clear(&self) {
         self.loaded.store(false, Ordering::SeqCst);
+        // Sealed: cannot revoke, so must not lead the expiry election.
+        self.leadership.get().inspect(|l| l.set_eligible(false));
         lock(&self.index).forget_all();
         self.changed.notify_all();
         self.due.notify_all();

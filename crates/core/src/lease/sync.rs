@@ -113,6 +113,8 @@ pub(super) fn restore(mgr: &LeaseManager) -> Result<usize> {
         *cur = ix;
     }
     mgr.loaded.store(true, Ordering::SeqCst);
+    // Able to revoke now: may lead the expiry election.
+    mgr.leadership.get().inspect(|l| l.set_eligible(true));
     mgr.changed.notify_all();
     mgr.due.notify_all();
     tracing::info!(leases = n, "leases restored");

@@ -412,6 +412,7 @@ impl crate::cluster::Leadership for TestNode {
         Some(lock(&self.election.current).0.clone())
     }
     fn lost(&self, _: crate::cluster::Term) {}
+    fn set_eligible(&self, _: bool) {}
     fn apply_fenced(
         &self,
         term: crate::cluster::Term,

@@ -319,7 +319,7 @@ impl Shared {
 
     /// Run `attempt` until it succeeds, fails for good, or the deadline passes. `attempt` gets
     /// the client and whether an earlier attempt failed after possibly reaching etcd.
-    async fn retrying<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
+    pub(crate) async fn retrying<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
     where
         F: FnMut(KvClient, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
