@@ -132,7 +132,7 @@ fn three_nodes_share_writes_and_policy_changes_and_survive_a_member_loss() {
     });
     for (i, d) in ds.iter().enumerate() {
         let h = health(d);
-        assert_eq!(h["storage_health"], "ok", "{h}");
+        assert_eq!(h["storage_ok"], true, "{h}");
         assert_eq!(h["role"], if i == leader { "leader" } else { "follower" });
         assert!(h["leader"].is_string(), "{h}");
     }
