@@ -505,6 +505,22 @@ fn only_the_expiry_leader_revokes_and_a_deposed_leaders_record_change_is_fenced(
     assert_eq!(b.process_due(), 1);
     assert_eq!(*lock(&rec_b.revoked), vec![orphan.clone()]);
     assert!(b.barrier.list(STORE_PREFIX).expect("list").is_empty());
+    // Deposed during a failed upstream attempt: writing the attempt back is fenced too (the
+    // record stays as the new leader last left it).
+    let failing = issue(&b, "failing", 5, 100, 1);
+    a.note_stored(&failing);
+    advance(6_000);
+    election.elect("a");
+    let e3 = election.clone();
+    rec_a.failures.store(1, Ordering::SeqCst);
+    *lock(&rec_a.during) = Some(Box::new(move || e3.elect("b")));
+    assert_eq!(a.process_due(), 0);
+    assert_eq!(
+        b.get(&failing).expect("record").attempts,
+        0,
+        "fenced write-back landed"
+    );
+    assert_eq!(b.process_due(), 1);
     // `rm` works on any node, leader or not.
     let third = issue(&b, "third", 100, 100, 1);
     // (The backstop sync: B's new lease in, the orphan B revoked out.)
