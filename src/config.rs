@@ -106,6 +106,40 @@ pub struct StorageConfig {
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub prefix: Option<String>,
+    /// etcd over TLS: the CA (PEM) that signed the members' certificates; endpoints https://.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM) for members run with `--client-cert-auth`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// etcd authentication: the user, and where its password is (a file or an environment
+    /// variable; never in this file).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Only to refuse it with the reason: a password here would be as readable as the file.
+    #[serde(default)]
+    pub password: Option<toml::Value>,
+}
+
+impl StorageConfig {
+    /// Whether any etcd-only key is set.
+    fn has_etcd_keys(&self) -> bool {
+        !self.endpoints.is_empty()
+            || self.prefix.is_some()
+            || self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.username.is_some()
+            || self.password_file.is_some()
+            || self.password_env.is_some()
+            || self.password.is_some()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,21 +229,119 @@ impl Config {
                 "[storage] type = \"etcd\" needs `endpoints = [\"http://HOST:2379\", …]`".into(),
             );
         }
-        for e in &self.storage.endpoints {
+        let st = &self.storage;
+        let tls = st.ca_file.is_some();
+        for e in &st.endpoints {
             let e = e.trim();
-            if e.is_empty()
-                || e.starts_with("https://")
-                || (e.contains("://") && !e.starts_with("http://"))
-            {
+            let https = e.starts_with("https://");
+            let http = e.starts_with("http://");
+            if e.is_empty() || (e.contains("://") && !http && !https) {
                 return Err(format!(
-                    "[storage] endpoint {e:?}: use http://HOST:PORT (TLS is not built in)"
+                    "[storage] endpoint {e:?}: use https://HOST:PORT (with ca_file) or \
+                     http://HOST:PORT"
+                ));
+            }
+            if https && !tls {
+                return Err(format!(
+                    "[storage] endpoint {e:?}: https:// needs ca_file = \"/path/to/ca.pem\" \
+                     (the CA that signed the etcd members' certificates)"
+                ));
+            }
+            if http && tls {
+                return Err(format!(
+                    "[storage] endpoint {e:?}: with ca_file every endpoint must be https://"
                 ));
             }
         }
-        if self.storage.prefix.as_deref() == Some("") {
+        for (key, p) in [
+            ("ca_file", &st.ca_file),
+            ("cert_file", &st.cert_file),
+            ("key_file", &st.key_file),
+            ("password_file", &st.password_file),
+        ] {
+            if let Some(p) = p {
+                if !p.is_absolute() {
+                    return Err(format!(
+                        "[storage] {key} = {:?}: must be an absolute path",
+                        p.display().to_string()
+                    ));
+                }
+            }
+        }
+        if st.cert_file.is_some() != st.key_file.is_some() {
+            return Err("[storage] cert_file and key_file go together".into());
+        }
+        if st.cert_file.is_some() && !tls {
+            return Err("[storage] cert_file/key_file need ca_file and https:// endpoints".into());
+        }
+        if st.password.is_some() {
+            return Err(
+                "[storage] password: not in the config file (it is readable by whoever reads \
+                 the file); use password_file = \"/etc/nomadfs/etcd-password\" (mode 0600) or \
+                 password_env = \"VAR\""
+                    .into(),
+            );
+        }
+        let sources =
+            usize::from(st.password_file.is_some()) + usize::from(st.password_env.is_some());
+        match (&st.username, sources) {
+            (Some(u), 1) if !u.is_empty() => {}
+            (Some(_), 1) => return Err("[storage] username must not be empty".into()),
+            (Some(_), 0) => {
+                return Err(
+                    "[storage] username needs its password: password_file or password_env".into(),
+                )
+            }
+            (_, 2) => return Err("[storage] give password_file or password_env, not both".into()),
+            (None, _) if sources > 0 => {
+                return Err("[storage] password_file/password_env need username".into())
+            }
+            _ => {}
+        }
+        if st.prefix.as_deref() == Some("") {
             return Err("[storage] prefix must not be empty (default \"nomadfs/\")".into());
         }
         Ok(())
+    }
+
+    /// The etcd client settings: endpoints, prefix, TLS files, and the user with its password
+    /// read now (from `password_file`, checked like a private key: 0600, or 0640 when owned by
+    /// root; or from `password_env`). Trailing newlines are not part of the password.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_config(&self) -> Result<nomadfs_core::storage::etcd::EtcdConfig, String> {
+        use nomadfs_core::storage::etcd::{EtcdAuth, EtcdConfig, EtcdTls};
+        use nomadfs_core::SecretBytes;
+        let st = &self.storage;
+        let mut c = EtcdConfig::new(st.endpoints.clone(), self.etcd_prefix());
+        c.tls = st.ca_file.clone().map(|ca_file| EtcdTls {
+            ca_file,
+            client: st.cert_file.clone().zip(st.key_file.clone()),
+        });
+        if let Some(user) = &st.username {
+            let mut raw = if let Some(p) = &st.password_file {
+                let bytes = nomadfs_core::tls::read_checked("password_file", p, true)
+                    .map_err(|e| format!("[storage] {}", e.message))?;
+                SecretBytes::from_slice(&bytes)
+            } else if let Some(var) = &st.password_env {
+                let v = std::env::var_os(var).ok_or_else(|| {
+                    format!("[storage] password_env = {var:?}: the variable is not set")
+                })?;
+                SecretBytes::new(std::os::unix::ffi::OsStringExt::into_vec(v))
+            } else {
+                return Err("[storage] username needs password_file or password_env".into());
+            };
+            while matches!(raw.expose().last(), Some(b'\n' | b'\r')) {
+                raw.expose_mut().pop();
+            }
+            if raw.is_empty() {
+                return Err("[storage] the etcd password is empty".into());
+            }
+            c.auth = Some(EtcdAuth {
+                user: user.clone(),
+                password: std::sync::Arc::new(raw),
+            });
+        }
+        Ok(c)
     }
 
     /// The etcd key prefix (`nomadfs/` unless configured).
@@ -303,9 +435,10 @@ impl Config {
                 if self.storage.path.is_none() {
                     return Err("[storage] type = \"file\" needs `path`".into());
                 }
-                if !self.storage.endpoints.is_empty() || self.storage.prefix.is_some() {
+                if self.storage.has_etcd_keys() {
                     return Err(
-                        "[storage] `endpoints` and `prefix` belong to type = \"etcd\", not \"file\""
+                        "[storage] `endpoints`, `prefix` and the TLS/auth keys belong to type = \
+                         \"etcd\", not \"file\""
                             .into(),
                     );
                 }
@@ -421,9 +554,44 @@ rules = [ { path = "aws/creds/deploy", capabilities = ["read"] },
         ))
         .expect("etcd config with prefix");
         assert_eq!(c.etcd_prefix(), "team-a/");
+        let c = Config::parse(&etcd_config(
+            "endpoints = [\"https://127.0.0.1:2379\", \"10.0.0.2:2379\"]\nca_file = \"/etc/nomadfs/ca.pem\"\ncert_file = \"/etc/nomadfs/c.pem\"\nkey_file = \"/etc/nomadfs/c.key\"\nusername = \"nomadfs\"\npassword_env = \"NOMADFS_TEST_ETCD_PW_UNSET\"",
+        ))
+        .expect("etcd with TLS and auth");
+        assert_eq!(
+            c.storage.ca_file.as_deref(),
+            Some(Path::new("/etc/nomadfs/ca.pem"))
+        );
+        let e = c.etcd_config().expect_err("variable not set");
+        assert!(e.contains("not set"), "{e}");
         for (bad, why) in [
             ("", "needs `endpoints"),
-            ("endpoints = [\"https://h:2379\"]", "TLS"),
+            ("endpoints = [\"https://h:2379\"]", "needs ca_file"),
+            (
+                "endpoints = [\"http://h:2379\"]\nca_file = \"/ca.pem\"",
+                "must be https://",
+            ),
+            (
+                "endpoints = [\"https://h:2379\"]\nca_file = \"ca.pem\"",
+                "absolute",
+            ),
+            (
+                "endpoints = [\"https://h:2379\"]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"",
+                "go together",
+            ),
+            (
+                "endpoints = [\"h:1\"]\nusername = \"root\"\npassword = \"hunter2\"",
+                "not in the config file",
+            ),
+            (
+                "endpoints = [\"h:1\"]\nusername = \"root\"",
+                "needs its password",
+            ),
+            ("endpoints = [\"h:1\"]\npassword_env = \"P\"", "need username"),
+            (
+                "endpoints = [\"h:1\"]\nusername = \"r\"\npassword_env = \"P\"\npassword_file = \"/p\"",
+                "not both",
+            ),
             ("endpoints = [\"h:1\"]\nprefix = \"\"", "prefix"),
             ("endpoints = [\"h:1\"]\npath = \"/x\"", "`path` belongs"),
             ("endpoints = [\"h:1\"]\nbogus = 1", "bogus"),

@@ -275,12 +275,11 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
         "memory" => (Arc::new(MemoryStorage::new()), "memory".into()),
         #[cfg(feature = "etcd")]
         "etcd" => {
-            use nomadfs_core::storage::etcd::{EtcdConfig, EtcdStorage};
+            use nomadfs_core::storage::etcd::EtcdStorage;
             let prefix = cfg.etcd_prefix();
-            tracing::info!(endpoints = ?cfg.storage.endpoints, prefix, "etcd storage");
+            tracing::info!(endpoints = ?cfg.storage.endpoints, prefix, tls = cfg.storage.ca_file.is_some(), username = ?cfg.storage.username, "etcd storage");
             let desc = format!("etcd {} prefix {prefix}", cfg.storage.endpoints.join(","));
-            let s = EtcdStorage::new(EtcdConfig::new(cfg.storage.endpoints.clone(), prefix))
-                .map_err(|e| e.message)?;
+            let s = EtcdStorage::new(cfg.etcd_config()?).map_err(|e| e.message)?;
             let s = Arc::new(s);
             etcd = Some(s.clone());
             (s, desc)
@@ -402,7 +401,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     } = setup;
 
     let (storage, faults) = crate::faults::wrap(storage)?;
-    let engine = Arc::new(Engine::new(storage, engine_cfg));
+    let engine = Engine::new(storage, engine_cfg);
     // Several daemons on etcd: join the expiry election before anything can revoke, and
     // follow the others' changes (policies, mount table, leases) through a watch.
     #[cfg(feature = "etcd")]

@@ -15,19 +15,59 @@ pub enum NodeKind {
     File,
 }
 
+/// Whether the kernel may keep a node's attributes (and, where a mount opts in, its content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Stored content that changes only through the daemon, which invalidates the kernel's copy
+    /// on every change: it may be cached where every caller sees the same view.
+    Allowed,
+    /// Generated at open (credentials, status, control files): never cached, size not final.
+    Never,
+}
+
+/// How the writes of one open of a node apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Buffered and committed whole at close (values, documents): a document cut at a write(2)
+    /// boundary never goes live.
+    Buffered,
+    /// Each write(2) acts at once (`sys/seal`, a lease's renewal): a control file.
+    EachWrite,
+    /// An exchange file (`transit/encrypt/NAME`): opened read-write, the bytes written are the
+    /// input of `Backend::exchange` and its output is what reads of the same open see.
+    Exchange,
+    /// An exchange file when opened read-write, otherwise buffered (written whole at close,
+    /// read back by a later open): `sys/audit-hash`.
+    ExchangeWhenReadWrite,
+}
+
+impl Writes {
+    /// Whether an open with these access modes is an exchange.
+    pub fn exchanges(self, read: bool, write: bool) -> bool {
+        match self {
+            Writes::Exchange => true,
+            Writes::ExchangeWhenReadWrite => read && write,
+            Writes::Buffered | Writes::EachWrite => false,
+        }
+    }
+    /// Whether some open of the node is an exchange.
+    pub fn may_exchange(self) -> bool {
+        matches!(self, Writes::Exchange | Writes::ExchangeWhenReadWrite)
+    }
+}
+
 /// What `stat` knows of a path, without side effects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {
     pub kind: NodeKind,
-    /// True size for stored values; 0 for generated content.
+    /// True size for stored values and generated text; 0 for other generated content.
     pub size: u64,
     /// Permission bits the path supports (owner triplet), before policy: 0o600, 0o400, 0o200, 0o700.
     pub mode: u16,
-    /// Content is generated at open (credentials, status): never cached, size unknown.
-    pub dynamic: bool,
-    /// An exchange file (`transit/encrypt/NAME`): opened read-write, the bytes written are the
-    /// input of `Backend::exchange` and its output is what reads of the same open see.
-    pub exchange: bool,
+    /// Whether the kernel may keep it.
+    pub cache: Cache,
+    /// How writes to it apply.
+    pub writes: Writes,
 }
 
 impl Node {
@@ -36,8 +76,8 @@ impl Node {
             kind: NodeKind::Dir,
             size: 0,
             mode: 0o700,
-            dynamic: false,
-            exchange: false,
+            cache: Cache::Allowed,
+            writes: Writes::Buffered,
         }
     }
     pub const fn file(size: u64) -> Self {
@@ -45,18 +85,18 @@ impl Node {
             kind: NodeKind::File,
             size,
             mode: 0o600,
-            dynamic: false,
-            exchange: false,
+            cache: Cache::Allowed,
+            writes: Writes::Buffered,
         }
     }
-    /// Generated on read, e.g. `sys/health`, `creds/NAME`.
+    /// Generated on read, e.g. `sys/leases/ID`, `creds/NAME`; a write acts at once.
     pub const fn generated(mode: u16) -> Self {
         Self {
             kind: NodeKind::File,
             size: 0,
             mode,
-            dynamic: true,
-            exchange: false,
+            cache: Cache::Never,
+            writes: Writes::EachWrite,
         }
     }
     /// Generated text whose length is known at `stat` (help, `sys/health`): it stats its
@@ -66,36 +106,37 @@ impl Node {
         n.size = len as u64;
         n
     }
-    /// Control file that only accepts writes (`sys/seal`, `config/root`).
+    /// Control file that only accepts writes, each acting at once (`sys/seal`).
     pub const fn write_only() -> Self {
-        Self {
-            kind: NodeKind::File,
-            size: 0,
-            mode: 0o200,
-            dynamic: true,
-            exchange: false,
-        }
+        Self::generated(0o200)
+    }
+    /// A write-only document, buffered and applied whole at close (`config/root`,
+    /// `transit/keys/NAME/config`): never read back.
+    pub const fn write_only_document() -> Self {
+        let mut n = Self::file(0);
+        n.mode = 0o200;
+        n
     }
     /// An exchange file: write the input, read the output in the same open.
     pub const fn exchange() -> Self {
-        Self {
-            kind: NodeKind::File,
-            size: 0,
-            mode: 0o600,
-            dynamic: true,
-            exchange: true,
-        }
+        let mut n = Self::generated(0o600);
+        n.writes = Writes::Exchange;
+        n
     }
     /// A file that is an exchange file when opened read-write (write the input, read the
     /// output in the same open) and otherwise a buffered one (written whole at close, read
-    /// back by a later open): `sys/audit-hash`. Not dynamic: nothing is generated at open.
+    /// back by a later open): `sys/audit-hash`. Nothing is generated at open.
     pub const fn exchange_or_buffered() -> Self {
         let mut n = Self::file(0);
-        n.exchange = true;
+        n.writes = Writes::ExchangeWhenReadWrite;
         n
     }
     pub fn is_dir(&self) -> bool {
         self.kind == NodeKind::Dir
+    }
+    /// Content generated at open: never cached, never truncated, never patched.
+    pub fn is_generated(&self) -> bool {
+        self.cache == Cache::Never
     }
 }
 
@@ -150,6 +191,24 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Help text for `MOUNT/.help`.
     fn help(&self) -> String;
+    /// A privileged (control-plane) backend: every operation on it needs `sudo` on its path,
+    /// `sudo` grants everything there, and without it its names do not exist for the caller
+    /// (no probing). Its folders move nothing a caller could read, so a rename is decided on
+    /// its two paths alone. Default: an ordinary backend, decided capability by capability.
+    fn privileged(&self) -> bool {
+        false
+    }
+    /// Paths anyone who can enter the mount may stat, list and read, whatever the policy
+    /// (`sys/health`). `.help` is open to all in every mount. Default: none.
+    fn open_to_all(&self, path: &str) -> bool {
+        let _ = path;
+        false
+    }
+    /// The lease a request on `path` acts on (`sys/leases/ID`), named in its audit line.
+    fn lease_named<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let _ = path;
+        None
+    }
     /// Describe a path. Must have no side effects (lookups and `ls -l` call it).
     fn stat(&self, ctx: &Ctx<'_>, path: &str) -> Result<Node>;
     fn list(&self, ctx: &Ctx<'_>, path: &str) -> Result<Vec<DirEntry>>;
@@ -176,9 +235,10 @@ pub trait Backend: Send + Sync {
         let _ = (path, data);
         Ok(())
     }
-    /// Check that `path` may be written: called when a file is created and when one is opened
-    /// for writing, so refusals come at open rather than at close. Nothing is stored here.
-    fn create(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+    /// Check that `path` may be written, and say how its writes will apply: called when a file
+    /// is created and when one is opened for writing, so refusals come at open rather than at
+    /// close. Nothing is stored here.
+    fn create(&self, ctx: &Ctx<'_>, path: &str) -> Result<Writes> {
         let _ = ctx;
         Err(unsupported("create", path))
     }
@@ -197,6 +257,11 @@ pub trait Backend: Send + Sync {
     fn rename(&self, ctx: &Ctx<'_>, from: &str, to: &str) -> Result<()> {
         let _ = (ctx, to);
         Err(unsupported("rename", from))
+    }
+    /// `touch` (times set to now). Default: nothing to do (times are not kept).
+    fn touch(&self, ctx: &Ctx<'_>, path: &str) -> Result<()> {
+        let _ = (ctx, path);
+        Ok(())
     }
     /// Run the exchange of an exchange node (`Node::exchange`): `input` is every byte written in
     /// one open, the answer is what that open reads back. Called once per input.

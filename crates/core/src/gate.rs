@@ -48,7 +48,7 @@ pub(crate) fn mask_mode(node: &mut Node, caps: CapSet) {
     let mut allowed: u16 = 0;
     match node.kind {
         // An exchange file (transit/encrypt/NAME) is opened read-write; `update` grants both.
-        NodeKind::File if node.exchange => {
+        NodeKind::File if node.writes.may_exchange() => {
             if caps.contains(Capability::Update) {
                 allowed |= 0o600;
             }

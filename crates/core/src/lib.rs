@@ -21,8 +21,9 @@ pub mod refusals;
 pub mod route;
 pub mod secret;
 pub mod storage;
+pub mod tls;
 
-pub use backend::{Backend, DirEntry, Node, NodeKind};
+pub use backend::{Backend, Cache, DirEntry, Node, NodeKind, Writes};
 pub use caller::Caller;
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, ErrorKind, Result};

@@ -175,11 +175,11 @@ impl Model {
 
 struct Harness {
     storage: Arc<MemoryStorage>,
-    engine: Engine,
+    engine: Arc<Engine>,
     cases: u32,
 }
 
-fn new_engine(storage: &Arc<MemoryStorage>) -> Engine {
+fn new_engine(storage: &Arc<MemoryStorage>) -> Arc<Engine> {
     let e = Engine::new(
         storage.clone(),
         EngineConfig {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub const TABLE_PATH: &str = "core/mounts";
 /// Paths that can never be mounted over.
-pub const RESERVED: &[&str] = &["sys"];
+pub const RESERVED: &[&str] = &[crate::backends::sys::MOUNT];
 
 /// One row of the mount table, as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,5 +1,7 @@
-//! The expiry election and the watches on etcd (feature `etcd`), over the etcd storage's own
-//! connection (same endpoints, rotation and per-call deadline).
+//! The expiry election and the watches on etcd (feature `etcd`), on the etcd storage's
+//! endpoints and settings (TLS, auth). The election and each watch keep their own connection
+//! (rotating to the next endpoint on failure), so they never move the endpoint the storage
+//! calls use; fenced writes go through the storage's connection and its retries.
 //!
 //! Election: every daemon holds an etcd lease (TTL `LEASE_TTL_SECS`, kept alive every
 //! `TICK`) and, while unsealed (`set_eligible`; a sealed daemon cannot revoke, and one sealed
@@ -168,28 +170,105 @@ impl EtcdCluster {
     }
 }
 
+/// The election's own connection, apart from the storage calls' shared one (whose endpoint
+/// rotation it must not disturb): one endpoint at a time, the next after any failure; each
+/// call bounded by `CALL_LIMIT`, never retried within a tick (the next tick is the retry).
+struct OwnConn {
+    shared: Arc<Shared>,
+    index: usize,
+    clients: Option<Clients>,
+}
+
+/// One election call (connecting included).
+const CALL_LIMIT: Duration = Duration::from_millis(1500);
+
+impl OwnConn {
+    async fn call<T, F, Fut>(&mut self, op: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(Clients) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let endpoint = self.shared.endpoint_at(self.index);
+        let clients = match &self.clients {
+            Some(c) => c.clone(),
+            None => {
+                match tokio::time::timeout(CALL_LIMIT, self.shared.connect_to(self.index)).await {
+                    Ok(Ok(c)) => {
+                        self.clients = Some(c.clone());
+                        c
+                    }
+                    Ok(Err(f)) => return Err(self.fail(op, &endpoint, &f.reason)),
+                    Err(_) => return Err(self.fail(op, &endpoint, "connect timed out")),
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_LIMIT, f(clients)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.fail(op, &endpoint, &e.to_string())),
+            Err(_) => Err(self.fail(op, &endpoint, "timed out")),
+        }
+    }
+
+    fn fail(&mut self, op: &str, endpoint: &str, reason: &str) -> Error {
+        self.clients = None;
+        self.index = self.index.wrapping_add(1) % self.shared.endpoint_count().max(1);
+        Error::io(format!(
+            "etcd {op} at {endpoint}: {reason} (next: the next endpoint)"
+        ))
+    }
+}
+
 /// One campaign tick after another until the runtime shuts down.
 async fn campaign(shared: Arc<Shared>, state: Arc<Mutex<State>>, node: String) {
     let key = shared.full(LEADER_KEY);
+    let mut own = OwnConn {
+        shared,
+        index: 0,
+        clients: None,
+    };
     loop {
         if lock(&state).stopped {
             return;
         }
-        if let Err(e) = tick(&shared, &state, &node, &key).await {
+        if let Err(e) = tick(&mut own, &state, &node, &key).await {
             tracing::warn!(node = %node, "expiry election: {}", e.message);
         }
         tokio::time::sleep(TICK).await;
     }
 }
 
-async fn tick(shared: &Shared, state: &Mutex<State>, node: &str, key: &[u8]) -> Result<()> {
+async fn tick(own: &mut OwnConn, state: &Mutex<State>, node: &str, key: &[u8]) -> Result<()> {
+    let (stopped, eligible, step_down, lease) = {
+        let st = lock(state);
+        (st.stopped, st.eligible, st.step_down, st.lease)
+    };
+    if stopped {
+        return Ok(());
+    }
+    if !eligible {
+        // Sealed: no etcd lease kept, nothing campaigned. Sealed while leading: revoke the
+        // etcd lease (the key goes with it) so another daemon takes over at its next tick.
+        if let (true, Some(id)) = (step_down, lease) {
+            own.call("lease revoke", |c| async move {
+                let mut full = c.full;
+                full.lease_revoke(id).await.map(|_| ())
+            })
+            .await?;
+            tracing::info!(node, "stepped down as expiry leader (sealed)");
+        }
+        let mut st = lock(state);
+        st.step_down = false;
+        st.lease = None;
+        st.term = None;
+        st.alive_at = None;
+        return Ok(());
+    }
     // An etcd lease, kept alive.
-    let lease = lock(state).lease;
     let lease = match lease {
         Some(id) => {
             let sent = Instant::now();
-            let ttl = shared
-                .retrying_full("lease keep-alive", |c: Clients, _| async move {
+            let ttl = own
+                .call("lease keep-alive", |c| async move {
                     let mut full = c.full;
                     let (mut keeper, mut stream) = full.lease_keep_alive(id).await?;
                     keeper.keep_alive().await?;
@@ -214,8 +293,8 @@ async fn tick(shared: &Shared, state: &Mutex<State>, node: &str, key: &[u8]) -> 
         }
         None => {
             let sent = Instant::now();
-            let id = shared
-                .retrying_full("lease grant", |c: Clients, _| async move {
+            let id = own
+                .call("lease grant", |c| async move {
                     let mut full = c.full;
                     Ok(full.lease_grant(LEASE_TTL_SECS, None).await?.id())
                 })
@@ -226,51 +305,9 @@ async fn tick(shared: &Shared, state: &Mutex<State>, node: &str, key: &[u8]) -> 
             id
         }
     };
-    let (stopped, eligible, step_down) = {
-        let st = lock(state);
-        (st.stopped, st.eligible, st.step_down)
-    };
-    if stopped {
-        return Ok(());
-    }
-    if step_down {
-        // Sealed while leading: revoke the etcd lease (the key goes with it) so another
-        // daemon takes over at its next tick; a new lease is granted at the next tick.
-        shared
-            .retrying_full("lease revoke", |c: Clients, _| async move {
-                let mut full = c.full;
-                full.lease_revoke(lease).await?;
-                Ok(())
-            })
-            .await?;
-        let mut st = lock(state);
-        st.step_down = false;
-        st.lease = None;
-        st.term = None;
-        tracing::info!(node, "stepped down as expiry leader (sealed)");
-        return Ok(());
-    }
-    if !eligible {
-        // Not campaigning (sealed): only learn who leads, for `sys/health`.
-        let holder = shared
-            .retrying("election", |mut kv, _| {
-                let key = key.to_vec();
-                async move {
-                    let mut resp = kv.get(key, None).await?;
-                    Ok(resp
-                        .take_kvs()
-                        .into_iter()
-                        .next()
-                        .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
-                }
-            })
-            .await?;
-        lock(state).leader = holder;
-        return Ok(());
-    }
     // Campaign: take the key if nobody holds it; else learn who does.
-    let (won, holder) = shared
-        .retrying_full("election", |c: Clients, _| {
+    let (won, holder) = own
+        .call("election", |c| {
             let key = key.to_vec();
             let node = node.to_string();
             async move {
@@ -303,7 +340,7 @@ async fn tick(shared: &Shared, state: &Mutex<State>, node: &str, key: &[u8]) -> 
         })
         .await?;
     let mut st = lock(state);
-    if st.stopped {
+    if st.stopped || !st.eligible {
         return Ok(());
     }
     match (won, holder) {

@@ -20,7 +20,7 @@ impl Engine {
             // The lease's file, and the folders of its path (each may have emptied).
             let mut p = id;
             while let (Some(f), false) = (&f, p.is_empty()) {
-                f(&format!("sys/leases/{p}"));
+                f(&control_plane::lease_file(p));
                 p = p.rsplit_once('/').map_or("", |(parent, _)| parent);
             }
         }));
@@ -36,13 +36,13 @@ impl Engine {
     }
 
     /// The table went from `old` to `new`: each mount path added, removed or re-pointed (and
-    /// its `sys/mounts` file, and the folders above it) changed.
+    /// its file in the control plane, and the folders above it) changed.
     pub(super) fn table_changed(&self, old: &MountTable, new: &MountTable) {
         let differs =
             |p: &str| old.mounts.get(p).map(|m| &m.entry) != new.mounts.get(p).map(|m| &m.entry);
         for p in old.mounts.keys().chain(new.mounts.keys()) {
             if differs(p) {
-                self.changed(&format!("sys/mounts/{p}"));
+                self.changed(&control_plane::mount_file(p));
                 let mut at = p.as_str();
                 while !at.is_empty() {
                     self.changed(at);

@@ -257,7 +257,7 @@ impl Engine {
         };
         gate::check(policies, caller, need, &exists)?;
         match op {
-            Op::Rename(to) if !policies.is_admin(caller) && !path.starts_with("sys/") => {
+            Op::Rename(to) if !policies.is_admin(caller) && !self.privileged(path) => {
                 self.check_moved(policies, caller, path, to, &exists)
             }
             _ => Ok(()),
@@ -354,17 +354,18 @@ impl Engine {
             Op::Exchange(_) => "exchange",
             Op::Chmod => "chmod",
         };
-        let (head, rest) = path.split_once('/').unwrap_or((path, ""));
-        let free = path.is_empty()
-            || path == ".help"
-            || rest == ".help"
-            || (head == "sys" && crate::backends::sys::is_open_to_all(rest));
-        if matches!(op, Op::Stat | Op::Chmod)
-            || (free && matches!(op, Op::Stat | Op::List | Op::Read))
-        {
+        if matches!(op, Op::Stat | Op::Chmod) {
             return (name, Need::Free, false);
         }
-        if head == "sys" {
+        let (privileged, open) = self.rule_at(path);
+        let help = path
+            .split_once('/')
+            .is_some_and(|(_, rest)| rest == ".help");
+        let free = path.is_empty() || path == ".help" || help || open;
+        if free && matches!(op, Op::List | Op::Read) {
+            return (name, Need::Free, false);
+        }
+        if privileged {
             let need = match op {
                 Op::List => Need::Cap(gate::folder(path), C::Sudo),
                 Op::Rename(to) => Need::Two(
@@ -399,6 +400,22 @@ impl Engine {
         )
     }
 
+    /// The rule of the mount `path` lies in: (privileged, open to all). See
+    /// `Backend::privileged` and `Backend::open_to_all` (every mount's `.help` is open).
+    fn rule_at(&self, path: &str) -> (bool, bool) {
+        match self.mount_of(path) {
+            Some((m, rest)) => (
+                m.backend.privileged(),
+                rest == ".help" || m.backend.open_to_all(rest),
+            ),
+            None => (false, false),
+        }
+    }
+
+    fn privileged(&self, path: &str) -> bool {
+        self.rule_at(path).0
+    }
+
     /// Narrow an answer to what a (non-admin) caller may see and do.
     pub(super) fn caller_view(
         &self,
@@ -407,30 +424,25 @@ impl Engine {
         path: &str,
         reply: Reply,
     ) -> Result<Reply> {
-        let in_mount =
-            !(path.is_empty() || path == ".help" || path == "sys" || path.starts_with("sys/"));
+        let mount = self.mount_of(path);
+        let (privileged, open) = self.rule_at(path);
         match reply {
             Reply::Node(mut node) => {
-                if in_mount
-                    && !path.ends_with("/.help")
+                if mount.is_some()
+                    && !privileged
+                    && !open
                     && !policies.may_see(caller, path, node.is_dir())
                 {
                     return Err(Error::not_found(path));
                 }
-                let free = path.is_empty()
-                    || path.ends_with(".help")
-                    || path == "sys"
-                    || path
-                        .strip_prefix("sys/")
-                        .is_some_and(crate::backends::sys::is_open_to_all);
-                if !free {
+                if !(path.is_empty() || path == ".help" || open) {
                     let key = if node.is_dir() {
                         gate::folder(path)
                     } else {
                         path.to_string()
                     };
                     let mut caps = policies.capabilities(caller, &key);
-                    if path.starts_with("sys/") {
+                    if privileged {
                         if caps.contains(crate::policy::Capability::Sudo) {
                             caps = crate::policy::CapSet::ALL;
                         } else if !(node.is_dir() && policies.may_see(caller, path, true)) {
@@ -443,35 +455,33 @@ impl Engine {
                 Ok(Reply::Node(node))
             }
             Reply::Entries(entries) => {
-                let entries = if path == "sys" {
-                    entries
+                let entries = match &mount {
+                    // A privileged mount's root: what is open to all, and what the caller may
+                    // act on (`sudo`) or see below.
+                    Some((m, "")) if privileged => entries
                         .into_iter()
                         .filter(|e| {
+                            let full = format!("{path}/{}", e.name);
                             e.name.starts_with('.')
-                                || crate::backends::sys::is_open_to_all(&e.name)
-                                || policies.allowed(
-                                    caller,
-                                    &format!("sys/{}", e.name),
-                                    crate::policy::Capability::Sudo,
-                                )
+                                || m.backend.open_to_all(&e.name)
+                                || policies.allowed(caller, &full, crate::policy::Capability::Sudo)
                                 || policies.may_see(
                                     caller,
-                                    &format!("sys/{}", e.name),
+                                    &full,
                                     e.kind == crate::backend::NodeKind::Dir,
                                 )
                         })
-                        .collect()
-                } else if path.is_empty() {
-                    entries
+                        .collect(),
+                    // The root: the mounts the caller may see, and those open to all.
+                    None if path.is_empty() => entries
                         .into_iter()
                         .filter(|e| {
                             e.name.starts_with('.')
-                                || e.name == "sys"
+                                || self.rule_at(&e.name).1
                                 || policies.may_see(caller, &e.name, true)
                         })
-                        .collect()
-                } else {
-                    gate::filter_entries(policies, caller, path, entries)
+                        .collect(),
+                    _ => gate::filter_entries(policies, caller, path, entries),
                 };
                 Ok(Reply::Entries(entries))
             }

@@ -2,13 +2,14 @@
 //!
 //! Owns: the `Engine` (its state and its public operations) and the request types (`Op`,
 //! `Reply`). The jobs are one module each: `guard` (every request's rate, policy decision,
-//! intent and outcome lines, the caller's view), `resolve` (a path to the root, `sys/` or a
-//! mount's backend), `table` (the live mount table), `policy_store` (config and live
-//! policies), `seal` (unseal, seal, rotate), `present` (the text the engine answers itself).
-//! Must never: know about FUSE, inodes or errnos.
+//! intent and outcome lines, the caller's view), `resolve` (a path to the root or a mount's
+//! backend — the control plane `sys/` is the fixed mount of the table), `table` (the live
+//! mount table), `policy_store` (config and live policies), `seal` (unseal, seal, rotate),
+//! `present` (the text the engine answers itself), `plane` (the engine as the control plane's
+//! `Control`). Must never: know about FUSE, inodes or errnos, or name a backend's paths.
 
 use crate::backend::{Ctx, DirEntry, Node};
-use crate::backends::sys::Sys;
+use crate::backends::sys::{self as control_plane, Control, Sys};
 use crate::backends::Limits;
 use crate::backends::Services;
 use crate::barrier::{Barrier, KdfParams, UnsealError};
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 mod changes;
 mod guard;
+mod plane;
 mod policy_store;
 mod present;
 mod resolve;
@@ -112,7 +114,8 @@ pub struct Engine {
     control: Mutex<()>,
     config: EngineConfig,
     leases: Arc<LeaseManager>,
-    sys: Sys,
+    /// The control plane: the fixed mount of the table (never stored, never unmounted).
+    sys: Arc<Mounted>,
     /// Policies from the config; live ones from `sys/policies/` are added at unseal.
     config_policies: Mutex<(Vec<PolicyDoc>, Vec<u32>)>,
     policies: RwLock<Policies>,
@@ -132,7 +135,14 @@ pub struct Engine {
 pub use changes::ChangeListener;
 
 impl Engine {
-    pub fn new(storage: Arc<dyn Storage>, config: EngineConfig) -> Self {
+    /// A sealed engine over `storage`. Shared (`Arc`): the control plane it mounts holds it
+    /// weakly.
+    pub fn new(storage: Arc<dyn Storage>, config: EngineConfig) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(storage, config, me.clone()))
+    }
+
+    fn build(storage: Arc<dyn Storage>, config: EngineConfig, me: std::sync::Weak<Engine>) -> Self {
+        let control: std::sync::Weak<dyn Control> = me;
         let barrier = Arc::new(Barrier::new(storage, config.kdf.clone()));
         let table: SharedTable = Arc::new(RwLock::new(Arc::new(MountTable::default())));
         let leases = Arc::new(LeaseManager::new(
@@ -153,7 +163,10 @@ impl Engine {
             control: Mutex::new(()),
             config,
             leases,
-            sys: Sys::new(),
+            sys: Arc::new(Mounted {
+                entry: control_plane::mount_entry(),
+                backend: Arc::new(Sys::new(control)),
+            }),
             config_policies: Mutex::new((Vec::new(), vec![0])),
             // Until the daemon says otherwise, root is the admin.
             policies: RwLock::new(
@@ -175,16 +188,6 @@ impl Engine {
 
     fn audit_mode(&self) -> AuditMode {
         self.audit.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// `sys/self/errors`: the caller's own recent refusals, oldest first.
-    pub(crate) fn own_refusals(&self, uid: u32) -> String {
-        self.reasons.text_for(uid)
-    }
-
-    /// `sys/audit-hash`: the HMAC the audit log would show for `value`.
-    pub(crate) fn audit_hash(&self, value: &[u8]) -> Result<String> {
-        self.barrier.audit_hmac(value)
     }
 
     /// Start background work (the lease expiry scheduler, the writer of aggregated refusals).
@@ -272,13 +275,12 @@ impl Engine {
     }
     /// Check the content buffered so far for `path` (an open file the caller created or opened
     /// for writing, applied whole at close): refuses what can no longer become valid, so the
-    /// write(2) that carries it fails (shells ignore errors at close). Control files under
-    /// `sys/` are checked by sys, paths in a mount by its backend (`Backend::check_partial`);
-    /// what only storage can refuse is still decided at close.
+    /// write(2) that carries it fails (shells ignore errors at close). Paths in a mount are
+    /// checked by its backend (`Backend::check_partial`); what only storage can refuse is
+    /// still decided at close.
     pub fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
         use resolve::Target;
         match self.resolve(path) {
-            Ok(Target::Sys(rest)) => self.sys.check_partial(rest, data),
             Ok(Target::Mount(m, rest)) if !rest.is_empty() => {
                 // The adapter names the full path; drop the backend's own prefix of it.
                 m.backend.check_partial(rest, data).map_err(|mut e| {

@@ -98,7 +98,7 @@ impl Engine {
             .policies()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::not_found(&format!("sys/policies/{name}")))?;
+            .ok_or_else(|| Error::not_found(&format!("policy {name}")))?;
         toml::to_string(&doc).map_err(|e| Error::io(e.to_string()))
     }
 
@@ -110,7 +110,7 @@ impl Engine {
                     "policy {name} comes from mounts.toml; edit it there"
                 ))
             } else {
-                Error::not_found(&format!("sys/policies/{name}"))
+                Error::not_found(&format!("policy {name}"))
             });
         }
         self.barrier.delete(&key)?;

@@ -1,5 +1,5 @@
-//! From a full path to what answers it: the root, its `.help`, `sys/`, or a mount's backend,
-//! and the call of that backend's operation.
+//! From a full path to what answers it: the root, its `.help`, or a mount's backend (the
+//! control plane is the table's fixed mount), and the call of that backend's operation.
 //!
 //! Owns: the rules common to every backend (the root holds only mounts; renames stay within
 //! one mount). Must never: decide access (the guard did) or record anything.
@@ -9,7 +9,6 @@ use super::*;
 pub(super) enum Target<'p> {
     Root,
     RootHelp,
-    Sys(&'p str),
     MountHelp(Arc<Mounted>),
     Mount(Arc<Mounted>, &'p str),
 }
@@ -30,17 +29,28 @@ impl Engine {
             Some(n) => (&path[..n], &path[n + 1..]),
             None => (path, ""),
         };
-        match head {
-            ".help" if rest.is_empty() => Ok(Target::RootHelp),
-            "sys" => Ok(Target::Sys(rest)),
-            _ => {
-                let m = self.mounted(head).ok_or_else(|| Error::not_found(path))?;
-                if rest == ".help" {
-                    Ok(Target::MountHelp(m))
-                } else {
-                    Ok(Target::Mount(m, rest))
-                }
-            }
+        if head == ".help" && rest.is_empty() {
+            return Ok(Target::RootHelp);
+        }
+        let m = if head == self.sys.entry.path {
+            self.sys.clone()
+        } else {
+            self.mounted(head).ok_or_else(|| Error::not_found(path))?
+        };
+        if rest == ".help" {
+            Ok(Target::MountHelp(m))
+        } else {
+            Ok(Target::Mount(m, rest))
+        }
+    }
+
+    /// The mount `path` lies in (its root included) and the path inside it; `None` for the
+    /// root, its `.help`, and paths in no mount.
+    pub(super) fn mount_of<'p>(&self, path: &'p str) -> Option<(Arc<Mounted>, &'p str)> {
+        match self.resolve(path) {
+            Ok(Target::Mount(m, rest)) => Some((m, rest)),
+            Ok(Target::MountHelp(m)) => Some((m, ".help")),
+            _ => None,
         }
     }
 
@@ -49,12 +59,10 @@ impl Engine {
         matches!(self.resolve(path), Ok(Target::Mount(m, rest)) if m.backend.mints(rest))
     }
 
-    /// The lease a `sys/` request names (`sys/leases/ID`), for its audit line.
+    /// The lease a request acts on (its backend says: `sys/leases/ID`), for its audit line.
     pub(super) fn lease_named(&self, path: &str) -> Option<String> {
-        match self.resolve(path) {
-            Ok(Target::Sys(rest)) => crate::backends::sys::lease_of(rest).map(str::to_string),
-            _ => None,
-        }
+        let (m, rest) = self.mount_of(path)?;
+        m.backend.lease_named(rest).map(str::to_string)
     }
 
     pub(super) fn dispatch_inner(&self, caller: &Caller, path: &str, op: Op<'_>) -> Result<Reply> {
@@ -63,7 +71,10 @@ impl Engine {
             Target::Root => match op {
                 Op::Stat | Op::Chmod => Ok(Reply::Node(Node::dir())),
                 Op::List => {
-                    let mut out = vec![DirEntry::file(".help"), DirEntry::dir("sys")];
+                    let mut out = vec![
+                        DirEntry::file(".help"),
+                        DirEntry::dir(self.sys.entry.path.clone()),
+                    ];
                     out.extend(
                         self.mount_entries()
                             .into_iter()
@@ -71,9 +82,10 @@ impl Engine {
                     );
                     Ok(Reply::Entries(out))
                 }
-                _ => Err(Error::not_permitted(
-                    "the root holds mounts; use sys/mounts to add one",
-                )),
+                _ => Err(Error::not_permitted(format!(
+                    "the root holds mounts; use {}/mounts to add one",
+                    self.sys.entry.path
+                ))),
             },
             Target::RootHelp | Target::MountHelp(_) => {
                 let text = match &target {
@@ -88,31 +100,6 @@ impl Engine {
                     _ => Err(Error::not_permitted(format!("{path} is read-only"))),
                 }
             }
-            Target::Sys(rest) => match op {
-                Op::Stat | Op::Chmod => self.sys.stat(self, caller, rest).map(Reply::Node),
-                Op::List => self.sys.list(self, rest).map(Reply::Entries),
-                Op::Read => self.sys.read(self, caller, rest).map(Reply::Data),
-                // Files under sys/ are control files: each write acts at once.
-                Op::Create => self.sys.create_node(self, rest).map(Reply::Node),
-                Op::Write(data) => self
-                    .sys
-                    .write(self, caller.uid, rest, data)
-                    .map(|_| Reply::Done),
-                Op::Delete => self.sys.delete(self, rest).map(|_| Reply::Done),
-                Op::Rename(to) => match to.strip_prefix("sys/") {
-                    Some(to) => self.sys.rename(self, rest, to).map(|_| Reply::Done),
-                    None => Err(cross_mount(path, to)),
-                },
-                Op::Rmdir => self.sys.rmdir(self, rest).map(|_| Reply::Done),
-                Op::Touch => self.sys.touch(self, rest).map(|_| Reply::Done),
-                Op::Mkdir => Err(Error::not_permitted(format!(
-                    "{path}: folders under sys/ are fixed"
-                ))),
-                Op::Exchange(input) => self
-                    .sys
-                    .exchange(self, caller.uid, rest, input)
-                    .map(Reply::Data),
-            },
             Target::Mount(m, rest) => {
                 let ctx = Ctx {
                     caller,
@@ -141,12 +128,18 @@ impl Engine {
                             None => Reply::Data(data),
                         })
                     }
-                    Op::Create => b.create(&ctx, rest).map(|_| Reply::Done),
+                    // How the open's writes will apply (the node the file will be).
+                    Op::Create => b.create(&ctx, rest).map(|writes| {
+                        Reply::Node(Node {
+                            writes,
+                            ..Node::file(0)
+                        })
+                    }),
                     Op::Write(data) => b.write(&ctx, rest, data).map(|_| Reply::Done),
                     Op::Delete => b.delete(&ctx, rest).map(|_| Reply::Done),
                     Op::Mkdir => b.mkdir(&ctx, rest).map(|_| Reply::Done),
                     Op::Rmdir => b.rmdir(&ctx, rest).map(|_| Reply::Done),
-                    Op::Touch => Ok(Reply::Done),
+                    Op::Touch => b.touch(&ctx, rest).map(|_| Reply::Done),
                     Op::Exchange(input) => b.exchange(&ctx, rest, input).map(Reply::Data),
                     Op::Rename(to) => {
                         let prefix = format!("{}/", m.entry.path);

@@ -35,7 +35,7 @@ impl Engine {
     pub fn mount_entry(&self, name: &str) -> Result<MountEntry> {
         self.mounted(name)
             .map(|m| m.entry.clone())
-            .ok_or_else(|| Error::not_found(&format!("sys/mounts/{name}")))
+            .ok_or_else(|| Error::not_found(&format!("mount {name}")))
     }
 
     /// The live mount at `name`. When other daemons share the store, the stored table is

@@ -2,7 +2,7 @@
 use super::*;
 use crate::storage::memory::MemoryStorage;
 
-fn engine() -> (Arc<MemoryStorage>, Engine) {
+fn engine() -> (Arc<MemoryStorage>, Arc<Engine>) {
     let s = Arc::new(MemoryStorage::new());
     let e = Engine::new(
         s.clone(),

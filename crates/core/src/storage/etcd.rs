@@ -10,23 +10,31 @@
 //! logged). A tonic channel balanced over every endpoint keeps choosing a dead member after a
 //! node dies, which is why the rotation is ours. It is a synchronous facade over the async
 //! client: the storage owns a small tokio runtime and every call waits on a plain channel, so
-//! any thread may call it.
+//! any thread may call it. Also owns the connection's security: `https://` endpoints with a CA
+//! file (and optionally a client certificate and key), rustls with ring through tonic, the
+//! files read and checked (`crate::tls`) each time a client is built; etcd's user/password
+//! authentication (the token is refreshed when it expires). A TLS refusal (unknown CA, host
+//! name mismatch, client certificate refused) moves on to the next member at once and fails
+//! the call, with that reason, once every member has refused; a refused password fails it at
+//! once (it is the cluster's verdict).
 //!
 //! Must never: see plaintext (the barrier encrypts values and SIV-encrypts names before they
 //! get here; only the seal config is plaintext and it holds no secret), log keys or values
 //! (messages name the operation, the endpoint and etcd's reason), or report a compare-and-swap
 //! as lost when its own earlier attempt landed (a retried CAS whose compare fails checks whether
 //! the value now there is the one it was writing: barrier entries carry a random nonce, so equal
-//! bytes mean our write).
+//! bytes mean our write), or put the etcd password in a message.
 
 use super::{Storage, WriteOp};
 use crate::blocking::OwnRuntime;
 use crate::error::{Error, ErrorKind, Result};
+use crate::secret::SecretBytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
     TxnOpResponse,
 };
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +61,26 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Total time for one call, retries included.
     pub deadline: Duration,
+    /// TLS (then every endpoint is `https://` or bare `host:port`).
+    pub tls: Option<EtcdTls>,
+    /// etcd authentication (`etcdctl user add`, `auth enable`).
+    pub auth: Option<EtcdAuth>,
+}
+
+/// TLS to etcd: the CA that signed the members' certificates, and a client certificate for
+/// `--client-cert-auth` members. Absolute paths, read when a client is built.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    /// (certificate, private key), PEM.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// An etcd user and its password.
+#[derive(Debug, Clone)]
+pub struct EtcdAuth {
+    pub user: String,
+    pub password: Arc<SecretBytes>,
 }
 
 impl EtcdConfig {
@@ -61,8 +89,56 @@ impl EtcdConfig {
             endpoints,
             prefix: prefix.into(),
             deadline: CALL_DEADLINE,
+            tls: None,
+            auth: None,
         }
     }
+}
+
+impl EtcdTls {
+    /// tonic's TLS options from the files as they are now.
+    fn options(&self) -> Result<etcd_client::TlsOptions> {
+        let ca = crate::tls::read_checked("ca_file", &self.ca_file, false)?;
+        crate::tls::certificates("ca_file", &self.ca_file, &ca)?;
+        let mut o = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ca.as_slice()));
+        if let Some((cert, key)) = &self.client {
+            let c = crate::tls::read_checked("cert_file", cert, false)?;
+            crate::tls::certificates("cert_file", cert, &c)?;
+            let k = crate::tls::read_checked("key_file", key, true)?;
+            crate::tls::private_key("key_file", key, &k)?;
+            o = o.identity(etcd_client::Identity::from_pem(c.as_slice(), k.as_slice()));
+        }
+        Ok(o)
+    }
+}
+
+/// The reason in an etcd client error, with its causes (a TLS failure named for a person).
+fn reason_of(e: &etcd_client::Error, host: &str, ca: &str) -> String {
+    use etcd_client::Error as E;
+    let inner: Option<&(dyn std::error::Error + 'static)> = match e {
+        E::TransportError(t) => Some(t),
+        E::GRpcStatus(s) => Some(s),
+        E::IoError(io) => Some(io),
+        _ => None,
+    };
+    if let Some(why) = inner.and_then(|i| crate::tls::describe(i, host, ca)) {
+        return why;
+    }
+    let mut s = match e {
+        E::GRpcStatus(st) => format!("{:?}: {}", st.code(), st.message()),
+        other => other.to_string(),
+    };
+    let mut cur = inner.and_then(|i| i.source());
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// The etcd storage. Calls may run concurrently from any thread.
@@ -78,6 +154,8 @@ pub(crate) struct Shared {
     endpoints: Vec<String>,
     prefix: String,
     deadline: Duration,
+    tls: Option<EtcdTls>,
+    auth: Option<EtcdAuth>,
     conn: Mutex<Conn>,
 }
 
@@ -106,6 +184,14 @@ pub(crate) struct Failure {
     pub(crate) reason: String,
 }
 
+impl Failure {
+    /// The member's TLS refused us or we refused its certificate: another member may do better
+    /// (its own certificate), asking this one again will not.
+    fn tls_refused(&self) -> bool {
+        self.reason.starts_with("TLS: ")
+    }
+}
+
 impl From<etcd_client::Error> for Failure {
     fn from(e: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
@@ -127,12 +213,13 @@ impl From<etcd_client::Error> for Failure {
             E::GRpcStatus(s) if s.code() == tonic::Code::InvalidArgument => ErrorKind::InvalidInput,
             _ => ErrorKind::Io,
         };
-        let reason = match &e {
-            E::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-            other => other.to_string(),
-        };
+        let reason = reason_of(&e, "", "ca_file");
+        // A refused certificate or password does not get better by asking again.
+        let refused = reason.starts_with("TLS: ")
+            || matches!(&e, E::GRpcStatus(s) if s.message().contains("authentication failed")
+                || s.code() == tonic::Code::Unauthenticated);
         Failure {
-            retry,
+            retry: retry && !refused,
             kind,
             reason,
         }
@@ -158,15 +245,21 @@ impl EtcdStorage {
             if e.is_empty() {
                 return Err(Error::invalid("etcd endpoint is empty"));
             }
-            if e.starts_with("https://") {
+            if e.starts_with("https://") && config.tls.is_none() {
                 return Err(Error::invalid(format!(
-                    "etcd endpoint {e:?}: TLS is not built in; use http:// (loopback or a \
-                     private network)"
+                    "etcd endpoint {e:?}: https:// needs ca_file (the CA that signed the etcd \
+                     members' certificates)"
                 )));
             }
-            if e.contains("://") && !e.starts_with("http://") {
+            if e.starts_with("http://") && config.tls.is_some() {
                 return Err(Error::invalid(format!(
-                    "etcd endpoint {e:?} must be http://host:port or host:port"
+                    "etcd endpoint {e:?}: ca_file is set, so every endpoint must be https:// \
+                     (no plain-text member)"
+                )));
+            }
+            if e.contains("://") && !e.starts_with("http://") && !e.starts_with("https://") {
+                return Err(Error::invalid(format!(
+                    "etcd endpoint {e:?} must be http://host:port, https://host:port or host:port"
                 )));
             }
             endpoints.push(e.to_string());
@@ -179,6 +272,24 @@ impl EtcdStorage {
                 "etcd prefix must not be empty (it keeps nomadfs's keys apart from others')",
             ));
         }
+        if let Some(tls) = &config.tls {
+            // Checked now, so a wrong path fails at start; read again at each connect.
+            tls.options()?;
+        }
+        if let Some(a) = &config.auth {
+            if a.user.is_empty() || a.password.is_empty() {
+                return Err(Error::invalid("etcd user and password must not be empty"));
+            }
+            if a.password.text().is_none() {
+                return Err(Error::invalid("etcd password is not UTF-8 text"));
+            }
+            if config.tls.is_none() {
+                tracing::warn!(
+                    "etcd: user/password over plain http: the password and the token cross \
+                     the network in the clear (use https://)"
+                );
+            }
+        }
         let runtime = OwnRuntime::new("nomadfs-etcd", "etcd client")?;
         Ok(Self {
             runtime,
@@ -186,6 +297,8 @@ impl EtcdStorage {
                 endpoints,
                 prefix: config.prefix,
                 deadline: config.deadline,
+                tls: config.tls,
+                auth: config.auth,
                 conn: Mutex::new(Conn {
                     generation: 0,
                     index: 0,
@@ -286,11 +399,25 @@ impl Shared {
     /// storage calls share (the cluster module's watches keep their own).
     pub(crate) async fn connect_to(&self, index: usize) -> std::result::Result<Clients, Failure> {
         let endpoint = self.endpoint_at(index);
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(ATTEMPT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3))
             .with_require_leader(true);
+        if let Some(tls) = &self.tls {
+            let o = tls.options().map_err(|e| Failure {
+                retry: false,
+                kind: e.kind,
+                reason: e.message,
+            })?;
+            options = options.with_tls(o);
+        }
+        if let Some(a) = &self.auth {
+            let pw = a.password.text().unwrap_or_default().to_string();
+            options = options
+                .with_user(a.user.clone(), pw)
+                .with_auto_token_refresh(true);
+        }
         let full = Client::connect([endpoint.as_str()], Some(options))
             .await
             .map_err(Failure::from)?;
@@ -310,6 +437,16 @@ impl Shared {
         conn.generation = conn.generation.wrapping_add(1);
         conn.index = conn.index.wrapping_add(1) % self.endpoints.len().max(1);
         conn.client = None;
+    }
+
+    /// `reason` with the CA file's path where it says only "ca_file".
+    fn explain(&self, reason: &str) -> String {
+        match &self.tls {
+            Some(t) if reason.ends_with("a CA in ca_file") => {
+                format!("{reason} {}", t.ca_file.display())
+            }
+            _ => reason.to_string(),
+        }
     }
 
     fn current_endpoint(&self) -> String {
@@ -342,6 +479,7 @@ impl Shared {
         let mut pause = BACKOFF_START;
         let mut retried = false;
         let mut tries = 0u32;
+        let mut tls_refusals = 0usize;
         loop {
             tries = tries.saturating_add(1);
             let endpoint = self.current_endpoint();
@@ -364,8 +502,23 @@ impl Shared {
                     (generation, f)
                 }
             };
+            if failure.tls_refused() {
+                // Next call starts at another member; this one tries each member once.
+                self.rotate(generation);
+                tls_refusals += 1;
+                if tls_refusals < self.endpoints.len() {
+                    tracing::warn!(
+                        op,
+                        endpoint,
+                        "etcd member refused over TLS, trying the next endpoint: {}",
+                        self.explain(&failure.reason)
+                    );
+                    retried = true;
+                    continue;
+                }
+            }
             if !failure.retry {
-                let msg = format!("etcd {op} at {endpoint}: {}", failure.reason);
+                let msg = format!("etcd {op} at {endpoint}: {}", self.explain(&failure.reason));
                 tracing::error!("{msg}");
                 return Err(Error::new(failure.kind, msg));
             }
@@ -606,7 +759,22 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         let e =
             EtcdStorage::new(EtcdConfig::new(vec!["https://x:1".into()], "p/")).expect_err("tls");
-        assert!(e.message.contains("TLS"), "{}", e.message);
+        assert!(e.message.contains("needs ca_file"), "{}", e.message);
+        let mut c = EtcdConfig::new(vec!["http://x:1".into()], "p/");
+        c.tls = Some(EtcdTls {
+            ca_file: "/nonexistent/ca.pem".into(),
+            client: None,
+        });
+        let e = EtcdStorage::new(c.clone()).expect_err("http with a CA");
+        assert!(e.message.contains("must be https://"), "{}", e.message);
+        c.endpoints = vec!["https://x:1".into()];
+        let e = EtcdStorage::new(c).expect_err("missing CA file");
+        assert!(
+            e.message
+                .contains("ca_file /nonexistent/ca.pem: cannot read it"),
+            "{}",
+            e.message
+        );
         let e = EtcdStorage::new(EtcdConfig::new(vec!["http://x:1".into()], ""))
             .expect_err("empty prefix");
         assert!(e.message.contains("prefix"), "{}", e.message);

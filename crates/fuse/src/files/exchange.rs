@@ -26,7 +26,7 @@ const ENTRY_TTL: Duration = Duration::from_secs(1);
 
 /// The entry TTL for `node` (`default` unless it is an exchange node).
 pub fn entry_ttl(node: &Node, default: Duration) -> Duration {
-    if node.exchange {
+    if node.writes.may_exchange() {
         ENTRY_TTL
     } else {
         default

@@ -24,7 +24,7 @@ mod tests;
 use crate::inodes::Inodes;
 use handles::{Bounds, Handle, Handles, Kind};
 use nomadfs_core::engine::Op;
-use nomadfs_core::{Caller, Engine, Error, ErrorKind, Node, NodeKind, SecretBytes};
+use nomadfs_core::{Cache, Caller, Engine, Error, ErrorKind, Node, NodeKind, SecretBytes};
 use std::ffi::OsStr;
 use std::sync::Arc;
 
@@ -132,7 +132,9 @@ impl Files {
     pub fn cacheable(&self, ino: u64, node: &Node) -> bool {
         match &self.admitted {
             Some(uids) => {
-                !node.dynamic && self.engine.all_admins(uids) && !self.handles.has_writer(ino)
+                node.cache == Cache::Allowed
+                    && self.engine.all_admins(uids)
+                    && !self.handles.has_writer(ino)
             }
             None => false,
         }

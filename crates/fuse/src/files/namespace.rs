@@ -92,7 +92,7 @@ impl Files {
                     // truncate(2) by path: never on generated content (it would mint a
                     // credential); to 0 without reading; else read, resize, commit at once.
                     let node = self.stat_ino(ino, &path, c)?;
-                    if node.dynamic {
+                    if node.is_generated() {
                         return Err(Error::not_permitted(format!(
                             "{path}: generated content cannot be truncated"
                         ))

@@ -6,7 +6,7 @@ use super::handles::{Handle, Kind, WriteBuf};
 use super::{is_read, is_write, name_str, noted, Fail, Files, Opened, Res};
 use crate::inodes::join;
 use nomadfs_core::engine::Op;
-use nomadfs_core::{Caller, Error, ErrorKind, SecretBytes};
+use nomadfs_core::{Caller, Error, ErrorKind, SecretBytes, Writes};
 use std::ffi::OsStr;
 
 impl Files {
@@ -40,9 +40,9 @@ impl Files {
         if node.is_dir() {
             return Err(Error::new(ErrorKind::IsADirectory, format!("{path}: is a folder")).into());
         }
-        // An exchange-or-buffered node (not dynamic) is an exchange file only when opened
-        // read-write; otherwise a buffered one.
-        if node.exchange && (node.dynamic || (is_read(flags) && is_write(flags))) {
+        // An exchange-or-buffered node is an exchange file only when opened read-write;
+        // otherwise a buffered one.
+        if node.writes.exchanges(is_read(flags), is_write(flags)) {
             // Read-after-write: nothing is read at open or committed at close.
             exchange::check_open(&path, &node, is_read(flags), is_write(flags))?;
             let h = self.new_handle(c, ino, path, Kind::Exchange(Default::default()));
@@ -79,14 +79,15 @@ impl Files {
         let kind = if is_write(flags) {
             // A node the caller cannot read (write-only config, update-only policy) is
             // replaced whole: never read it to patch it.
-            let replace = trunc || node.dynamic || node.mode & 0o400 == 0;
+            let each_write = node.writes == Writes::EachWrite;
+            let replace = trunc || each_write || node.mode & 0o400 == 0;
             let initial = match (&snapshot, replace) {
                 (_, true) => SecretBytes::default(),
                 (Some(s), false) => s.duplicate(),
                 (None, false) => self.read_value(ino, &path, c)?,
             };
-            let buf = WriteBuf::new(initial, replace && !node.dynamic);
-            if node.dynamic {
+            let buf = WriteBuf::new(initial, replace && !each_write);
+            if each_write {
                 Kind::Immediate { snapshot, buf }
             } else {
                 Kind::Buffered(buf)
@@ -122,8 +123,9 @@ impl Files {
             let node = self.engine.create(c, &path)?;
             let ino = self.inodes.lookup(&path);
             // Closing a created file stores it, even empty (at release).
-            let buf = WriteBuf::new(SecretBytes::default(), !node.dynamic);
-            let kind = if node.dynamic {
+            let each_write = node.writes == Writes::EachWrite;
+            let buf = WriteBuf::new(SecretBytes::default(), !each_write);
+            let kind = if each_write {
                 Kind::Immediate {
                     snapshot: None,
                     buf,

@@ -26,7 +26,7 @@ fn files() -> T {
         },
     );
     e.unseal(b"pass").expect("unseal");
-    let mut files = Files::new(Arc::new(e), Arc::new(Inodes::default()), Some(vec![0]));
+    let mut files = Files::new(e, Arc::new(Inodes::default()), Some(vec![0]));
     let stored = Arc::new(AtomicUsize::new(0));
     let s = stored.clone();
     files.on_stored(Box::new(move |_| {

@@ -31,7 +31,7 @@
 mod fields;
 
 use super::{partial, validate_name, Services};
-use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind};
+use crate::backend::{Backend, Ctx, DirEntry, Node, Writes};
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::{parse_duration, LeaseRecord};
@@ -345,13 +345,7 @@ impl<U: Upstream> Backend for Dynamic<U> {
         let (route, caps) = self.route(path)?;
         Ok(match route {
             Route::Root | Route::Config | Route::Roles | Route::Creds => Node::dir(),
-            Route::ConfigSecret => Node {
-                kind: NodeKind::File,
-                size: 0,
-                mode: 0o200,
-                dynamic: false,
-                exchange: false,
-            },
+            Route::ConfigSecret => Node::write_only_document(),
             Route::ConfigLease => Node::file(self.view.size("config/lease")?.unwrap_or(0)),
             Route::Role => match self.view.size(&role_key(caps[0])?)? {
                 Some(n) => Node::file(n),
@@ -429,10 +423,10 @@ impl<U: Upstream> Backend for Dynamic<U> {
         }
     }
 
-    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
+    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Writes> {
         match self.route(path)? {
-            (Route::ConfigSecret | Route::ConfigLease, _) => Ok(()),
-            (Route::Role, caps) => role_key(caps[0]).map(|_| ()),
+            (Route::ConfigSecret | Route::ConfigLease, _) => Ok(Writes::Buffered),
+            (Route::Role, caps) => role_key(caps[0]).map(|_| Writes::Buffered),
             (Route::Cred, _) => Err(Error::denied(format!(
                 "{path}: credentials are read, not written"
             ))),

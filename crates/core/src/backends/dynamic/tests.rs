@@ -85,7 +85,7 @@ fn declared_ops_match_what_the_paths_are() {
                 assert_eq!(node.mode, 0o200, "{full}");
             }
             if d.route == Route::Cred {
-                assert!(node.dynamic, "{full}");
+                assert!(node.is_generated(), "{full}");
             }
         }
     }

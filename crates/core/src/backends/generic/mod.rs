@@ -6,7 +6,7 @@
 //! one atomic batch).
 
 use super::{validate_name, Limits};
-use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind};
+use crate::backend::{Backend, Ctx, DirEntry, Node, NodeKind, Writes};
 use crate::barrier::view::ViewOp;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
@@ -177,7 +177,7 @@ impl Backend for Generic {
         }
     }
 
-    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
+    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Writes> {
         Self::validate_path(path)?;
         self.check_ancestors(path)?;
         if self.is_dir(path)? {
@@ -186,7 +186,7 @@ impl Backend for Generic {
                 format!("{path}: is a folder"),
             ));
         }
-        Ok(())
+        Ok(Writes::Buffered)
     }
 
     fn write(&self, ctx: &Ctx<'_>, path: &str, data: SecretBytes) -> Result<()> {

@@ -1,7 +1,8 @@
 //! The upstream PostgreSQL client the `postgresql` backend uses to make and drop login roles.
 //!
 //! Owns: parsing and checking a connection URL (`postgres://user:pass@host:port/db`), talking to
-//! that server with tokio-postgres (plain TCP or a Unix socket; no TLS), a small pool of idle
+//! that server with tokio-postgres (TCP with or without TLS per `sslmode`, see `tls`, or a Unix
+//! socket), a small pool of idle
 //! connections, and the SQL of the three upstream acts: create a role (the role's statements
 //! with `{{name}}`, `{{password}}`, `{{expiration}}` substituted, one transaction), extend it
 //! (`ALTER ROLE … VALID UNTIL`, or the role's renew statements) and drop it (the role's
@@ -27,7 +28,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::types::Type;
-use tokio_postgres::NoTls;
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1) in bytes.
 pub const NAME_MAX: usize = 63;
@@ -146,6 +146,7 @@ pub struct PgClient {
 
 struct Inner {
     config: tokio_postgres::Config,
+    tls: super::tls::TlsSettings,
     redact: Redactor,
     display: String,
     idle: Mutex<Vec<tokio_postgres::Client>>,
@@ -167,6 +168,7 @@ impl PgClient {
             runtime,
             inner: Arc::new(Inner {
                 config: target.config.clone(),
+                tls: target.tls.clone(),
                 redact: target.redact.clone(),
                 display: target.display.clone(),
                 idle: Mutex::new(Vec::new()),
@@ -444,7 +446,18 @@ impl Inner {
                 }
                 s
             }
-            None => chain(e),
+            None => {
+                let text = chain(e);
+                if text.contains("server does not support TLS") {
+                    format!(
+                        "the server does not support SSL (sslmode={} needs ssl = on in its \
+                         postgresql.conf)",
+                        self.tls.mode.name()
+                    )
+                } else {
+                    text
+                }
+            }
         };
         if let Some(secret) = scrub.filter(|s| !s.is_empty()) {
             reason = reason.replace(secret, "<redacted>");
@@ -453,11 +466,18 @@ impl Inner {
         Error::io(format!("PostgreSQL at {}: {what}: {reason}", self.display))
     }
 
-    /// A new connection; its driver task runs on the client's runtime.
+    /// A new connection; its driver task runs on the client's runtime. The TLS files are read
+    /// now (a renewed certificate counts from the next connection).
     async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let tls = self.tls.connector().map_err(|e| {
+            Error::io(format!(
+                "PostgreSQL at {}: connect: {}",
+                self.display, e.message
+            ))
+        })?;
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(tls)
             .await
             .map_err(|e| self.err("connect", &e, None))?;
         let redact = self.redact.clone();

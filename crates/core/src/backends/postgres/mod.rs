@@ -20,6 +20,7 @@ use super::dynamic::{self, failpoint, CredView, HelpText, SecretConfig, Upstream
 pub mod client;
 mod roles;
 mod target;
+mod tls;
 
 use super::{partial, Services};
 use crate::backend::Ctx;
@@ -328,7 +329,7 @@ impl Upstream for Postgres {
 
     const HELP: HelpText = HelpText {
         intro: "postgresql backend: dynamic PostgreSQL login roles, each under a lease.",
-        secret: "write-only: postgres://USER:PASSWORD@HOST:PORT/DATABASE (an admin that may\nCREATE ROLE). Tested on write: a URL that cannot connect is refused (EIO)\nand the previous one kept. No TLS: use a Unix socket or loopback.\nReading it fails (EACCES).",
+        secret: "write-only: postgres://USER:PASSWORD@HOST:PORT/DATABASE (an admin that may\nCREATE ROLE). Tested on write: a URL that cannot connect is refused (EIO)\nand the previous one kept. TLS as in libpq: ?sslmode=disable|prefer\n(default)|require|verify-ca|verify-full, &sslrootcert=/abs/ca.pem,\n&sslcert=/abs/client.pem&sslkey=/abs/client.key (read by the daemon at\neach connect). Reading it fails (EACCES).",
         role: "TOML or JSON:\n  creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN PASSWORD '{{password}}'\n                          VALID UNTIL '{{expiration}}'\",\n                         \"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \\\"{{name}}\\\"\"]\n  revocation_statements = [...]   optional ({{name}}); default: NOLOGIN,\n                                   end its sessions, REASSIGN/DROP OWNED, DROP ROLE\n  renew_statements = [...]        optional ({{name}}, {{expiration}});\n                                   default: ALTER ROLE ... VALID UNTIL\n  default_ttl = \"1h\", max_ttl = \"24h\"   optional (capped by config/lease)\nA string works where a list does. rm deletes the role document.",
         creds: &[
             "each open creates a role and prints JSON: lease_id, lease_duration,\nrenewable, username, password",

@@ -1,17 +1,80 @@
 //! A PostgreSQL connection URL, checked (`Target`), and what its secrets are (`Redactor`): the
 //! password and query-parameter values that upstream error text must never show.
 //!
-//! Owns: URL parsing and the redaction of upstream messages. Must never: put the password in
-//! `Debug` output or in an error.
+//! Owns: URL parsing (the TLS parameters `sslmode`, `sslrootcert`, `sslcert`, `sslkey` are
+//! taken out here, see `tls::TlsSettings`; the rest goes to tokio-postgres) and the redaction
+//! of upstream messages. Must never: put the password in `Debug` output or in an error.
 
 use super::client::CONNECT_TIMEOUT;
+use super::tls::{SslMode, TlsSettings};
 use crate::error::{Error, Result};
+use std::path::PathBuf;
 use std::str::FromStr;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
+
+/// The query parameters nomadfs handles itself (libpq's names); neither passed to
+/// tokio-postgres nor redacted (a mode or a file path is not a secret, and the reasons name
+/// them; `hostaddr` is not redacted either: a certificate's addresses are compared with it).
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// `url` without its TLS parameters, and the settings they make.
+fn split_tls(url: &str) -> Result<(String, TlsSettings)> {
+    let mut tls = TlsSettings::default();
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), tls));
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    let mut mode = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key);
+        if !TLS_KEYS.contains(&key.as_str()) {
+            kept.push(pair);
+            continue;
+        }
+        let value = percent_decode(value);
+        if value.contains(['\0', '\n']) {
+            return Err(Error::invalid(format!(
+                "config/connection: {key}: a NUL or newline in the value"
+            )));
+        }
+        match key.as_str() {
+            "sslmode" => {
+                mode = Some(SslMode::parse(&value).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "config/connection: sslmode={value:?}: use disable, prefer, require, \
+                         verify-ca or verify-full"
+                    ))
+                })?)
+            }
+            "sslrootcert" if value == "system" => {
+                return Err(Error::invalid(
+                    "config/connection: sslrootcert=system is not supported: name the CA file \
+                     (sslrootcert=/path/to/ca.pem)",
+                ))
+            }
+            "sslrootcert" => tls.root_cert = Some(PathBuf::from(value)),
+            "sslcert" => tls.cert = Some(PathBuf::from(value)),
+            _ => tls.key = Some(PathBuf::from(value)),
+        }
+    }
+    if let Some(m) = mode {
+        tls.mode = m;
+    }
+    tls.check()?;
+    let rebuilt = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rebuilt, tls))
+}
 
 /// A checked connection URL. `Debug` shows no password.
 pub struct Target {
     pub(super) config: tokio_postgres::Config,
+    /// How TLS is negotiated and checked (files are read at each connect).
+    pub(super) tls: TlsSettings,
     /// What upstream error text must not show: see `Redactor`.
     pub(super) redact: Redactor,
     /// `host:port/db` for messages.
@@ -49,7 +112,8 @@ impl Target {
                  as %40",
             ));
         }
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (rest_url, tls) = split_tls(url)?;
+        let mut config = tokio_postgres::Config::from_str(&rest_url).map_err(|e| {
             Error::invalid(format!(
                 "config/connection: not a valid URL ({})",
                 chain(&e)
@@ -58,19 +122,19 @@ impl Target {
         if config.get_user().is_none_or(str::is_empty) {
             return Err(Error::invalid("config/connection: the URL names no user"));
         }
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(Error::invalid(
-                "config/connection: sslmode=require is not supported: nomadfs connects to \
-                 PostgreSQL without TLS (use a Unix socket or loopback, see SECURITY.md)",
-            ));
-        }
-        // No TLS support, so don't ask the server for it.
-        config.ssl_mode(SslMode::Disable);
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(Host::Unix(p)) => p.to_string_lossy().into_owned(),
             None => return Err(Error::invalid("config/connection: the URL names no host")),
         };
+        // PostgreSQL has no TLS on a Unix socket: libpq ignores sslmode there, and so do we
+        // (the socket is local; its directory's permissions protect it).
+        let socket = matches!(config.get_hosts().first(), Some(Host::Unix(_)));
+        config.ssl_mode(if socket {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            tls.mode.wire()
+        });
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let dbname = config.get_dbname().map(str::to_string);
         config.connect_timeout(CONNECT_TIMEOUT);
@@ -81,6 +145,7 @@ impl Target {
         );
         Ok(Target {
             config,
+            tls,
             redact: Redactor::of_url(url),
             display,
             host,
@@ -96,6 +161,8 @@ impl Target {
 /// parameter's value in its error ("invalid value for parameter … : \"…\""), and that text
 /// reaches the daemon log and the audit log. Values shorter than 3 bytes are left (too common to
 /// replace inside other words, and not a secret); each is replaced by `***`, longest first.
+/// Not redacted: the TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`: modes and
+/// paths the reasons name) and `hostaddr`.
 #[derive(Default, Clone)]
 pub struct Redactor {
     secrets: Vec<zeroize::Zeroizing<String>>,
@@ -145,6 +212,10 @@ impl Redactor {
             let Some((key, value)) = pair.split_once('=') else {
                 continue;
             };
+            let k = percent_decode(key);
+            if TLS_KEYS.contains(&k.as_str()) || k == "hostaddr" {
+                continue;
+            }
             let decoded = percent_decode(value);
             found.push(value.to_string());
             if percent_decode(key) == "options" {
@@ -223,6 +294,57 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters_are_ours() {
+        use super::super::tls::Verify;
+        let t = Target::parse("postgres://u:p@db.example:5432/app").expect("no sslmode");
+        assert_eq!(t.tls.mode, SslMode::Prefer, "libpq's default");
+        assert_eq!(t.tls.verify(), Verify::Nothing);
+        let t = Target::parse("postgres://u:p@db/app?sslmode=require").expect("require");
+        assert_eq!(
+            (t.tls.mode, t.tls.verify(), t.config.get_ssl_mode()),
+            (
+                SslMode::Require,
+                Verify::Nothing,
+                tokio_postgres::config::SslMode::Require
+            )
+        );
+        let t = Target::parse(
+            "postgres://u:p@db/app?application_name=x1&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&sslcert=/etc/c.pem&sslkey=/etc/c.key&connect_timeout=3",
+        )
+        .expect("verify-full");
+        assert_eq!(t.tls.verify(), Verify::Full);
+        assert_eq!(t.tls.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(t.tls.key, Some(PathBuf::from("/etc/c.key")));
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(t.config.get_application_name(), Some("nomadfs"));
+        // The paths are not secrets: reasons may name them.
+        assert_eq!(
+            t.redact.apply("/etc/ca.pem verify-full"),
+            "/etc/ca.pem verify-full"
+        );
+        let t = Target::parse("postgres://u:p@db/app?sslmode=require&sslrootcert=/ca.pem")
+            .expect("require with a CA");
+        assert_eq!(
+            t.tls.verify(),
+            Verify::Chain,
+            "as libpq: a root cert is checked"
+        );
+        let t = Target::parse("postgres://u:p@db/app?sslmode=verify-ca&sslrootcert=/ca.pem")
+            .expect("verify-ca");
+        assert_eq!(t.tls.verify(), Verify::Chain);
+        // A Unix socket never negotiates TLS (PostgreSQL has none there).
+        let t = Target::parse("postgres://u:p@%2Frun%2Fpostgresql/app?sslmode=require")
+            .expect("socket");
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+    }
+
+    #[test]
     fn target_parse() {
         let t = Target::parse("postgres://admin:s3cr3t@127.0.0.1:5433/app").expect("parse");
         assert_eq!(t.display, "127.0.0.1:5433/app");
@@ -236,7 +358,13 @@ mod tests {
             "mysql://a@b/c",
             "postgres://host/db",
             "postgres://u:p@h:notaport/db",
-            "postgres://u:s3cr3t@h/db?sslmode=require",
+            "postgres://u:s3cr3t@h/db?sslmode=verify-full",
+            "postgres://u:s3cr3t@h/db?sslmode=verify-ca&sslcert=/c.pem",
+            "postgres://u:s3cr3t@h/db?sslmode=required",
+            "postgres://u:s3cr3t@h/db?sslmode=verify-full&sslrootcert=ca.pem",
+            "postgres://u:s3cr3t@h/db?sslmode=require&sslcert=/c.pem",
+            "postgres://u:s3cr3t@h/db?sslmode=disable&sslrootcert=/ca.pem",
+            "postgres://u:s3cr3t@h/db?sslrootcert=system&sslmode=verify-full",
             "postgres://u:p@h/db?bogus=1",
             "postgres://u:s3cr3t@tail@h/db",
         ] {

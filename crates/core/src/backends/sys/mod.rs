@@ -1,20 +1,28 @@
-//! `sys/`: the control plane as files — health, seal/unseal, key rotation, the mount table.
+//! `sys/`: the control plane as files — health, seal/unseal, key rotation, the mount table,
+//! leases, policies.
 //!
-//! Owns: the paths under `sys/` and the text formats of its files. It acts through the
-//! `Engine` (which owns the state). Must never: echo a passphrase, or show anything but `health`,
-//! `unseal`, `seal` and help while sealed.
+//! Owns: the paths under `sys/`, the text formats of its files, and the rule that makes it a
+//! privileged backend (`sudo` for everything but health, help and the caller's own errors).
+//! It is a `Backend` like any other, the fixed mount of the engine's table, and acts on the
+//! engine's state through `Control` (held weakly: the engine owns it). Must never: echo a
+//! passphrase, or show anything but `health`, `unseal`, `seal` and help while sealed.
 
+mod backend;
+mod control;
 mod mount_spec;
 mod paths;
 
-use crate::backend::{DirEntry, Node};
+pub use control::{Control, Status};
+
+use crate::backend::{DirEntry, Node, Writes};
 use crate::backends::validate_name;
 use crate::caller::Caller;
-use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mounts::normalize_path;
+use crate::mounts::MountEntry;
 use crate::route::Router;
 use crate::secret::SecretBytes;
+use backend::{health_json, in_sys};
 use mount_spec::{check_mount_spec_prefix, parse_mount_spec};
 use paths::{HELP_INTRO, PATHS};
 
@@ -39,19 +47,32 @@ pub(crate) enum Route {
     SelfErrors,
 }
 
-/// The lease id a `sys/` path names (`leases/ID`).
-pub(crate) fn lease_of(rest: &str) -> Option<&str> {
-    rest.strip_prefix("leases/")
+/// Where the control plane is mounted.
+pub const MOUNT: &str = "sys";
+
+/// The control plane's entry in the mount table (fixed: never stored, never unmounted).
+pub fn mount_entry() -> MountEntry {
+    MountEntry {
+        path: MOUNT.into(),
+        kind: "system".into(),
+        description: "system endpoints used for control, policy and debugging".into(),
+        uuid: String::new(),
+    }
 }
 
-/// Paths under `sys/` anyone who can enter may read (no `sudo`): health, help, and the
-/// caller's own refusals.
-pub(crate) fn is_open_to_all(rest: &str) -> bool {
-    matches!(rest, "" | ".help" | "health" | "self" | "self/errors")
+/// The file of lease `id` (and of each folder of its path), for cache invalidation.
+pub fn lease_file(id: &str) -> String {
+    format!("{MOUNT}/leases/{id}")
 }
 
-pub(crate) struct Sys {
+/// The file of the mount at `name`, for cache invalidation.
+pub fn mount_file(name: &str) -> String {
+    format!("{MOUNT}/mounts/{name}")
+}
+
+pub struct Sys {
     router: Router<Route>,
+    control: std::sync::Weak<dyn Control>,
     /// The last hash asked of `sys/audit-hash`, per uid (never the value).
     hashes: std::sync::Mutex<std::collections::HashMap<u32, String>>,
 }
@@ -76,14 +97,21 @@ fn caps_first(path: &str) -> &str {
 }
 
 impl Sys {
-    pub(crate) fn new() -> Self {
+    pub fn new(control: std::sync::Weak<dyn Control>) -> Self {
         Self {
             router: Router::declare(PATHS),
+            control,
             hashes: Default::default(),
         }
     }
 
-    fn route<'p>(&self, e: &Engine, path: &'p str) -> Result<(Route, Vec<&'p str>)> {
+    fn control(&self) -> Result<std::sync::Arc<dyn Control>> {
+        self.control
+            .upgrade()
+            .ok_or_else(|| Error::io("the engine is shutting down"))
+    }
+
+    fn route<'p>(&self, e: &dyn Control, path: &'p str) -> Result<(Route, Vec<&'p str>)> {
         let (route, caps) = self
             .router
             .route(path)
@@ -94,19 +122,19 @@ impl Sys {
         Ok((route, caps))
     }
 
-    pub(crate) fn stat(&self, e: &Engine, caller: &Caller, path: &str) -> Result<Node> {
+    fn stat_in(&self, e: &dyn Control, caller: &Caller, path: &str) -> Result<Node> {
         let (route, caps) = self.route(e, path)?;
         Ok(match route {
             Route::Root | Route::Mounts => Node::dir(),
             // Generated text stats its true size (cheap to make; nothing secret in it).
             Route::Help | Route::Health | Route::MountsTable | Route::SelfErrors => {
-                Node::generated_text(0o400, self.read(e, caller, path)?.len())
+                Node::generated_text(0o400, self.read_in(e, caller, path)?.len())
             }
             Route::SelfDir => Node::dir(),
             Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid => Node::write_only(),
             Route::Policies => Node::dir(),
             Route::Policy => {
-                e.policy_text(caps[0])?;
+                e.policy_text(caps[0]).map_err(|e| in_sys(path, e))?;
                 Node::file(0)
             }
             // Read-write: an exchange (the hash of what was written, read in the same open).
@@ -114,7 +142,7 @@ impl Sys {
             // I/O, so the size 0 does not cut them short.
             Route::AuditHash => Node::exchange_or_buffered(),
             Route::Mount => {
-                e.mount_entry(caps[0])?;
+                e.mount_entry(caps[0]).map_err(|e| in_sys(path, e))?;
                 Node::generated(0o600)
             }
             Route::Leases => Node::dir(),
@@ -126,14 +154,16 @@ impl Sys {
         })
     }
 
-    pub(crate) fn list(&self, e: &Engine, path: &str) -> Result<Vec<DirEntry>> {
+    fn list_in(&self, e: &dyn Control, path: &str) -> Result<Vec<DirEntry>> {
         let (route, _) = self.route(e, path)?;
         match route {
-            // The fixed entries, from the table; while sealed only those that answer.
+            // The fixed entries, from the table; while sealed only those that answer. (The
+            // engine lists `.help` first in every mount's root.)
             Route::Root => Ok(self
                 .router
                 .literal_children("")
                 .into_iter()
+                .filter(|c| c.name != ".help")
                 .filter(|c| {
                     !e.is_sealed()
                         || self
@@ -144,7 +174,7 @@ impl Sys {
                 .collect()),
             Route::Leases => Ok(e.leases().list("")),
             Route::SelfDir => Ok(self.router.literal_children("self")),
-            Route::Policies => Ok(e.policies().names().map(DirEntry::file).collect()),
+            Route::Policies => Ok(e.policy_names().into_iter().map(DirEntry::file).collect()),
             Route::Lease if e.leases().kind(caps_first(path)) == Some(true) => {
                 Ok(e.leases().list(caps_first(path)))
             }
@@ -160,15 +190,15 @@ impl Sys {
         }
     }
 
-    pub(crate) fn read(&self, e: &Engine, caller: &Caller, path: &str) -> Result<SecretBytes> {
+    fn read_in(&self, e: &dyn Control, caller: &Caller, path: &str) -> Result<SecretBytes> {
         let (route, caps) = self.route(e, path)?;
         let text = match route {
             Route::Help => self.router.help(HELP_INTRO, ""),
-            Route::Health => e.health_json(caller),
+            Route::Health => health_json(e, caller),
             Route::SelfErrors => e.own_refusals(caller.uid),
             Route::MountsTable => e.mounts_table_text(),
             Route::Mount => {
-                let m = e.mount_entry(caps[0])?;
+                let m = e.mount_entry(caps[0]).map_err(|e| in_sys(path, e))?;
                 format!(
                     "path = {:?}\ntype = {:?}\ndescription = {:?}\n",
                     format!("{}/", m.path),
@@ -180,7 +210,7 @@ impl Sys {
                 let rec = e.leases().get(caps[0])?;
                 rec.describe(e.leases().now_ms())
             }
-            Route::Policy => e.policy_text(caps[0])?,
+            Route::Policy => e.policy_text(caps[0]).map_err(|e| in_sys(path, e))?,
             Route::AuditHash => {
                 let h = self
                     .hashes
@@ -208,16 +238,16 @@ impl Sys {
     /// (policies, mount specs, audit-hash values) are buffered and applied whole at close (a
     /// document cut at a write(2) boundary must never go live; mount specs are checked as bytes
     /// arrive, `check_partial`); every other control file acts on each write.
-    pub(crate) fn create_node(&self, e: &Engine, path: &str) -> Result<Node> {
-        self.create(e, path)?;
+    fn create_in(&self, e: &dyn Control, path: &str) -> Result<Writes> {
+        self.may_create(e, path)?;
         Ok(match self.router.route(path).map(|(r, _)| r) {
-            Some(Route::Policy | Route::Mount | Route::AuditHash) => Node::file(0),
-            _ if path.starts_with("policies/") || path.starts_with("mounts/") => Node::file(0),
-            _ => Node::write_only(),
+            Some(Route::Policy | Route::Mount | Route::AuditHash) => Writes::Buffered,
+            _ if path.starts_with("policies/") || path.starts_with("mounts/") => Writes::Buffered,
+            _ => Writes::EachWrite,
         })
     }
 
-    fn create(&self, e: &Engine, path: &str) -> Result<()> {
+    fn may_create(&self, e: &dyn Control, path: &str) -> Result<()> {
         match self.route(e, path) {
             Ok((Route::Seal | Route::Unseal | Route::Rotate | Route::RevokeUid, _)) => Ok(()),
             Ok((Route::Policy | Route::AuditHash, _)) => Ok(()),
@@ -253,8 +283,8 @@ impl Sys {
         }
     }
 
-    /// Check a buffered control file's content so far (see `Engine::check_partial`).
-    pub(crate) fn check_partial(&self, path: &str, data: &[u8]) -> Result<()> {
+    /// Check a buffered control file's content so far (see `Backend::check_partial`).
+    fn check_partial_in(&self, path: &str, data: &[u8]) -> Result<()> {
         if let Some(name) = path.strip_prefix("mounts/") {
             if !name.contains('/') {
                 return check_mount_spec_prefix(data);
@@ -273,9 +303,9 @@ impl Sys {
 
     /// The exchange of `sys/audit-hash` (opened read-write): the HMAC of `input`, which is also
     /// the last hash asked by `uid`.
-    pub(crate) fn exchange(
+    fn exchange_in(
         &self,
-        e: &Engine,
+        e: &dyn Control,
         uid: u32,
         path: &str,
         input: SecretBytes,
@@ -296,9 +326,9 @@ impl Sys {
         }
     }
 
-    pub(crate) fn write(
+    fn write_in(
         &self,
-        e: &Engine,
+        e: &dyn Control,
         caller_uid: u32,
         path: &str,
         data: SecretBytes,
@@ -306,9 +336,7 @@ impl Sys {
         if let Some(name) = path.strip_prefix("mounts/") {
             if !name.contains('/') && !e.is_sealed() {
                 let spec = parse_mount_spec(&data)?;
-                return e
-                    .mount(name, spec.kind.trim(), &spec.description)
-                    .map(|_| ());
+                return e.mount(name, spec.kind.trim(), &spec.description);
             }
         }
         if let Some(name) = path.strip_prefix("policies/") {
@@ -370,10 +398,10 @@ impl Sys {
         }
     }
 
-    pub(crate) fn delete(&self, e: &Engine, path: &str) -> Result<()> {
+    fn delete_in(&self, e: &dyn Control, path: &str) -> Result<()> {
         match self.route(e, path)? {
-            (Route::Mount, caps) => e.unmount(caps[0]),
-            (Route::Policy, caps) => e.delete_policy(caps[0]),
+            (Route::Mount, caps) => e.unmount(caps[0]).map_err(|e| in_sys(path, e)),
+            (Route::Policy, caps) => e.delete_policy(caps[0]).map_err(|e| in_sys(path, e)),
             (Route::Lease, caps) => match e.leases().kind(caps[0]) {
                 Some(true) => Err(Error::new(
                     ErrorKind::IsADirectory,
@@ -388,7 +416,7 @@ impl Sys {
     }
 
     /// `rmdir` of a lease folder (the last step of `rm -r`): revoke everything under it.
-    pub(crate) fn rmdir(&self, e: &Engine, path: &str) -> Result<()> {
+    fn rmdir_in(&self, e: &dyn Control, path: &str) -> Result<()> {
         match self.route(e, path)? {
             (Route::Lease, caps) => {
                 if e.leases().kind(caps[0]) == Some(false) {
@@ -408,7 +436,7 @@ impl Sys {
     }
 
     /// `touch`: on a lease, renew it by its default increment; elsewhere nothing.
-    pub(crate) fn touch(&self, e: &Engine, path: &str) -> Result<()> {
+    fn touch_in(&self, e: &dyn Control, path: &str) -> Result<()> {
         match self.route(e, path)? {
             (Route::Lease, caps) if e.leases().kind(caps[0]) == Some(false) => {
                 e.leases().renew(caps[0], None).map(|_| ())
@@ -417,7 +445,7 @@ impl Sys {
         }
     }
 
-    pub(crate) fn rename(&self, e: &Engine, from: &str, to: &str) -> Result<()> {
+    fn rename_in(&self, e: &dyn Control, from: &str, to: &str) -> Result<()> {
         match (self.route(e, from)?, to.strip_prefix("mounts/")) {
             ((Route::Mount, caps), Some(new)) if !new.contains('/') => e.remount(caps[0], new),
             _ => Err(Error::not_permitted(format!(

@@ -13,7 +13,7 @@
 //! atomic batch (a rotation lost to a race would make its ciphertexts undecryptable).
 
 use super::{partial, validate_name, Services};
-use crate::backend::{Backend, Ctx, DirEntry, Node};
+use crate::backend::{Backend, Ctx, DirEntry, Node, Writes};
 use crate::barrier::view::ViewOp;
 use crate::barrier::View;
 use crate::error::{Error, ErrorKind, Result};
@@ -292,10 +292,7 @@ impl Backend for Transit {
                 known(name)?;
                 // Buffered, applied whole at close (all commands or none, even when a shell
                 // writes them line by line); each complete line is checked as it arrives.
-                Node {
-                    dynamic: false,
-                    ..Node::write_only()
-                }
+                Node::write_only_document()
             }
             Route::OpFile(_) => {
                 known(name)?;
@@ -341,14 +338,14 @@ impl Backend for Transit {
         }
     }
 
-    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<()> {
+    fn create(&self, _ctx: &Ctx<'_>, path: &str) -> Result<Writes> {
         let (route, name) = self.route(path).map_err(|_| {
             Error::not_permitted(format!(
                 "{path}: files cannot be created here (mkdir keys/NAME makes a key)"
             ))
         })?;
         match route {
-            Route::Ctl => self.meta(name).map(|_| ()),
+            Route::Ctl => self.meta(name).map(|_| Writes::Buffered),
             Route::OpFile(_) => {
                 self.meta(name)?;
                 Err(Error::not_permitted(format!(
@@ -370,7 +367,7 @@ impl Backend for Transit {
         let (route, name) = self.route(path)?;
         match route {
             Route::Ctl => self.control(name, &data),
-            _ => self.create(ctx, path),
+            _ => self.create(ctx, path).map(|_| ()),
         }
     }
 

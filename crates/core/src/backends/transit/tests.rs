@@ -10,7 +10,7 @@ use crate::route::Ops;
 use crate::storage::memory::MemoryStorage;
 use std::sync::Arc;
 
-fn engine() -> (Engine, View) {
+fn engine() -> (std::sync::Arc<Engine>, View) {
     let s = Arc::new(MemoryStorage::new());
     let e = Engine::new(
         s,
@@ -94,12 +94,12 @@ fn create_list_and_stat() {
         .collect();
     assert_eq!(enc_names, vec!["billing", "orders"]);
     let node = e.stat(&root(), "transit/encrypt/orders").expect("stat");
-    assert!(node.exchange && node.mode == 0o600);
-    assert!(
-        !e.stat(&root(), "transit/keys/orders/info")
-            .expect("stat")
-            .exchange
-    );
+    assert!(node.writes == crate::backend::Writes::Exchange && node.mode == 0o600);
+    assert!(!e
+        .stat(&root(), "transit/keys/orders/info")
+        .expect("stat")
+        .writes
+        .may_exchange());
     assert_eq!(
         kind(e.stat(&root(), "transit/encrypt/nope")),
         Some(ErrorKind::NotFound)
@@ -497,7 +497,11 @@ fn declared_ops_match_what_the_paths_are() {
         };
         let node = e.stat(&root(), &full).expect(&full);
         assert_eq!(node.is_dir(), d.ops.contains(Ops::LIST), "{full}");
-        assert_eq!(node.exchange, d.ops.contains(Ops::EXCHANGE), "{full}");
+        assert_eq!(
+            node.writes.may_exchange(),
+            d.ops.contains(Ops::EXCHANGE),
+            "{full}"
+        );
         if d.ops.contains(Ops::WRITE) && !d.ops.contains(Ops::READ) {
             assert_eq!(node.mode, 0o200, "{full}");
         }
