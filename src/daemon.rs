@@ -205,6 +205,9 @@ struct Setup {
     store_desc: String,
     /// `STORE.pid` beside a file store's folder (see `mountpoint::pid_file_for`).
     pid_file: Option<PathBuf>,
+    /// The etcd store, for the expiry election and the watches (several daemons).
+    #[cfg(feature = "etcd")]
+    etcd: Option<Arc<nomadfs_core::storage::etcd::EtcdStorage>>,
 }
 
 fn dev_setup(args: &ServerArgs) -> Result<Setup, String> {
@@ -233,6 +236,8 @@ fn dev_setup(args: &ServerArgs) -> Result<Setup, String> {
         audit: AuditMode::Off,
         store_desc: "memory".into(),
         pid_file: None,
+        #[cfg(feature = "etcd")]
+        etcd: None,
     })
 }
 
@@ -256,6 +261,8 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
     // Before the store is opened: a live daemon on this mountpoint holds it too, and its pid
     // says more than "the store is in use".
     crate::mountpoint::prepare(&mountpoint, pid_file.as_deref())?;
+    #[cfg(feature = "etcd")]
+    let mut etcd = None;
     let (storage, store_desc): (Arc<dyn Storage>, String) = match cfg.storage.kind.as_str() {
         "file" => {
             let dir = store_dir.clone().unwrap_or_default();
@@ -276,7 +283,9 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
             tracing::info!(endpoints = ?cfg.storage.endpoints, prefix, tls = cfg.storage.ca_file.is_some(), username = ?cfg.storage.username, "etcd storage");
             let desc = format!("etcd {} prefix {prefix}", cfg.storage.endpoints.join(","));
             let s = EtcdStorage::new(cfg.etcd_config()?).map_err(|e| e.message)?;
-            (Arc::new(s), desc)
+            let s = Arc::new(s);
+            etcd = Some(s.clone());
+            (s, desc)
         }
         other => {
             return Err(format!(
@@ -349,7 +358,19 @@ fn config_setup(args: &ServerArgs) -> Result<Setup, String> {
         audit,
         store_desc,
         pid_file,
+        #[cfg(feature = "etcd")]
+        etcd,
     })
+}
+
+/// This host's name (for the node id in the expiry election), "host" if unreadable.
+#[cfg(feature = "etcd")]
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -380,10 +401,34 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
         audit,
         store_desc,
         pid_file,
+        #[cfg(feature = "etcd")]
+        etcd,
     } = setup;
 
     let (storage, faults) = crate::faults::wrap(storage)?;
     let engine = Engine::new(storage, engine_cfg);
+    // Several daemons on etcd: join the expiry election before anything can revoke, and
+    // follow the others' changes (policies, mount table, leases) through a watch.
+    #[cfg(feature = "etcd")]
+    let mut cluster = None;
+    #[cfg(feature = "etcd")]
+    if let Some(s) = etcd {
+        use nomadfs_core::cluster::etcd::{follow, EtcdCluster};
+        // Stable across restarts (one daemon per mountpoint per host): a restarted daemon
+        // recognises its own unfinished work (aws intents) as its own.
+        let node = format!("{}:{}", host_name(), mountpoint.display());
+        let c = EtcdCluster::start(s, node).map_err(|e| e.message)?;
+        engine.leases().set_leadership(c.clone());
+        follow(&engine, &c).map_err(|e| e.message)?;
+        cluster = Some(c);
+    }
+    // At shutdown, after the unmount: hand the expiry leadership over at once.
+    let resign = || {
+        #[cfg(feature = "etcd")]
+        if let Some(c) = &cluster {
+            c.resign();
+        }
+    };
     engine
         .set_policies(policies, admins)
         .map_err(|e| format!("policies: {}", e.message))?;
@@ -488,6 +533,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
                 Err(e) => Some(format!("the FUSE session ended with an error: {e}")),
             };
             crate::mountpoint::unmount_if_ours(&mountpoint);
+            resign();
             engine.seal();
             crate::faults::report(&faults);
             return failure.map_or(Ok(0), Err);
@@ -496,6 +542,7 @@ fn serve_inner(args: ServerArgs) -> Result<i32, String> {
     }
     crate::notify::notify("STOPPING=1");
     nomadfs_fuse::unmount(session, &mountpoint, Duration::from_secs(5));
+    resign();
     engine.seal();
     crate::faults::report(&faults);
     tracing::info!("stopped");

@@ -11,6 +11,7 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_nomadfs")
 }
 
+pub mod etcd;
 pub mod moto;
 pub mod pg;
 

@@ -8,6 +8,7 @@ pub mod backends;
 pub mod barrier;
 mod blocking;
 pub mod caller;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod gate;

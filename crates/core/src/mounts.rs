@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const TABLE_PATH: &str = "core/mounts";
+pub const TABLE_PATH: &str = "core/mounts";
 /// Paths that can never be mounted over.
 pub const RESERVED: &[&str] = &[crate::backends::sys::MOUNT];
 

@@ -226,6 +226,19 @@ impl Barrier {
         self.keyring()
     }
 
+    /// The storage key of the wrapped keyring (plaintext name), e.g. to watch it.
+    pub const KEYRING_STORAGE_KEY: &'static str = KEYRING_KEY;
+
+    /// Another daemon sharing the store rotated (the watch saw the stored keyring change):
+    /// re-read it, so this daemon's new writes use the new term at once. Sealed: nothing to
+    /// do. Returns the active term now.
+    pub fn keyring_changed(&self) -> Result<u32> {
+        if self.is_sealed() {
+            return Err(Error::sealed());
+        }
+        Ok(self.reload_keyring()?.active_term())
+    }
+
     /// The keyring that knows the term `raw` was sealed with: this one, or a reloaded one.
     fn keyring_for(&self, kr: Arc<Keyring>, raw: &[u8]) -> Result<Arc<Keyring>> {
         match entry::term_of(raw) {
@@ -430,6 +443,61 @@ impl Barrier {
             });
         }
         Ok(out)
+    }
+
+    /// The storage key prefix of logical `prefix` (ends with '/'), e.g. to watch it on a
+    /// shared store. Needs the name key (unsealed).
+    pub fn storage_prefix(&self, prefix: &str) -> Result<String> {
+        let kr = self.keyring()?;
+        Ok(format!(
+            "{ENCRYPTED_PREFIX}{}",
+            names::encrypt_prefix(&kr, prefix)?
+        ))
+    }
+
+    /// The logical path of storage key `key` (None: not an encrypted entry's key).
+    pub fn logical_of(&self, key: &str) -> Result<Option<String>> {
+        let kr = self.keyring()?;
+        match key.strip_prefix(ENCRYPTED_PREFIX) {
+            Some(rest) => names::decrypt_path(&kr, rest).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Delete `logical` only while `term` leads the expiry election (`cluster`).
+    /// Ok(false): fenced off, nothing deleted.
+    pub fn delete_fenced(
+        &self,
+        logical: &str,
+        leadership: &dyn crate::cluster::Leadership,
+        term: crate::cluster::Term,
+    ) -> Result<bool> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        leadership.apply_fenced(term, &[WriteOp::Delete(key)])
+    }
+
+    /// `compare_and_swap` only while `term` leads the expiry election. Ok(None): fenced off.
+    pub fn compare_and_swap_fenced(
+        &self,
+        logical: &str,
+        expected: Option<&Version>,
+        new: Option<&[u8]>,
+        leadership: &dyn crate::cluster::Leadership,
+        term: crate::cluster::Term,
+    ) -> Result<Option<bool>> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        let sealed = match new {
+            Some(v) => Some(entry::seal(&kr, logical, v)?),
+            None => None,
+        };
+        leadership.compare_and_swap_fenced(
+            term,
+            &key,
+            expected.map(|v| v.0.as_slice()),
+            sealed.as_deref(),
+        )
     }
 
     pub fn has_prefix(&self, prefix: &str) -> Result<bool> {

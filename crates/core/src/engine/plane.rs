@@ -8,10 +8,13 @@ use crate::backends::sys::Status;
 
 impl Control for Engine {
     fn status(&self) -> Status {
+        // One read of the store: did it answer?
+        let initialized = self.barrier.is_initialized();
         Status {
             sealed: self.is_sealed(),
-            initialized: self.barrier.is_initialized().unwrap_or(false),
+            initialized: *initialized.as_ref().unwrap_or(&false),
             storage: self.barrier.storage().kind(),
+            storage_ok: initialized.is_ok(),
             key_term: self.barrier.active_term().ok(),
         }
     }

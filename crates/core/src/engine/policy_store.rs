@@ -65,6 +65,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Re-read the live policies now (another daemon sharing the store changed one: the
+    /// cluster watch calls this); the kernel's cached entries are dropped (`changed("")`).
+    /// Sealed: nothing to do (unseal loads them).
+    pub fn invalidate_policies(&self) {
+        if self.is_sealed() {
+            return;
+        }
+        if let Err(e) = self.reload_policies() {
+            tracing::warn!("re-reading the policies failed: {}", e.message);
+        }
+    }
+
     /// Store and apply a live policy (`sys/policies/NAME`); a bad one is refused, the old stays.
     pub(crate) fn put_policy(&self, name: &str, text: &str) -> Result<()> {
         let resolver = EtcFiles::system().unwrap_or_else(|_| EtcFiles::parse("", ""));

@@ -79,8 +79,23 @@ impl Engine {
     /// for listings when the store is shared. Skipped while this daemon changes the table
     /// itself (the change re-reads it anyway) or is sealed.
     pub(super) fn refresh_table(&self) {
-        let Ok(_g) = self.control.try_lock() else {
-            return;
+        let _g = match self.control.try_lock() {
+            Ok(g) => g,
+            // The watch marked the table stale and is re-reading it: wait for that (bounded)
+            // rather than answer from the old copy.
+            Err(_) if self.table_stale() => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                loop {
+                    if let Ok(g) = self.control.try_lock() {
+                        break g;
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+            Err(_) => return,
         };
         if self.barrier.is_sealed() {
             return;
@@ -92,6 +107,32 @@ impl Engine {
             }
             Err(e) => tracing::warn!("re-reading the mount table failed: {}", e.message),
         }
+    }
+
+    /// Re-read the stored mount table now (another daemon sharing the store changed it: the
+    /// cluster watch calls this). Waits for a change this daemon is making; the kernel's
+    /// entries of what moved are dropped through the change listener (`set_table`).
+    pub fn reload_table(&self) {
+        // Stale first: a listing meanwhile waits for this re-read (`refresh_table`).
+        *self.table_read_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _g = self.lock_control();
+        if self.barrier.is_sealed() {
+            return;
+        }
+        match self.fresh_table() {
+            Ok(_) => {
+                *self.table_read_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(std::time::Instant::now());
+            }
+            Err(e) => tracing::warn!("re-reading the mount table failed: {}", e.message),
+        }
+    }
+
+    fn table_stale(&self) -> bool {
+        self.table_read_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     /// Mount a backend of `kind` at `path`.

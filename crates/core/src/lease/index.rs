@@ -1,5 +1,5 @@
 //! The in-memory lease index: every lease this daemon knows, by id, with what scheduling and
-//! the per-uid bound need (`Meta`: due time, uid, foreign), the due queue ordered by deadline,
+//! the per-uid bound need (`Meta`: due time, uid), the due queue ordered by deadline,
 //! the ids in flight (claimed), folders a revocation just emptied, and the per-uid counts
 //! (live leases and leases being issued).
 //!
@@ -16,9 +16,6 @@ use crate::error::{Error, ErrorKind, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// How long after a foreign lease is due this daemon waits before revoking it itself.
-pub(super) const FOREIGN_GRACE_MS: u64 = 10_000;
-
 /// How long a folder emptied by a revocation still answers as a folder.
 const EMPTIED_GRACE: Duration = Duration::from_secs(30);
 
@@ -26,10 +23,6 @@ const EMPTIED_GRACE: Duration = Duration::from_secs(30);
 pub(super) struct Meta {
     pub(super) due: Option<u64>,
     pub(super) uid: u32,
-    /// Found in a shared store, issued by another daemon: this one acts on it only
-    /// `FOREIGN_GRACE_MS` after it is due (the issuer normally does it first; this one takes
-    /// over when the issuer is gone).
-    pub(super) foreign: bool,
 }
 
 impl Meta {
@@ -37,23 +30,13 @@ impl Meta {
         Self {
             due: rec.due_ms(),
             uid: rec.uid,
-            foreign: false,
         }
     }
-    pub(super) fn foreign(rec: &LeaseRecord) -> Self {
-        Self {
-            due: rec.due_ms().map(|d| d.saturating_add(FOREIGN_GRACE_MS)),
-            uid: rec.uid,
-            foreign: true,
-        }
-    }
-    /// `rec`'s scheduling, keeping whether this entry is foreign.
+    /// `rec`'s scheduling for an entry already indexed. (Leases issued by another daemon on
+    /// a shared store are scheduled like any other: only the elected expiry leader revokes at
+    /// expiry, `fence.rs`, so no issuer has to go first.)
     pub(super) fn like(self, rec: &LeaseRecord) -> Self {
-        if self.foreign {
-            Self::foreign(rec)
-        } else {
-            Self::of(rec)
-        }
+        Self::of(rec)
     }
 }
 

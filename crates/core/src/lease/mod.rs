@@ -14,8 +14,10 @@
 //!   exponential backoff and jitter; the irrevocable state, kept and listed with its reason);
 //! - `scheduler`: the pool of `concurrency` expiry workers over the due queue;
 //! - `sync`: the index in step with storage (restore at unseal: leases that expired while the
-//!   daemon was down are due at once; on a shared store, foreign leases and takeover after
-//!   the grace);
+//!   daemon was down are due at once; on a shared store, records other daemons write or
+//!   delete, seen through the watch and a periodic backstop sync);
+//! - `fence`: who revokes at expiry (on a shared store only the elected leader,
+//!   `cluster::Leadership`) and the record changes fenced by its term;
 //! - `clock`: wall-clock time behind a trait (virtual time in tests).
 //!
 //! Parts depend on the facade (`LeaseManager`'s fields, `lock`) and on `record`/`index`;
@@ -29,6 +31,7 @@
 //! its own (a new job is a new part).
 
 pub mod clock;
+mod fence;
 mod index;
 mod issue;
 mod record;
@@ -39,6 +42,7 @@ mod sync;
 
 use crate::backend::{Backend, DirEntry};
 use crate::barrier::Barrier;
+use crate::cluster::{Leadership, Role};
 use crate::error::{Error, Result};
 pub use clock::{parse_duration, parse_duration_ms, rfc3339, Clock, ManualClock, SystemClock};
 use index::Index;
@@ -85,6 +89,8 @@ pub struct LeaseManager {
     /// Wakes the expiry workers: a new earliest deadline, a rescheduled lease, restore, seal.
     due: Condvar,
     loaded: AtomicBool,
+    /// The expiry election on a shared store (unset: alone, always the leader).
+    leadership: std::sync::OnceLock<Arc<dyn Leadership>>,
 }
 
 /// Told the id of each lease revoked (`LeaseManager::set_on_revoked`).
@@ -106,6 +112,7 @@ impl LeaseManager {
             changed: Condvar::new(),
             due: Condvar::new(),
             loaded: AtomicBool::new(false),
+            leadership: std::sync::OnceLock::new(),
         }
     }
 
@@ -117,6 +124,22 @@ impl LeaseManager {
     /// first call wins.
     pub fn set_on_revoked(&self, f: OnRevoked) {
         let _ = self.on_revoked.set(f);
+    }
+
+    /// Join an expiry election (a shared store): only its leader revokes due leases, its
+    /// record changes fenced by its term. The first call wins.
+    pub fn set_leadership(&self, l: Arc<dyn Leadership>) {
+        let _ = self.leadership.set(l);
+    }
+
+    /// This daemon's role in the expiry election (`single` without one).
+    pub fn role(&self) -> Role {
+        self.leadership.get().map_or(Role::Single, |l| l.role())
+    }
+
+    /// The election, if any (node and leader ids for `sys/health`).
+    pub fn leadership(&self) -> Option<&Arc<dyn Leadership>> {
+        self.leadership.get()
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -276,15 +299,27 @@ impl LeaseManager {
         sync::restore(self)
     }
 
-    /// On a shared store: index lease records other daemons wrote (as foreign) and forget the
+    /// On a shared store: index lease records other daemons wrote and forget the
     /// ones that are gone from storage (another daemon revoked them). Returns (added, removed).
     pub fn sync_shared(&self) -> Result<(usize, usize)> {
         sync::sync_shared(self)
     }
 
+    /// On a shared store, the watch saw lease record `id` written (by any daemon).
+    pub fn note_stored(&self, id: &str) {
+        sync::stored(self, id);
+    }
+
+    /// On a shared store, the watch saw lease record `id` deleted (by any daemon).
+    pub fn note_deleted(&self, id: &str) {
+        sync::deleted(self, id);
+    }
+
     /// Forget the in-memory index (at seal); nothing is revoked.
     pub fn clear(&self) {
         self.loaded.store(false, Ordering::SeqCst);
+        // Sealed: cannot revoke, so must not lead the expiry election.
+        self.leadership.get().inspect(|l| l.set_eligible(false));
         lock(&self.index).forget_all();
         self.changed.notify_all();
         self.due.notify_all();

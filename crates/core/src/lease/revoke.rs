@@ -12,7 +12,7 @@
 //! daemon changed meanwhile (compare-and-swap: its record wins), or log the record's secret.
 
 use super::index::Meta;
-use super::{lock, record, sync, LeaseConfig, LeaseManager};
+use super::{fence, lock, record, sync, LeaseConfig, LeaseManager};
 use crate::error::{Error, ErrorKind, Result};
 use rand::Rng;
 use std::sync::atomic::Ordering;
@@ -96,6 +96,16 @@ pub(super) fn revoke_claimed(mgr: &LeaseManager, id: &str, only_due: bool) -> Re
             return Ok(false);
         }
     }
+    // At expiry only the elected leader revokes, its record change fenced by its term
+    // (taken now, before anything upstream: `fence.rs`).
+    let fence = if only_due {
+        fence::expiry_fence(mgr)
+    } else {
+        fence::Fence::Single
+    };
+    if matches!(fence, fence::Fence::NotLeader) {
+        return Ok(false);
+    }
     let backend = lock(&mgr.lookup).as_ref().and_then(|f| f(rec.mount()));
     let upstream_started = std::time::Instant::now();
     let upstream = match backend {
@@ -109,7 +119,9 @@ pub(super) fn revoke_claimed(mgr: &LeaseManager, id: &str, only_due: bool) -> Re
     match upstream {
         Ok(()) => {
             // Deleting is idempotent: another daemon revoking it too is harmless.
-            record::delete(&mgr.barrier, id)?;
+            if !fence::delete(mgr, id, &fence)? {
+                return Ok(false);
+            }
             lock(&mgr.index).remove(id);
             mgr.on_revoked.get().inspect(|f| f(id));
             tracing::info!(
@@ -143,7 +155,10 @@ pub(super) fn revoke_claimed(mgr: &LeaseManager, id: &str, only_due: bool) -> Re
                     e.message
                 );
             }
-            if !record::store_if(&mgr.barrier, &rec, &version)? {
+            let Some(stored) = fence::store_if(mgr, &rec, &version, &fence)? else {
+                return Ok(false);
+            };
+            if !stored {
                 // Another daemon sharing the store acted on it meanwhile: its record wins.
                 match record::load(&mgr.barrier, id)? {
                     None => {

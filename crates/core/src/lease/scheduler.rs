@@ -5,22 +5,31 @@
 //! most 1 s, so a clock step is noticed). Worker 0 also runs the shared-store sync. A
 //! revocation that could not even run (storage unreachable) is deferred, not retried in a
 //! tight loop. `process_due` is the same pass run once, on the caller's thread (tests, virtual
-//! time).
+//! time). On a shared store only the elected expiry leader's workers take due leases
+//! (`fence.rs`); a follower's workers look again every `FOLLOWER_POLL` (a takeover is then
+//! at most that late after the election).
 //!
 //! Owns: `start`, `process_due`, `next_due_in`, `take_due`, `defer_if_still_due`.
 //! Must never: revoke a lease without holding its claim, hold the index lock while revoking,
 //! or keep the manager alive (workers hold it weakly and end when it is dropped).
 
 use super::index::{Index, Meta};
-use super::{lock, revoke, sync, LeaseManager};
+use super::{fence, lock, revoke, sync, LeaseManager};
 use crate::error::{Error, ErrorKind};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+/// How often a follower's workers check whether this daemon became the expiry leader.
+const FOLLOWER_POLL: Duration = Duration::from_millis(250);
+
+fn follower(mgr: &LeaseManager) -> bool {
+    matches!(fence::expiry_fence(mgr), fence::Fence::NotLeader)
+}
+
 /// One scheduler pass: revoke every lease that is due. Returns how many were revoked.
 pub(super) fn process_due(mgr: &LeaseManager) -> usize {
-    if !mgr.loaded.load(Ordering::SeqCst) {
+    if !mgr.loaded.load(Ordering::SeqCst) || follower(mgr) {
         return 0;
     }
     let now = mgr.now_ms();
@@ -120,6 +129,11 @@ pub(super) fn start(mgr: &Arc<LeaseManager>) {
                     {
                         synced = std::time::Instant::now();
                         sync::sync_shared_logged(&m);
+                    }
+                    if follower(&m) {
+                        let ix = lock(&m.index);
+                        let _ = m.due.wait_timeout(ix, FOLLOWER_POLL);
+                        continue;
                     }
                     let mut ix = lock(&m.index);
                     match take_due(&m, &mut ix) {

@@ -1,13 +1,15 @@
 //! The index in step with storage. At unseal, `restore` indexes every stored record (leases
 //! that expired while the daemon was down are due at once; an unreadable record is listed,
-//! never scheduled, never forgotten). On a shared store (several daemons on one etcd): a lease
-//! another daemon issued is found on access (`find`) or by the periodic `sync_shared` (every
-//! `SHARED_SYNC`) and indexed as *foreign*: due `FOREIGN_GRACE_MS` after its deadline, so its
-//! issuer goes first and this daemon takes over when the issuer is gone; a record gone from
-//! storage (another daemon revoked it) leaves the index.
+//! never scheduled, never forgotten). On a shared store (several daemons on one etcd): a
+//! record another daemon wrote or deleted is seen at once through the store's watch
+//! (`stored`/`deleted`, called by the cluster wiring), found on access (`find`), and, as a
+//! backstop for a watch that missed events, by the periodic `sync_shared` (every
+//! `SHARED_SYNC`); a record gone from storage (another daemon revoked it) leaves the index.
+//! Leases from other daemons are scheduled like this daemon's own: only the elected expiry
+//! leader revokes at expiry (`fence.rs`), so there is no grace for their issuer.
 //!
-//! Owns: `restore`, `find`, `sync_shared` (and its logged form for the scheduler),
-//! `SHARED_SYNC`.
+//! Owns: `restore`, `find`, `stored`, `deleted`, `sync_shared` (and its logged form for the
+//! scheduler), `SHARED_SYNC`.
 //! Must never: revoke or call upstream (takeover is only scheduling: the revocation path
 //! re-reads the record before acting), drop an entry that is claimed (in flight) or still in
 //! storage, or hold the index lock across a storage call.
@@ -25,7 +27,7 @@ use std::time::Duration;
 pub(super) const SHARED_SYNC: Duration = Duration::from_secs(30);
 
 /// On a shared store: a lease this daemon does not know may have been issued by another
-/// one. Look for its record and index it (as foreign). Returns whether it is known now.
+/// one. Look for its record and index it. Returns whether it is known now.
 pub(super) fn find(mgr: &LeaseManager, id: &str) -> bool {
     if lock(&mgr.index).leases.contains_key(id) {
         return true;
@@ -37,12 +39,45 @@ pub(super) fn find(mgr: &LeaseManager, id: &str) -> bool {
         Ok(Some(rec)) => {
             let mut ix = lock(&mgr.index);
             if !ix.leases.contains_key(id) {
-                ix.set(id, Meta::foreign(&rec));
+                ix.set(id, Meta::of(&rec));
             }
             true
         }
         _ => false,
     }
+}
+
+/// The watch saw record `id` written (by any daemon): index it, or re-read its schedule
+/// (a renewal elsewhere). Claimed entries are left alone (their holder re-reads the record).
+pub(super) fn stored(mgr: &LeaseManager, id: &str) {
+    if !mgr.loaded.load(Ordering::SeqCst) || lock(&mgr.index).inflight.contains(id) {
+        return;
+    }
+    match record::load(&mgr.barrier, id) {
+        Ok(Some(rec)) => {
+            let mut ix = lock(&mgr.index);
+            if !ix.inflight.contains(id) {
+                ix.set(id, Meta::of(&rec));
+            }
+            drop(ix);
+            mgr.changed.notify_all();
+            mgr.due.notify_all();
+        }
+        Ok(None) => deleted(mgr, id),
+        Err(e) => tracing::warn!(lease = %id, "watched lease record unreadable: {}", e.message),
+    }
+}
+
+/// The watch saw record `id` deleted (revoked, here or by another daemon): forget it unless
+/// it is claimed here, and tell the change listener.
+pub(super) fn deleted(mgr: &LeaseManager, id: &str) {
+    let mut ix = lock(&mgr.index);
+    if ix.inflight.contains(id) || !ix.leases.contains_key(id) {
+        return;
+    }
+    ix.remove(id);
+    drop(ix);
+    mgr.on_revoked.get().inspect(|f| f(id));
 }
 
 /// Load every lease from storage (at unseal). Leases that expired while the daemon was down
@@ -64,7 +99,6 @@ pub(super) fn restore(mgr: &LeaseManager) -> Result<usize> {
                     Meta {
                         due: None,
                         uid: u32::MAX,
-                        foreign: false,
                     },
                 );
             }
@@ -79,13 +113,15 @@ pub(super) fn restore(mgr: &LeaseManager) -> Result<usize> {
         *cur = ix;
     }
     mgr.loaded.store(true, Ordering::SeqCst);
+    // Able to revoke now: may lead the expiry election.
+    mgr.leadership.get().inspect(|l| l.set_eligible(true));
     mgr.changed.notify_all();
     mgr.due.notify_all();
     tracing::info!(leases = n, "leases restored");
     Ok(n)
 }
 
-/// On a shared store: index lease records other daemons wrote (as foreign) and forget the
+/// On a shared store: index lease records other daemons wrote and forget the
 /// ones that are gone from storage (another daemon revoked them). Returns (added, removed).
 pub(super) fn sync_shared(mgr: &LeaseManager) -> Result<(usize, usize)> {
     mgr.check_loaded()?;
@@ -115,7 +151,7 @@ pub(super) fn sync_shared(mgr: &LeaseManager) -> Result<(usize, usize)> {
         if let Ok(Some(rec)) = record::load(&mgr.barrier, &id) {
             let mut ix = lock(&mgr.index);
             if !ix.leases.contains_key(&id) {
-                ix.set(&id, Meta::foreign(&rec));
+                ix.set(&id, Meta::of(&rec));
                 added += 1;
             }
         }

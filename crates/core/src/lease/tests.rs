@@ -373,47 +373,160 @@ fn shared_daemon(mem: &Arc<MemoryStorage>) -> (Arc<ManualClock>, Arc<Recorder>, 
     manager(&b)
 }
 
+/// An expiry election in memory (what `cluster::etcd` does through etcd): one current term;
+/// a fenced write lands only while its term is the current one.
+struct TestElection {
+    store: Arc<MemoryStorage>,
+    /// (leader node, term).
+    current: Mutex<(String, i64)>,
+}
+
+struct TestNode {
+    election: Arc<TestElection>,
+    node: String,
+}
+
+impl TestElection {
+    fn elect(&self, node: &str) {
+        let mut c = lock(&self.current);
+        *c = (node.to_string(), c.1 + 1);
+    }
+}
+
+impl crate::cluster::Leadership for TestNode {
+    fn role(&self) -> Role {
+        if self.term().is_some() {
+            Role::Leader
+        } else {
+            Role::Follower
+        }
+    }
+    fn term(&self) -> Option<crate::cluster::Term> {
+        let c = lock(&self.election.current);
+        (c.0 == self.node).then_some(crate::cluster::Term { revision: c.1 })
+    }
+    fn node_id(&self) -> String {
+        self.node.clone()
+    }
+    fn leader_id(&self) -> Option<String> {
+        Some(lock(&self.election.current).0.clone())
+    }
+    fn lost(&self, _: crate::cluster::Term) {}
+    fn set_eligible(&self, _: bool) {}
+    fn apply_fenced(
+        &self,
+        term: crate::cluster::Term,
+        ops: &[crate::storage::WriteOp],
+    ) -> Result<bool> {
+        let c = lock(&self.election.current);
+        if c.1 != term.revision {
+            return Ok(false);
+        }
+        crate::storage::Storage::apply(self.election.store.as_ref(), ops).map(|_| true)
+    }
+    fn compare_and_swap_fenced(
+        &self,
+        term: crate::cluster::Term,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Option<bool>> {
+        let c = lock(&self.election.current);
+        if c.1 != term.revision {
+            return Ok(None);
+        }
+        crate::storage::Storage::compare_and_swap(self.election.store.as_ref(), key, expected, new)
+            .map(Some)
+    }
+}
+
 #[test]
-fn two_daemons_on_one_store_revoke_once_and_honour_renewals() {
+fn only_the_expiry_leader_revokes_and_a_deposed_leaders_record_change_is_fenced() {
     let mem = Arc::new(MemoryStorage::new());
-    let daemon = || shared_daemon(&mem);
-    let (clock_a, rec_a, a) = daemon();
-    let (clock_b, rec_b, b) = daemon();
+    let election = Arc::new(TestElection {
+        store: mem.clone(),
+        current: Mutex::new((String::new(), 0)),
+    });
+    let daemon = |node: &str| {
+        let (clock, rec, m) = shared_daemon(&mem);
+        m.set_leadership(Arc::new(TestNode {
+            election: election.clone(),
+            node: node.into(),
+        }));
+        (clock, rec, m)
+    };
+    let (clock_a, rec_a, a) = daemon("a");
+    let (clock_b, rec_b, b) = daemon("b");
+    election.elect("a");
+    assert_eq!((a.role(), b.role()), (Role::Leader, Role::Follower));
     let advance = |ms| {
         clock_a.advance(ms);
         clock_b.advance(ms);
     };
-    let id = issue(&a, "shared", 10, 100, 1);
-    // B learns of A's lease (the scheduler syncs every 30 s; explicit here) and may read it.
-    assert_eq!(b.sync_shared().expect("sync"), (1, 0));
-    assert_eq!(b.get(&id).expect("b reads a's lease").id, id);
-    // A renews; B's copy of the deadline is stale but B re-reads before revoking.
+    let id = issue(&b, "shared", 10, 100, 1);
+    // A learns of B's lease (the watch; the backstop sync here) and schedules it like its own.
+    assert_eq!(a.sync_shared().expect("sync"), (1, 0));
+    // B renews; A's copy of the deadline is stale but A re-reads before revoking.
     advance(8_000);
-    a.renew(&id, Some(30)).expect("renew");
-    advance(12_000); // past the old deadline and B's grace
-    assert_eq!(b.process_due(), 0);
-    assert!(lock(&rec_b.revoked).is_empty(), "B revoked a renewed lease");
-    // At the new deadline A revokes; B, later, finds it gone and does nothing upstream.
+    b.renew(&id, Some(30)).expect("renew");
+    advance(12_000);
+    assert_eq!(a.process_due(), 0, "A revoked a renewed lease");
+    // Past the new deadline: the follower (B, the issuer) does nothing at expiry, A revokes.
     advance(18_000);
-    assert_eq!(a.process_due(), 1);
-    advance(10_000);
     assert_eq!(b.process_due(), 0);
-    assert_eq!(b.count(), 0);
-    assert_eq!(lock(&rec_a.revoked).len(), 1);
-    assert!(lock(&rec_b.revoked).is_empty());
+    assert!(
+        lock(&rec_b.revoked).is_empty(),
+        "a follower revoked at expiry"
+    );
+    assert_eq!(a.process_due(), 1);
+    assert_eq!(*lock(&rec_a.revoked), vec![id.clone()]);
+    b.note_deleted(&id);
+    assert_eq!(b.count(), 0, "the watch's delete leaves B's index");
 
-    // A lease whose issuer is gone: B takes over after the grace.
+    // A is deposed while its revocation is upstream: the upstream call ran (idempotent), but
+    // its record change is fenced off; the new leader revokes it again and deletes it.
     let orphan = issue(&a, "orphan", 5, 100, 1);
-    assert_eq!(b.sync_shared().expect("sync"), (1, 0));
-    advance(5_000);
-    assert_eq!(b.process_due(), 0, "the issuer gets the first go");
-    advance(10_000);
+    b.note_stored(&orphan);
+    assert!(b.exists(&orphan), "the watch's put indexes it on B");
+    advance(6_000);
+    let e2 = election.clone();
+    *lock(&rec_a.during) = Some(Box::new(move || e2.elect("b")));
+    assert_eq!(
+        a.process_due(),
+        0,
+        "a deposed leader's revocation must not count"
+    );
+    assert_eq!(lock(&rec_a.revoked).len(), 2, "its upstream call ran");
+    assert!(
+        a.get(&orphan).is_ok(),
+        "the record stays for the new leader"
+    );
+    assert_eq!(a.process_due(), 0, "a follower now");
     assert_eq!(b.process_due(), 1);
     assert_eq!(*lock(&rec_b.revoked), vec![orphan.clone()]);
-    // A (back) finds it gone: nothing revoked twice, the index follows the store.
-    assert_eq!(a.sync_shared().expect("sync"), (0, 1));
+    assert!(b.barrier.list(STORE_PREFIX).expect("list").is_empty());
+    // Deposed during a failed upstream attempt: writing the attempt back is fenced too (the
+    // record stays as the new leader last left it).
+    let failing = issue(&b, "failing", 5, 100, 1);
+    a.note_stored(&failing);
+    advance(6_000);
+    election.elect("a");
+    let e3 = election.clone();
+    rec_a.failures.store(1, Ordering::SeqCst);
+    *lock(&rec_a.during) = Some(Box::new(move || e3.elect("b")));
     assert_eq!(a.process_due(), 0);
-    assert_eq!(lock(&rec_a.revoked).len(), 1);
+    assert_eq!(
+        b.get(&failing).expect("record").attempts,
+        0,
+        "fenced write-back landed"
+    );
+    assert_eq!(b.process_due(), 1);
+    // `rm` works on any node, leader or not.
+    let third = issue(&b, "third", 100, 100, 1);
+    // (The backstop sync: B's new lease in, the orphan B revoked out.)
+    assert_eq!(a.sync_shared().expect("sync"), (1, 1));
+    a.revoke(&third).expect("rm on a follower");
+    assert!(a.barrier.list(STORE_PREFIX).expect("list").is_empty());
 }
 
 #[test]

@@ -148,7 +148,9 @@ pub struct EtcdStorage {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+/// The connection state, shared with the cluster module (`cluster/etcd.rs`: election,
+/// fenced writes, watches), which uses the same endpoints, rotation and deadline.
+pub(crate) struct Shared {
     endpoints: Vec<String>,
     prefix: String,
     deadline: Duration,
@@ -162,16 +164,24 @@ struct Conn {
     /// Bumped on every rotation, so concurrent failures rotate once, not once each.
     generation: u64,
     index: usize,
-    client: Option<KvClient>,
+    client: Option<Clients>,
+}
+
+/// One connection: the KV client (with the larger decode limit) and the full client (leases,
+/// watches).
+#[derive(Clone)]
+pub(crate) struct Clients {
+    pub(crate) kv: KvClient,
+    pub(crate) full: Client,
 }
 
 /// One failed attempt: whether trying again (elsewhere) may help, and why.
-struct Failure {
+pub(crate) struct Failure {
     retry: bool,
     /// The kind a final failure reports: `Io`, or the caller's fault (a batch over etcd's
     /// `--max-txn-ops` is `InvalidInput`, a request over `--max-request-bytes` is `TooLarge`).
     kind: ErrorKind,
-    reason: String,
+    pub(crate) reason: String,
 }
 
 impl Failure {
@@ -302,6 +312,16 @@ impl EtcdStorage {
         &self.shared.prefix
     }
 
+    /// The connection state, for the cluster module.
+    pub(crate) fn shared_state(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// The client's runtime, for the cluster module's background tasks.
+    pub(crate) fn runtime(&self) -> &OwnRuntime {
+        &self.runtime
+    }
+
     /// Run `fut` on the client's runtime and wait for it from this (any) thread.
     fn run<T, F>(&self, fut: F) -> Result<T>
     where
@@ -338,13 +358,17 @@ fn last_write_per_key(ops: &[WriteOp]) -> Vec<&WriteOp> {
 }
 
 impl Shared {
-    fn full(&self, key: &str) -> Vec<u8> {
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn full(&self, key: &str) -> Vec<u8> {
         format!("{}{key}", self.prefix).into_bytes()
     }
 
     /// The client for the current endpoint (connecting if needed) and the generation it
     /// belongs to.
-    async fn client(&self) -> std::result::Result<(u64, KvClient), Failure> {
+    async fn client(&self) -> std::result::Result<(u64, Clients), Failure> {
         let (generation, index) = {
             let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = &conn.client {
@@ -352,7 +376,29 @@ impl Shared {
             }
             (conn.generation, conn.index)
         };
-        let endpoint = self.endpoints.get(index).cloned().unwrap_or_default();
+        let client = self.connect_to(index).await?;
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.generation == generation && conn.client.is_none() {
+            conn.client = Some(client.clone());
+        }
+        Ok((generation, client))
+    }
+
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub(crate) fn endpoint_at(&self, index: usize) -> String {
+        self.endpoints
+            .get(index % self.endpoints.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A new connection to endpoint number `index` (modulo the count), apart from the one the
+    /// storage calls share (the cluster module's watches keep their own).
+    pub(crate) async fn connect_to(&self, index: usize) -> std::result::Result<Clients, Failure> {
+        let endpoint = self.endpoint_at(index);
         let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(ATTEMPT_TIMEOUT)
@@ -372,16 +418,13 @@ impl Shared {
                 .with_user(a.user.clone(), pw)
                 .with_auto_token_refresh(true);
         }
-        let client = Client::connect([endpoint.as_str()], Some(options))
+        let full = Client::connect([endpoint.as_str()], Some(options))
             .await
-            .map_err(Failure::from)?
-            .kv_client()
-            .max_decoding_message_size(MAX_DECODE);
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.generation == generation && conn.client.is_none() {
-            conn.client = Some(client.clone());
-        }
-        Ok((generation, client))
+            .map_err(Failure::from)?;
+        Ok(Clients {
+            kv: full.kv_client().max_decoding_message_size(MAX_DECODE),
+            full,
+        })
     }
 
     /// After a failure on generation `generation`: drop its client and move to the next
@@ -413,9 +456,23 @@ impl Shared {
 
     /// Run `attempt` until it succeeds, fails for good, or the deadline passes. `attempt` gets
     /// the client and whether an earlier attempt failed after possibly reaching etcd.
-    async fn retrying<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
+    pub(crate) async fn retrying<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
     where
         F: FnMut(KvClient, bool) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        self.retrying_full(op, |c: Clients, retried| attempt(c.kv, retried))
+            .await
+    }
+
+    /// `retrying` with both clients (the cluster module: leases, fenced txns).
+    pub(crate) async fn retrying_full<T, F, Fut>(
+        &self,
+        op: &'static str,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Clients, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
         let start = Instant::now();

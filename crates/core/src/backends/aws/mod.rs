@@ -4,7 +4,10 @@
 //! `wal/<uuid>` (intent records for IAM users being made) — the rest of the layout
 //! (`config/lease`, `roles/NAME`, `creds/NAME[.env|.process]`) is `dynamic`'s — and the order of side
 //! effects: intent logged → IAM user made → lease stored → intent cleared. At unseal, `recover` deletes every user whose intent was never completed, so a crash between
-//! "user created" and "lease stored" leaves no orphan. A creation that fails while IAM cannot
+//! "user created" and "lease stored" leaves no orphan; on a shared store it rolls back only
+//! its own intents, or another daemon's once that daemon's window on it (`INTENT_WINDOW_MS`,
+//! recorded in the intent) has passed, so an unseal never deletes a user another live daemon
+//! is still making. A creation that fails while IAM cannot
 //! say what it made (timeout, outage) becomes a cleanup lease (`LeaseManager::issue_cleanup`),
 //! retried with backoff until IAM answers; the caller gets EIO and no credential. Revocation
 //! uses what the lease recorded (user, access key id, policy name): 3 IAM calls.
@@ -51,7 +54,20 @@ impl Drop for StoredRoot {
 struct Intent {
     user_name: String,
     lease_id: String,
+    /// The daemon making the user (its node id in the expiry election; absent alone on a
+    /// store, and in intents written before it was kept).
+    #[serde(default)]
+    owner: Option<String>,
+    /// Until when (wall-clock ms) the owner may still be making it: another daemon's
+    /// `recover` leaves the intent alone until then (`INTENT_WINDOW_MS`).
+    #[serde(default)]
+    until_ms: Option<u64>,
 }
+
+/// How long a mint may take, every IAM call and the lease write included (3 IAM operations
+/// of at most 10 s each, one storage call of at most 8 s, and a margin): the owner's hold on
+/// its intent. Past it, any daemon's `recover` may roll the intent back.
+const INTENT_WINDOW_MS: u64 = 120_000;
 
 pub struct Aws {
     view: View,
@@ -70,6 +86,34 @@ impl Aws {
 
     fn leases(&self) -> &LeaseManager {
         &self.services.leases
+    }
+
+    /// This daemon's id among the daemons sharing the store (None: alone on it).
+    fn node_id(&self) -> Option<String> {
+        self.leases().leadership().map(|l| l.node_id())
+    }
+
+    /// May this daemon roll `intent` back now? Its own (it is not minting while it
+    /// unseals) or one from a daemon alone on its store or from before owners were kept:
+    /// yes. Another daemon's: only once its window has passed (it may still be minting).
+    fn may_roll_back(&self, intent: &Intent) -> bool {
+        match (&intent.owner, intent.until_ms) {
+            (Some(owner), _) if Some(owner) == self.node_id().as_ref() => true,
+            (_, Some(until)) if self.node_id().is_some() => self.leases().now_ms() > until,
+            _ => true,
+        }
+    }
+
+    /// Is the intent's lease stored (by this daemon or, on a shared store, another)?
+    fn lease_stored(&self, id: &str) -> Result<bool> {
+        if self.leases().exists(id) {
+            return Ok(true);
+        }
+        match self.leases().get(id) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The IAM client for the configured root credentials (built once, rebuilt after a change).
@@ -186,6 +230,8 @@ impl Aws {
         let intent = serde_json::to_vec(&Intent {
             user_name: user.clone(),
             lease_id: lease_id.clone(),
+            owner: self.node_id(),
+            until_ms: Some(self.leases().now_ms().saturating_add(INTENT_WINDOW_MS)),
         })
         .map_err(|e| Error::io(e.to_string()))?;
         self.view.put(&intent_key, &intent)?;
@@ -427,8 +473,16 @@ impl Upstream for Aws {
                     continue;
                 }
             };
-            if self.leases().exists(&intent.lease_id) {
+            if self.lease_stored(&intent.lease_id)? {
                 self.view.delete(&key)?;
+                continue;
+            }
+            if !self.may_roll_back(&intent) {
+                tracing::info!(
+                    user = %intent.user_name,
+                    owner = intent.owner.as_deref().unwrap_or(""),
+                    "intent of another daemon still within its window, left to it (rolled back at a later unseal once the window has passed)"
+                );
                 continue;
             }
             match self.client().and_then(|c| c.delete_user(&intent.user_name)) {

@@ -19,7 +19,8 @@ pub(super) fn in_sys(path: &str, e: Error) -> Error {
 }
 
 /// `sys/health`. The lease count is the daemon's for a caller with `sudo` on `sys/leases/`,
-/// else the caller's own.
+/// else the caller's own. `role` is the daemon's in the expiry election (`single` alone on
+/// its store; `leader`/`follower` on etcd, with `node` and `leader`).
 pub(super) fn health_json(e: &dyn Control, caller: &Caller) -> String {
     let leases = if e.may_sudo(caller, &format!("{MOUNT}/leases/")) {
         e.leases().count()
@@ -32,6 +33,13 @@ pub(super) fn health_json(e: &dyn Control, caller: &Caller) -> String {
         "initialized": st.initialized,
         "version": env!("CARGO_PKG_VERSION"),
         "storage": st.storage,
+        "storage_ok": st.storage_ok,
+        // Not the reason: it names endpoints, and health is readable by every uid.
+        "storage_err": (!st.storage_ok)
+            .then_some("the store did not answer a read (the daemon log has the reason)"),
+        "role": e.leases().role().as_str(),
+        "node": e.leases().leadership().map(|l| l.node_id()),
+        "leader": e.leases().leadership().and_then(|l| l.leader_id()),
         "leases": leases,
         "key_term": st.key_term,
     });

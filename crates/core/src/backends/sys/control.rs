@@ -17,6 +17,8 @@ pub struct Status {
     pub sealed: bool,
     pub initialized: bool,
     pub storage: &'static str,
+    /// The store answered a read just now (`initialized` is false when it did not).
+    pub storage_ok: bool,
     pub key_term: Option<u32>,
 }
 
