@@ -236,7 +236,6 @@ mod tests {
         Meta {
             due: Some(due),
             uid,
-            foreign: false,
         }
     }
 
