@@ -396,6 +396,29 @@ impl Barrier {
         self.storage.apply(&out)
     }
 
+    /// Apply `ops` all or none, only if `logical` is still at `expected` (`None`: absent): a
+    /// compare-and-swap over a batch. Returns whether they were applied.
+    pub fn apply_if(
+        &self,
+        logical: &str,
+        expected: Option<&Version>,
+        ops: &[BarrierOp<'_>],
+    ) -> Result<bool> {
+        let kr = self.keyring()?;
+        let key = self.storage_key(&kr, logical)?;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match op {
+                BarrierOp::Put(path, value) => {
+                    WriteOp::Put(self.storage_key(&kr, path)?, entry::seal(&kr, path, value)?)
+                }
+                BarrierOp::Delete(path) => WriteOp::Delete(self.storage_key(&kr, path)?),
+            });
+        }
+        self.storage
+            .apply_if(&key, expected.map(|v| v.0.as_slice()), &out)
+    }
+
     /// Every logical path under `prefix` (which ends with '/' or is empty), in storage order.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let kr = self.keyring()?;

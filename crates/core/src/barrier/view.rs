@@ -70,6 +70,29 @@ impl View {
             .collect();
         self.barrier.apply(&ops)
     }
+    /// `apply`, only if `path` is still at `expected` (`None`: absent); whether it applied.
+    pub fn apply_if(
+        &self,
+        path: &str,
+        expected: Option<&super::Version>,
+        ops: &[ViewOp<'_>],
+    ) -> Result<bool> {
+        let full: Vec<(String, Option<&[u8]>)> = ops
+            .iter()
+            .map(|op| match op {
+                ViewOp::Put(p, v) => (self.full(p), Some(*v)),
+                ViewOp::Delete(p) => (self.full(p), None),
+            })
+            .collect();
+        let ops: Vec<BarrierOp<'_>> = full
+            .iter()
+            .map(|(p, v)| match v {
+                Some(v) => BarrierOp::Put(p, v),
+                None => BarrierOp::Delete(p),
+            })
+            .collect();
+        self.barrier.apply_if(&self.full(path), expected, &ops)
+    }
     /// Paths (relative to the view) under `prefix` ("" or ending in '/').
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let n = self.prefix.len();

@@ -54,6 +54,42 @@ pub fn run(s: &dyn Storage) {
         .compare_and_swap("c", Some(b"2"), None)
         .expect("cas delete"));
     assert_eq!(s.get("c").expect("get"), None);
+    // a conditional batch: all of it when the key is as expected, none of it otherwise
+    let batch = |v: &[u8]| {
+        vec![
+            WriteOp::Put("k/meta".into(), v.to_vec()),
+            WriteOp::Put("k/v2".into(), b"key2".to_vec()),
+        ]
+    };
+    assert!(s.apply_if("k/meta", None, &batch(b"m1")).expect("create"));
+    assert!(!s.apply_if("k/meta", None, &batch(b"m2")).expect("exists"));
+    assert!(!s
+        .apply_if(
+            "k/meta",
+            Some(b"stale"),
+            &[
+                WriteOp::Put("k/meta".into(), b"m3".to_vec()),
+                WriteOp::Put("k/v3".into(), b"key3".to_vec()),
+            ],
+        )
+        .expect("stale"));
+    assert_eq!(s.get("k/meta").expect("get"), Some(b"m1".to_vec()));
+    assert_eq!(
+        s.get("k/v3").expect("get"),
+        None,
+        "nothing of a refused batch"
+    );
+    assert!(s
+        .apply_if(
+            "k/meta",
+            Some(b"m1"),
+            &[
+                WriteOp::Delete("k/v2".into()),
+                WriteOp::Delete("k/meta".into()),
+            ],
+        )
+        .expect("delete"));
+    assert!(s.list("k/").expect("list").is_empty());
     // direct children: a subtree comes once, as its folder; neighbours that merely share a
     // leading string ("t/b-x", "t/b0" beside "t/b/") are not skipped
     for k in [

@@ -734,6 +734,58 @@ impl Storage for EtcdStorage {
         })
     }
 
+    fn apply_if(&self, key: &str, expected: Option<&[u8]>, ops: &[WriteOp]) -> Result<bool> {
+        let full = self.shared.full(key);
+        let compare = match expected {
+            Some(v) => Compare::value(full.clone(), CompareOp::Equal, v.to_vec()),
+            // Version 0: the key does not exist.
+            None => Compare::version(full.clone(), CompareOp::Equal, 0),
+        };
+        let ops = last_write_per_key(ops);
+        // What `key` holds once the batch landed: how a retry tells its own attempt.
+        let mine: Option<Option<Vec<u8>>> = ops.iter().find_map(|op| match op {
+            WriteOp::Put(k, v) if k == key => Some(Some(v.clone())),
+            WriteOp::Delete(k) if k == key => Some(None),
+            _ => None,
+        });
+        let then: Vec<TxnOp> = ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put(k, v) => TxnOp::put(self.shared.full(k), v.clone(), None),
+                WriteOp::Delete(k) => TxnOp::delete(self.shared.full(k), None::<DeleteOptions>),
+            })
+            .collect();
+        let shared = self.shared.clone();
+        self.run(async move {
+            shared
+                .retrying("conditional write", |mut c, retried| {
+                    let txn = Txn::new()
+                        .when([compare.clone()])
+                        .and_then(then.clone())
+                        .or_else([TxnOp::get(full.clone(), None)]);
+                    let mine = mine.clone();
+                    async move {
+                        let resp = c.txn(txn).await?;
+                        if resp.succeeded() {
+                            return Ok(true);
+                        }
+                        if !retried {
+                            return Ok(false);
+                        }
+                        // An earlier attempt may have landed before its answer was lost.
+                        let now = resp.op_responses().into_iter().find_map(|r| match r {
+                            TxnOpResponse::Get(g) => {
+                                Some(g.kvs().first().map(|kv| kv.value().to_vec()))
+                            }
+                            _ => None,
+                        });
+                        Ok(matches!((now, mine), (Some(now), Some(mine)) if now == mine))
+                    }
+                })
+                .await
+        })
+    }
+
     fn compare_and_swap(
         &self,
         key: &str,

@@ -369,6 +369,9 @@ impl Storage for FaultyStorage {
     ) -> Result<bool> {
         self.run(OpKind::Cas, |s| s.compare_and_swap(key, expected, new))
     }
+    fn apply_if(&self, key: &str, expected: Option<&[u8]>, ops: &[WriteOp]) -> Result<bool> {
+        self.run(OpKind::Cas, |s| s.apply_if(key, expected, ops))
+    }
 }
 
 #[cfg(test)]

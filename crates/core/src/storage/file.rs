@@ -56,18 +56,30 @@ enum Request {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     },
+    /// A batch applied only if `key` is `expected`.
+    ApplyIf {
+        key: String,
+        expected: Option<Vec<u8>>,
+        ops: Vec<WriteOp>,
+    },
+}
+
+fn ops_bytes(ops: &[WriteOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::Put(k, v) => k.len() + v.len(),
+            WriteOp::Delete(k) => k.len(),
+        })
+        .sum()
 }
 
 impl Request {
     fn bytes(&self) -> usize {
         match self {
-            Request::Apply(ops) => ops
-                .iter()
-                .map(|op| match op {
-                    WriteOp::Put(k, v) => k.len() + v.len(),
-                    WriteOp::Delete(k) => k.len(),
-                })
-                .sum(),
+            Request::Apply(ops) => ops_bytes(ops),
+            Request::ApplyIf { key, expected, ops } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + ops_bytes(ops)
+            }
             Request::Cas { key, expected, new } => {
                 key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
             }
@@ -298,6 +310,21 @@ impl FileStorage {
                         dirty = true;
                         out.push(true);
                     }
+                    Request::ApplyIf { key, expected, ops } => {
+                        let current = table
+                            .get(key.as_str())
+                            .map_err(|e| storage_error("get", e))?
+                            .map(|g| g.value().to_vec());
+                        if current != *expected {
+                            out.push(false);
+                            continue;
+                        }
+                        for op in ops {
+                            write(&mut table, op_key(op), op_value(op))?;
+                        }
+                        dirty |= !ops.is_empty();
+                        out.push(true);
+                    }
                 }
             }
         }
@@ -416,6 +443,13 @@ impl Storage for FileStorage {
     }
     fn apply(&self, ops: &[WriteOp]) -> Result<()> {
         self.submit(Request::Apply(ops.to_vec())).map(|_| ())
+    }
+    fn apply_if(&self, key: &str, expected: Option<&[u8]>, ops: &[WriteOp]) -> Result<bool> {
+        self.submit(Request::ApplyIf {
+            key: key.to_string(),
+            expected: expected.map(<[u8]>::to_vec),
+            ops: ops.to_vec(),
+        })
     }
     fn compare_and_swap(
         &self,

@@ -85,6 +85,19 @@ impl Storage for MemoryStorage {
         }
         Ok(())
     }
+    fn apply_if(&self, key: &str, expected: Option<&[u8]>, ops: &[WriteOp]) -> Result<bool> {
+        let mut map = self.write();
+        if map.get(key).map(Vec::as_slice) != expected {
+            return Ok(false);
+        }
+        for op in ops {
+            match op {
+                WriteOp::Put(k, v) => map.insert(k.clone(), v.clone()),
+                WriteOp::Delete(k) => map.remove(k),
+            };
+        }
+        Ok(true)
+    }
     fn compare_and_swap(
         &self,
         key: &str,

@@ -71,6 +71,17 @@ pub trait Storage: Send + Sync {
     }
     /// Apply all writes or none.
     fn apply(&self, ops: &[WriteOp]) -> Result<()>;
+    /// Apply all of `ops` or none, and only if `key` currently is `expected` (`None`: absent):
+    /// a compare-and-swap over a batch (a transit key's record with its new key version).
+    /// Returns whether they were applied. `ops` should write `key` (its new value is how a
+    /// retried call tells that its own earlier attempt landed).
+    fn apply_if(&self, key: &str, expected: Option<&[u8]>, ops: &[WriteOp]) -> Result<bool> {
+        let _ = (key, expected, ops);
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("storage {}: no conditional batches", self.kind()),
+        ))
+    }
     /// Replace the value of `key` only if it currently is `expected` (`None`: absent).
     /// `new = None` deletes. Returns whether the swap happened.
     fn compare_and_swap(

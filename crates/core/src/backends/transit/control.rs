@@ -75,12 +75,13 @@ impl Transit {
         Ok(())
     }
 
-    /// Apply the commands of one `ctl` write (one per line), all or nothing.
-    pub(super) fn control(&self, name: &str, data: &SecretBytes) -> Result<()> {
-        let text = std::str::from_utf8(data.expose())
-            .map_err(|_| Error::invalid(format!("keys/{name}/ctl: commands must be text")))?;
-        let _g = Self::lock();
-        let mut meta = self.meta(name)?;
+    /// The settings after the commands of one `ctl` write, and the new key versions to store.
+    fn commands(
+        &self,
+        name: &str,
+        text: &str,
+        mut meta: Meta,
+    ) -> Result<(Meta, Vec<(u32, SecretBytes)>)> {
         let mut new_keys: Vec<(u32, SecretBytes)> = Vec::new();
         let mut any = false;
         for line in text.lines() {
@@ -110,21 +111,44 @@ impl Transit {
                 "keys/{name}/ctl: no command (rotate, min_decryption_version=N, deletion_allowed=true|false)"
             )));
         }
-        let m = Self::encode_meta(&meta)?;
-        let paths: Vec<String> = new_keys
-            .iter()
-            .map(|(v, _)| version_key(name, *v))
-            .collect();
-        let mk = meta_key(name);
-        let mut ops: Vec<ViewOp<'_>> = new_keys
-            .iter()
-            .zip(&paths)
-            .map(|((_, k), p)| ViewOp::Put(p, k.expose()))
-            .collect();
-        ops.push(ViewOp::Put(&mk, &m));
-        let res = self.view.apply(&ops);
-        self.cache.invalidate(name);
-        res?;
+        Ok((meta, new_keys))
+    }
+
+    /// Apply the commands of one `ctl` write (one per line), all or nothing; on the settings
+    /// as stored (compare-and-swap: a change another daemon made meanwhile is re-read and the
+    /// commands applied to it).
+    pub(super) fn control(&self, name: &str, data: &SecretBytes) -> Result<()> {
+        let text = std::str::from_utf8(data.expose())
+            .map_err(|_| Error::invalid(format!("keys/{name}/ctl: commands must be text")))?;
+        let _g = Self::lock();
+        let mut attempts = 0;
+        let meta = loop {
+            let (meta, stamp) = self.meta_versioned(name)?;
+            let (meta, new_keys) = self.commands(name, text, meta)?;
+            let m = Self::encode_meta(&meta)?;
+            let paths: Vec<String> = new_keys
+                .iter()
+                .map(|(v, _)| version_key(name, *v))
+                .collect();
+            let mk = meta_key(name);
+            let mut ops: Vec<ViewOp<'_>> = new_keys
+                .iter()
+                .zip(&paths)
+                .map(|((_, k), p)| ViewOp::Put(p, k.expose()))
+                .collect();
+            ops.push(ViewOp::Put(&mk, &m));
+            // Applied to the settings just read, or not at all: another daemon sharing the
+            // store may have rotated meanwhile (its new version would be overwritten).
+            let res = self.view.apply_if(&mk, Some(&stamp), &ops);
+            self.cache.invalidate(name);
+            if res? {
+                break meta;
+            }
+            attempts += 1;
+            if attempts >= CAS_ATTEMPTS {
+                return Err(changed_meanwhile(name));
+            }
+        };
         tracing::info!(
             key = name,
             latest_version = meta.latest_version,

@@ -99,6 +99,16 @@ fn key_prefix(name: &str) -> String {
     format!("keys/{name}/")
 }
 
+/// How often a key change is tried again when another daemon changed the key in between.
+const CAS_ATTEMPTS: u32 = 8;
+
+fn changed_meanwhile(name: &str) -> Error {
+    Error::new(
+        ErrorKind::Busy,
+        format!("keys/{name}: changed by another daemon while this change was made; try again"),
+    )
+}
+
 impl Transit {
     pub fn new(view: View, services: &Services) -> Self {
         Self {
@@ -137,6 +147,19 @@ impl Transit {
             .get(&meta_key(name))?
             .ok_or_else(|| Error::not_found(&format!("keys/{name}")))?;
         Self::parse_meta(name, raw.expose())
+    }
+
+    /// The key's settings and the stored form they were read from (for a compare-and-swap of
+    /// a change: another daemon sharing the store may change the key meanwhile), or ENOENT.
+    fn meta_versioned(&self, name: &str) -> Result<(Meta, Version)> {
+        validate_name(name)?;
+        let mk = meta_key(name);
+        let stamp = self
+            .view
+            .version(&mk)?
+            .ok_or_else(|| Error::not_found(&format!("keys/{name}")))?;
+        let raw = self.view.open_version(&mk, &stamp)?;
+        Ok((Self::parse_meta(name, raw.expose())?, stamp))
     }
 
     /// The key's settings for an operation: from the cache while the stored record is the one
@@ -269,27 +292,48 @@ impl Transit {
         let m = Self::encode_meta(&meta)?;
         let key = Self::new_key_bytes();
         let (mk, vk) = (meta_key(name), version_key(name, 1));
-        self.view
-            .apply(&[ViewOp::Put(&vk, key.expose()), ViewOp::Put(&mk, &m)])?;
+        // Created only if no daemon sharing the store created it meanwhile.
+        let created = self.view.apply_if(
+            &mk,
+            None,
+            &[ViewOp::Put(&vk, key.expose()), ViewOp::Put(&mk, &m)],
+        )?;
         self.cache.invalidate(name);
+        if !created {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("keys/{name}: exists"),
+            ));
+        }
         tracing::info!(key = name, "transit key created");
         Ok(())
     }
 
     fn delete_key(&self, name: &str) -> Result<()> {
         let _g = Self::lock();
-        let meta = self.meta(name)?;
-        if !meta.deletion_allowed {
-            return Err(Error::not_permitted(format!(
-                "keys/{name}: deletion is not allowed; write deletion_allowed=true to keys/{name}/ctl first"
-            )));
+        let mut attempts = 0;
+        loop {
+            let (meta, stamp) = self.meta_versioned(name)?;
+            if !meta.deletion_allowed {
+                return Err(Error::not_permitted(format!(
+                    "keys/{name}: deletion is not allowed; write deletion_allowed=true to keys/{name}/ctl first"
+                )));
+            }
+            let paths = self.view.list(&key_prefix(name))?;
+            let ops: Vec<ViewOp<'_>> = paths.iter().map(|p| ViewOp::Delete(p)).collect();
+            // Only the settings just checked are deleted: a key another daemon changed
+            // meanwhile (deletion no longer allowed, a new version) is checked again.
+            let res = self.view.apply_if(&meta_key(name), Some(&stamp), &ops);
+            // Wiped whatever happened: a failed batch leaves the record as it was (re-read).
+            self.cache.invalidate(name);
+            if res? {
+                break;
+            }
+            attempts += 1;
+            if attempts >= CAS_ATTEMPTS {
+                return Err(changed_meanwhile(name));
+            }
         }
-        let paths = self.view.list(&key_prefix(name))?;
-        let ops: Vec<ViewOp<'_>> = paths.iter().map(|p| ViewOp::Delete(p)).collect();
-        let res = self.view.apply(&ops);
-        // Wiped whatever happened: a failed batch leaves the record as it was (re-read).
-        self.cache.invalidate(name);
-        res?;
         tracing::info!(key = name, "transit key deleted");
         Ok(())
     }
