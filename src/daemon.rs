@@ -2,6 +2,9 @@
 //!
 //! Owns: the order of start-up and shut-down and the exit codes (2: wrong passphrase).
 //! Must never: log a passphrase, or touch storage when the passphrase is wrong.
+//!
+//! Size: over ~500 lines because the start sequence in its order (storage, engine, unseal, watches,
+//! FUSE, signals), one function per step.
 
 use crate::config::{AuditSetting, Config};
 use nomadfs_core::audit::{AuditLog, FsyncPolicy};

@@ -59,6 +59,9 @@
 //! a non-empty log, the chain continues from its last line. Between the rename and the reopen,
 //! `record` fails (the path no longer names the open file): rotate by rename + SIGHUP, not
 //! `copytruncate` (which would break the chain).
+//!
+//! Size: over ~500 lines because the writer, the fsync policies with their group commit and
+//! flusher, and the tests of each (about half the file) share one file's state.
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};

@@ -60,6 +60,9 @@
 //! is hidden if an applicable deny matches it, and a folder is hidden if one applicable deny
 //! covers everything below it (`secret/*` covers folder `secret/app`). Denies that only together
 //! cover a folder do not hide its name (reading below it is still denied).
+//!
+//! Size: over ~500 lines because the document format, the glob languages and the pure decision
+//! functions are one evaluator (its tests are `policy_tests.rs`).
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};

@@ -21,6 +21,9 @@
 //!
 //! Must never: keep claiming a term after a keep-alive says the lease is gone, block the
 //! client's runtime, or log keys or values (only the node ids, which are not secret).
+//!
+//! Size: over ~500 lines because the election and the watches share the connection setup and the
+//! resume/retry loops.
 
 use crate::cluster::{Leadership, Role, Term};
 use crate::error::{Error, Result};

@@ -24,6 +24,9 @@
 //! as lost when its own earlier attempt landed (a retried CAS whose compare fails checks whether
 //! the value now there is the one it was writing: barrier entries carry a random nonce, so equal
 //! bytes mean our write), or put the etcd password in a message.
+//!
+//! Size: over ~500 lines because one etcd facade: endpoint rotation, TLS and auth, and the retry
+//! loop every call shares.
 
 use super::{Storage, WriteOp};
 use crate::blocking::OwnRuntime;

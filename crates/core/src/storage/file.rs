@@ -16,6 +16,9 @@
 //! compare-and-swap that does not match writes nothing and does not fail the batch. If the
 //! batch fails (an insert or the commit fails) nothing of it is visible and every writer in it
 //! gets the error.
+//!
+//! Size: over ~500 lines because the group commit (queue, leader hand-off, per-writer results)
+//! belongs with the redb store it commits to; its tests are half the file.
 
 use super::{child_of, past_subtree, storage_error, Child, Storage, WriteOp};
 use crate::error::{Error, ErrorKind, Result};

@@ -1,4 +1,7 @@
 //! Open file handles: a snapshot per open for reads, a zeroized buffer for writes.
+//!
+//! Size: over ~500 lines because the handle table, its kinds and the per-uid accounting of open
+//! files and buffered bytes are the state of one lock.
 
 use nomadfs_core::{Error, ErrorKind, SecretBytes};
 use std::collections::HashMap;

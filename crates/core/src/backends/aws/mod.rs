@@ -14,6 +14,9 @@
 //! `Aws` implements only `Upstream`; the mounted `Backend` is `Dynamic<Aws>`.
 //! Must never: return the root keys (config/root is write-only), create anything on `stat` or
 //! lookup, or log a credential.
+//!
+//! Size: over ~500 lines because the `Upstream` impl of IAM (settings, views, issue, revoke, the
+//! `wal/` intents and their recovery) is one lifecycle; the IAM calls live in `iam.rs`.
 
 pub mod iam;
 

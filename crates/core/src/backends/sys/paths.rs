@@ -15,7 +15,8 @@ pub(super) const PATHS: &[PathDecl<Route>] = &[
         "health",
         Route::Health,
         Ops::READ,
-        "read: JSON with sealed, version, storage type, lease count",
+        "read: JSON with sealed, version, storage type and health, lease count,\n\
+         expiry role (single, leader, follower), node and leader",
     ),
     PathDecl::new("self", Route::SelfDir, Ops::LIST, ""),
     PathDecl::new(

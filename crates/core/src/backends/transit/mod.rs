@@ -14,6 +14,9 @@
 //! Must never: return or log key material (info shows versions and settings only), put a
 //! plaintext or key into an error message, or change a key except under the mutation lock in one
 //! atomic batch (a rotation lost to a race would make its ciphertexts undecryptable).
+//!
+//! Size: over ~500 lines because the backend's request mapping and key records; `ctl` commands,
+//! crypto, the key cache and the path table are their own modules.
 
 use super::{partial, validate_name, Services};
 use crate::backend::{Backend, Ctx, DirEntry, Node, Writes};
