@@ -388,16 +388,22 @@ impl Barrier {
     /// Encrypt and apply a batch atomically.
     pub fn apply(&self, ops: &[BarrierOp<'_>]) -> Result<()> {
         let kr = self.keyring()?;
+        let out = self.sealed_ops(&kr, ops)?;
+        self.storage.apply(&out)
+    }
+
+    /// The storage writes of `ops`: names encrypted, values sealed.
+    fn sealed_ops(&self, kr: &Keyring, ops: &[BarrierOp<'_>]) -> Result<Vec<WriteOp>> {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             out.push(match op {
                 BarrierOp::Put(path, value) => {
-                    WriteOp::Put(self.storage_key(&kr, path)?, entry::seal(&kr, path, value)?)
+                    WriteOp::Put(self.storage_key(kr, path)?, entry::seal(kr, path, value)?)
                 }
-                BarrierOp::Delete(path) => WriteOp::Delete(self.storage_key(&kr, path)?),
+                BarrierOp::Delete(path) => WriteOp::Delete(self.storage_key(kr, path)?),
             });
         }
-        self.storage.apply(&out)
+        Ok(out)
     }
 
     /// Apply `ops` all or none, only if `logical` is still at `expected` (`None`: absent): a
@@ -410,15 +416,7 @@ impl Barrier {
     ) -> Result<bool> {
         let kr = self.keyring()?;
         let key = self.storage_key(&kr, logical)?;
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            out.push(match op {
-                BarrierOp::Put(path, value) => {
-                    WriteOp::Put(self.storage_key(&kr, path)?, entry::seal(&kr, path, value)?)
-                }
-                BarrierOp::Delete(path) => WriteOp::Delete(self.storage_key(&kr, path)?),
-            });
-        }
+        let out = self.sealed_ops(&kr, ops)?;
         self.storage
             .apply_if(&key, expected.map(|v| v.0.as_slice()), &out)
     }

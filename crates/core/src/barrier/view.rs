@@ -54,21 +54,17 @@ impl View {
         self.barrier.delete(&self.full(path))
     }
     pub fn apply(&self, ops: &[ViewOp<'_>]) -> Result<()> {
-        let full: Vec<(String, Option<&[u8]>)> = ops
-            .iter()
+        let full = self.full_ops(ops);
+        self.barrier.apply(&barrier_ops(&full))
+    }
+    /// The ops with their paths made full (owned), for `barrier_ops`.
+    fn full_ops<'v>(&self, ops: &[ViewOp<'v>]) -> Vec<(String, Option<&'v [u8]>)> {
+        ops.iter()
             .map(|op| match op {
                 ViewOp::Put(p, v) => (self.full(p), Some(*v)),
                 ViewOp::Delete(p) => (self.full(p), None),
             })
-            .collect();
-        let ops: Vec<BarrierOp<'_>> = full
-            .iter()
-            .map(|(p, v)| match v {
-                Some(v) => BarrierOp::Put(p, v),
-                None => BarrierOp::Delete(p),
-            })
-            .collect();
-        self.barrier.apply(&ops)
+            .collect()
     }
     /// `apply`, only if `path` is still at `expected` (`None`: absent); whether it applied.
     pub fn apply_if(
@@ -77,21 +73,9 @@ impl View {
         expected: Option<&super::Version>,
         ops: &[ViewOp<'_>],
     ) -> Result<bool> {
-        let full: Vec<(String, Option<&[u8]>)> = ops
-            .iter()
-            .map(|op| match op {
-                ViewOp::Put(p, v) => (self.full(p), Some(*v)),
-                ViewOp::Delete(p) => (self.full(p), None),
-            })
-            .collect();
-        let ops: Vec<BarrierOp<'_>> = full
-            .iter()
-            .map(|(p, v)| match v {
-                Some(v) => BarrierOp::Put(p, v),
-                None => BarrierOp::Delete(p),
-            })
-            .collect();
-        self.barrier.apply_if(&self.full(path), expected, &ops)
+        let full = self.full_ops(ops);
+        self.barrier
+            .apply_if(&self.full(path), expected, &barrier_ops(&full))
     }
     /// Paths (relative to the view) under `prefix` ("" or ending in '/').
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -127,4 +111,13 @@ impl View {
         }
         Ok(())
     }
+}
+
+fn barrier_ops<'a>(full: &'a [(String, Option<&'a [u8]>)]) -> Vec<BarrierOp<'a>> {
+    full.iter()
+        .map(|(p, v)| match v {
+            Some(v) => BarrierOp::Put(p, v),
+            None => BarrierOp::Delete(p),
+        })
+        .collect()
 }

@@ -403,10 +403,14 @@ impl Engine {
     /// The rule of the mount `path` lies in: (privileged, open to all). See
     /// `Backend::privileged` and `Backend::open_to_all` (every mount's `.help` is open).
     fn rule_at(&self, path: &str) -> (bool, bool) {
-        match self.mount_of(path) {
+        Self::rule_of(self.mount_of(path).as_ref())
+    }
+
+    fn rule_of(mount: Option<&(Arc<Mounted>, &str)>) -> (bool, bool) {
+        match mount {
             Some((m, rest)) => (
                 m.backend.privileged(),
-                rest == ".help" || m.backend.open_to_all(rest),
+                *rest == ".help" || m.backend.open_to_all(rest),
             ),
             None => (false, false),
         }
@@ -425,7 +429,7 @@ impl Engine {
         reply: Reply,
     ) -> Result<Reply> {
         let mount = self.mount_of(path);
-        let (privileged, open) = self.rule_at(path);
+        let (privileged, open) = Self::rule_of(mount.as_ref());
         match reply {
             Reply::Node(mut node) => {
                 if mount.is_some()

@@ -795,46 +795,12 @@ impl Storage for EtcdStorage {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool> {
-        let full = self.shared.full(key);
-        let compare = match expected {
-            Some(v) => Compare::value(full.clone(), CompareOp::Equal, v.to_vec()),
-            // Version 0: the key does not exist.
-            None => Compare::version(full.clone(), CompareOp::Equal, 0),
+        // A batch of one write of `key`: the same txn, the same retry rule.
+        let op = match new {
+            Some(v) => WriteOp::Put(key.to_string(), v.to_vec()),
+            None => WriteOp::Delete(key.to_string()),
         };
-        let then = match new {
-            Some(v) => TxnOp::put(full.clone(), v.to_vec(), None),
-            None => TxnOp::delete(full.clone(), None::<DeleteOptions>),
-        };
-        let new = new.map(<[u8]>::to_vec);
-        let shared = self.shared.clone();
-        self.run(async move {
-            shared
-                .retrying("compare-and-swap", |mut c, retried| {
-                    let txn = Txn::new()
-                        .when([compare.clone()])
-                        .and_then([then.clone()])
-                        .or_else([TxnOp::get(full.clone(), None)]);
-                    let new = new.clone();
-                    async move {
-                        let resp = c.txn(txn).await?;
-                        if resp.succeeded() {
-                            return Ok(true);
-                        }
-                        if !retried {
-                            return Ok(false);
-                        }
-                        // An earlier attempt may have landed before its answer was lost.
-                        let now = resp.op_responses().into_iter().find_map(|r| match r {
-                            TxnOpResponse::Get(g) => {
-                                Some(g.kvs().first().map(|kv| kv.value().to_vec()))
-                            }
-                            _ => None,
-                        });
-                        Ok(matches!(now, Some(now) if now == new))
-                    }
-                })
-                .await
-        })
+        self.apply_if(key, expected, &[op])
     }
 }
 

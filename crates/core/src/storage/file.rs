@@ -301,11 +301,7 @@ impl FileStorage {
                         out.push(true);
                     }
                     Request::Cas { key, expected, new } => {
-                        let current = table
-                            .get(key.as_str())
-                            .map_err(|e| storage_error("get", e))?
-                            .map(|g| g.value().to_vec());
-                        if current != *expected {
+                        if current(&table, key)? != *expected {
                             out.push(false);
                             continue;
                         }
@@ -314,11 +310,7 @@ impl FileStorage {
                         out.push(true);
                     }
                     Request::ApplyIf { key, expected, ops } => {
-                        let current = table
-                            .get(key.as_str())
-                            .map_err(|e| storage_error("get", e))?
-                            .map(|g| g.value().to_vec());
-                        if current != *expected {
+                        if current(&table, key)? != *expected {
                             out.push(false);
                             continue;
                         }
@@ -348,6 +340,14 @@ impl FileStorage {
         }
         Ok(out)
     }
+}
+
+/// The value of `key` inside a write transaction (for the compare of a CAS).
+fn current(table: &redb::Table<'_, &str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>> {
+    Ok(table
+        .get(key)
+        .map_err(|e| storage_error("get", e))?
+        .map(|g| g.value().to_vec()))
 }
 
 fn op_key(op: &WriteOp) -> &str {
